@@ -1,0 +1,311 @@
+//! `gangway demo`: the whole path on one machine, with nothing but git.
+//!
+//! Starts, all on 127.0.0.1: a relay with a self-signed certificate and an
+//! ephemeral signing key (dev mode: loopback only, keys never leave the
+//! process), a demo repository served by `git daemon`, a small web page
+//! standing in for Confluence, and the agent — then prints what to try.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use bytes::Bytes;
+use gangway_agent::token::TokenSource;
+use gangway_agent::tunnel::Backoff;
+use gangway_agent::up::{self, UpOptions};
+use gangway_relay::config::{IdentityConfig, ServiceConfig, ServiceKind};
+use gangway_relay::{KeySource, Relay, RelayConfig, TlsMode};
+use gangway_wire::Token;
+use http_body_util::Full;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const ISSUER: &str = "https://demo.gangway.invalid";
+const AUDIENCE: &str = "gangway-demo";
+
+pub async fn run() -> anyhow::Result<()> {
+    let git = which("git").context("the demo needs git installed (apt-get install git)")?;
+    let dir = tempfile::Builder::new().prefix("gangway-demo-").tempdir()?;
+    let stop = CancellationToken::new();
+
+    // A repository to clone, served by git daemon.
+    let repos = dir.path().join("repos");
+    make_demo_repo(&git, &repos).await?;
+    let daemon_port = free_port()?;
+    let mut daemon = tokio::process::Command::new(&git)
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--listen=127.0.0.1",
+            &format!("--port={daemon_port}"),
+            &format!("--base-path={}", repos.display()),
+            "--export-all",
+            "--enable=receive-pack",
+        ])
+        .arg(&repos)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting git daemon")?;
+    wait_for_port(SocketAddr::from((Ipv4Addr::LOCALHOST, daemon_port))).await?;
+
+    // The Confluence stand-in: one page.
+    let web = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let web_addr = web.local_addr()?;
+    tokio::spawn(serve_page(web, stop.clone()));
+
+    // The relay: self-signed TLS, ephemeral Ed25519 signing key.
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    let cert_path = dir.path().join("relay.crt");
+    let key_path = dir.path().join("relay.key");
+    std::fs::write(&cert_path, ck.cert.pem())?;
+    std::fs::write(&key_path, ck.key_pair.serialize_pem())?;
+    let signing = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(serde_json::json!({
+        "keys": [{
+            "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": "demo",
+            "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signing.public_key_raw()),
+        }]
+    }))?;
+    let relay_listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let relay_addr = relay_listener.local_addr()?;
+    let config = RelayConfig {
+        listen: relay_addr,
+        tls: TlsMode::Files {
+            cert: cert_path.clone(),
+            key: key_path,
+        },
+        identity: IdentityConfig {
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            client_id: "gangway-demo".into(),
+            scopes: vec!["openid".into()],
+            groups_claim: "groups".into(),
+            algorithms: vec![jsonwebtoken::Algorithm::EdDSA],
+            leeway: Duration::from_secs(30),
+            jwks_min_refetch: Duration::from_secs(30),
+            jwks_file: None,
+        },
+        audit_path: Some(dir.path().join("audit.jsonl")),
+        services: vec![
+            service(
+                "git",
+                "Demo git (git daemon)",
+                ServiceKind::Tcp,
+                9418,
+                daemon_port,
+            ),
+            service(
+                "confluence",
+                "Confluence (demo page)",
+                ServiceKind::Http,
+                8090,
+                web_addr.port(),
+            ),
+        ],
+    };
+    let relay = Arc::new(Relay::new(config, KeySource::Static(jwks))?);
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = gangway_relay::run(relay_listener, relay, stop.cancelled_owned()).await
+            {
+                tracing::error!("demo relay: {e}");
+            }
+        });
+    }
+
+    // A token for the demo user, signed with the ephemeral key.
+    let now = gangway_relay::auth::now_unix();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("demo".into());
+    let token = jsonwebtoken::encode(
+        &header,
+        &serde_json::json!({
+            "iss": ISSUER, "aud": AUDIENCE, "sub": "demo-user",
+            "groups": ["developers"], "iat": now, "exp": now + 12 * 3600,
+        }),
+        &jsonwebtoken::EncodingKey::from_ed_der(&signing.serialize_der()),
+    )?;
+
+    // The agent, on the ports users know, or any free port if taken.
+    let mut listen = BTreeMap::new();
+    for (name, port) in [("git", 9418u16), ("confluence", 8090)] {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        if std::net::TcpListener::bind(addr).is_err() {
+            listen.insert(name.to_string(), SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        }
+    }
+    let relay_url = url::Url::parse(&format!("https://127.0.0.1:{}", relay_addr.port()))?;
+    let running = up::start(
+        UpOptions {
+            relay: relay_url.clone(),
+            tls: gangway_agent::tls::client_config(Some(&cert_path))?,
+            tokens: TokenSource::Static(Token::new(token)),
+            ports: BTreeMap::new(),
+            listen,
+            connect_wait: Duration::from_secs(10),
+            backoff: Backoff::default(),
+        },
+        stop.clone(),
+    )
+    .await?;
+
+    let addr_of = |name: &str| {
+        running
+            .listening
+            .iter()
+            .find(|(s, _)| s.name == name)
+            .map(|(_, a)| *a)
+    };
+    let (Some(git_addr), Some(web_local)) = (addr_of("git"), addr_of("confluence")) else {
+        bail!("the demo agent could not bind its listeners");
+    };
+    let git_url = if git_addr.port() == 9418 {
+        "git://127.0.0.1/demo.git".to_string()
+    } else {
+        format!("git://{git_addr}/demo.git")
+    };
+    println!("Gangway demo is running: relay {relay_url}, signed in as demo-user.");
+    println!();
+    println!("Try, in another terminal:");
+    println!("  git clone {git_url} gangway-demo");
+    println!("  (edit, commit, then: git push origin main)");
+    println!("  open http://{web_local}/   (Confluence stand-in)");
+    println!();
+    println!(
+        "Every byte goes through one TLS WebSocket to the relay. Audit log: {}",
+        dir.path().join("audit.jsonl").display()
+    );
+    println!("Press Ctrl-C to stop.");
+
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        status = daemon.wait() => bail!("git daemon stopped: {:?}", status),
+    }
+    stop.cancel();
+    let _ = daemon.kill().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(())
+}
+
+fn service(
+    name: &str,
+    display: &str,
+    kind: ServiceKind,
+    local_port: u16,
+    backend_port: u16,
+) -> ServiceConfig {
+    ServiceConfig {
+        name: name.into(),
+        display_name: display.into(),
+        kind,
+        local_port,
+        backends: vec![format!("127.0.0.1:{backend_port}")],
+        allow_groups: Some(vec!["developers".into()]),
+        connect_timeout: Duration::from_secs(5),
+    }
+}
+
+async fn make_demo_repo(git: &Path, repos: &Path) -> anyhow::Result<()> {
+    let work = repos.join("work");
+    let bare = repos.join("demo.git");
+    std::fs::create_dir_all(&work)?;
+    std::fs::write(
+        work.join("README.md"),
+        "# Demo repository\n\nCloned through Gangway: git -> agent -> TLS WebSocket -> relay -> git daemon.\n",
+    )?;
+    let run = |args: &[&str], cwd: &Path| {
+        let out = std::process::Command::new(git)
+            .args([
+                "-c",
+                "user.name=Gangway Demo",
+                "-c",
+                "user.email=demo@gangway.invalid",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(cwd)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "git {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    run(&["init", "-q"], &work)?;
+    run(&["add", "."], &work)?;
+    run(&["commit", "-q", "-m", "Demo repository"], &work)?;
+    run(
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+        repos,
+    )?;
+    run(&["config", "receive.denyCurrentBranch", "ignore"], &bare)?;
+    std::fs::remove_dir_all(&work)?;
+    Ok(())
+}
+
+async fn serve_page(listener: TcpListener, stop: CancellationToken) {
+    const PAGE: &str = "<!doctype html><html><head><meta charset=utf-8><title>Confluence (Gangway demo)</title></head>\
+<body style=\"font-family:sans-serif;max-width:40em;margin:3em auto\"><h1>Confluence stand-in</h1>\
+<p>This page came through Gangway: browser &rarr; agent on 127.0.0.1 &rarr; one TLS WebSocket &rarr; relay &rarr; this server.</p></body></html>";
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            _ = stop.cancelled() => return,
+        };
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(
+                    hyper::Response::builder()
+                        .header("content-type", "text/html; charset=utf-8")
+                        .body(Full::new(Bytes::from_static(PAGE.as_bytes())))
+                        .expect("static response"),
+                )
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_for_port(addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{addr} did not start listening")
+}

@@ -1,0 +1,40 @@
+//! The agent's typed errors: where a failure came from and whether a retry
+//! can help, so the CLI and tray can tell "sign-in needed" from "network down".
+
+use gangway_wire::Refusal;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The relay refused the token (HTTP 401). Retrying with the same token won't help.
+    #[error("the relay refused the access token: {0}")]
+    Unauthorized(String),
+    /// No token is available from the configured source.
+    #[error("no access token: {0}")]
+    NoToken(String),
+    /// The relay could not be reached or the connection broke.
+    #[error("relay unreachable: {0}")]
+    Unreachable(String),
+    /// The relay answered, but not as a Gangway relay of a compatible version.
+    #[error("relay protocol error: {0}")]
+    Protocol(String),
+    /// The relay refused to open a stream, with its reason.
+    #[error("{0}")]
+    Refused(Refusal),
+    /// Local configuration is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// TLS setup (e.g. the CA file) failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+impl AgentError {
+    /// Whether trying again later may succeed without the user doing anything.
+    pub fn retryable(&self) -> bool {
+        match self {
+            AgentError::Unreachable(_) => true,
+            AgentError::Refused(r) => r.code.retryable(),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The relay's plain-HTTP API: discovery and the catalog.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gangway_wire::Token;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::AgentError;
+
+/// `GET /.well-known/gangway`: what the agent needs to sign in.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Discovery {
+    pub issuer: String,
+    pub client_id: String,
+    pub audience: String,
+    pub scopes: Vec<String>,
+    pub protocol_version: u8,
+}
+
+/// Kind of a service: `http` services get HTTP error pages on refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    Http,
+    Tcp,
+}
+
+/// One service the caller may reach.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub kind: ServiceKind,
+    pub display_name: String,
+    pub local_port: u16,
+}
+
+/// `GET /v1/catalog`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Catalog {
+    pub subject: String,
+    pub groups: Vec<String>,
+    pub services: Vec<Service>,
+}
+
+/// A client for one relay.
+#[derive(Clone)]
+pub struct RelayApi {
+    base: Url,
+    http: reqwest::Client,
+}
+
+impl RelayApi {
+    pub fn new(base: Url, tls: Arc<rustls::ClientConfig>) -> Result<Self, AgentError> {
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .timeout(Duration::from_secs(15))
+            .user_agent(concat!("gangway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| AgentError::Tls(e.to_string()))?;
+        Ok(Self { base, http })
+    }
+
+    pub async fn discovery(&self) -> Result<Discovery, AgentError> {
+        let url = self.url("/.well-known/gangway")?;
+        let resp = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| unreachable(&url, e))?;
+        if !resp.status().is_success() {
+            return Err(AgentError::Protocol(format!(
+                "{url}: HTTP {}",
+                resp.status()
+            )));
+        }
+        resp.json()
+            .await
+            .map_err(|e| AgentError::Protocol(format!("{url}: {e}")))
+    }
+
+    pub async fn catalog(&self, token: &Token) -> Result<Catalog, AgentError> {
+        let url = self.url("/v1/catalog")?;
+        let resp = self
+            .http
+            .get(url.clone())
+            .bearer_auth(token.expose())
+            .send()
+            .await
+            .map_err(|e| unreachable(&url, e))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(AgentError::Unauthorized(body.trim().to_string()));
+        }
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(AgentError::Unreachable(format!(
+                "{url}: HTTP {status}: {}",
+                body.trim()
+            )));
+        }
+        resp.json()
+            .await
+            .map_err(|e| AgentError::Protocol(format!("{url}: {e}")))
+    }
+
+    fn url(&self, path: &str) -> Result<Url, AgentError> {
+        self.base
+            .join(path)
+            .map_err(|e| AgentError::Config(format!("relay URL {}: {e}", self.base)))
+    }
+}
+
+fn unreachable(url: &Url, e: reqwest::Error) -> AgentError {
+    // reqwest's Display hides the cause; walk the chain for a useful line.
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg = format!("{msg}: {s}");
+        src = s.source();
+    }
+    AgentError::Unreachable(format!("{url}: {msg}"))
+}

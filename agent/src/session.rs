@@ -1,0 +1,343 @@
+//! One connection to the relay: TLS, WebSocket upgrade with the bearer
+//! token, versioned handshake, then the yamux session and its control
+//! channel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::{SinkExt, StreamExt};
+use gangway_transport::control::{self};
+use gangway_transport::framed::FramedIo;
+use gangway_transport::mux::{self, Mode};
+use gangway_transport::{Opener, Stream, WsByteStream};
+use gangway_wire::{
+    Control, Hello, HelloReply, OpenResult, OpenStream, Refusal, RefusalCode, Token,
+    PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use url::Url;
+
+use crate::AgentError;
+
+/// Anything the WebSocket can run over (TLS, or plain TCP for loopback tests).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+const PING_EVERY: Duration = Duration::from_secs(15);
+const PONG_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The relay said goodbye, with its reason.
+    Goodbye { code: RefusalCode, reason: String },
+    /// The connection broke or keep-alives went unanswered.
+    Lost(String),
+}
+
+/// A live session. Cheap to clone; dropping every clone closes it.
+#[derive(Clone)]
+pub struct Session {
+    opener: Opener,
+    control: mpsc::Sender<Control>,
+    ended: watch::Receiver<Option<Ended>>,
+    pub id: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("id", &self.id).finish()
+    }
+}
+
+/// An opened, accepted stream and any bytes the backend already sent.
+pub struct OpenedStream {
+    pub stream: Stream,
+    pub early: BytesMut,
+}
+
+impl Session {
+    /// Connects to `relay` (an `https://` URL; `http://` only for loopback
+    /// tests) and completes the handshake.
+    pub async fn connect(
+        relay: &Url,
+        tls: Arc<rustls::ClientConfig>,
+        token: &Token,
+    ) -> Result<Session, AgentError> {
+        tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(relay, tls, token))
+            .await
+            .map_err(|_| AgentError::Unreachable(format!("{relay}: timed out connecting")))?
+    }
+
+    async fn connect_inner(
+        relay: &Url,
+        tls: Arc<rustls::ClientConfig>,
+        token: &Token,
+    ) -> Result<Session, AgentError> {
+        let host = relay
+            .host_str()
+            .ok_or_else(|| AgentError::Config(format!("relay URL {relay} has no host")))?
+            .to_string();
+        let port = relay.port_or_known_default().unwrap_or(443);
+        let mut ws_url = relay
+            .join("/v1/tunnel")
+            .map_err(|e| AgentError::Config(format!("relay URL {relay}: {e}")))?;
+        let secure = match relay.scheme() {
+            "https" => true,
+            "http" => false,
+            s => {
+                return Err(AgentError::Config(format!(
+                    "relay URL scheme {s:?}: use https"
+                )))
+            }
+        };
+        let _ = ws_url.set_scheme(if secure { "wss" } else { "ws" });
+
+        let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
+            .await
+            .map_err(|e| AgentError::Unreachable(format!("{relay}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let io: Box<dyn Io> = if secure {
+            let name =
+                rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+                    .map_err(|e| AgentError::Config(format!("relay host {host}: {e}")))?;
+            let tls = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| AgentError::Unreachable(format!("{relay}: TLS: {e}")))?;
+            Box::new(tls)
+        } else {
+            Box::new(tcp)
+        };
+
+        let mut req = ws_url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+        let value = http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            .map_err(|_| AgentError::NoToken("token contains invalid characters".into()))?;
+        req.headers_mut().insert(http::header::AUTHORIZATION, value);
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, io, Some(ws_config()))
+            .await
+            .map_err(|e| match e {
+                tungstenite::Error::Http(resp) => {
+                    let body = resp
+                        .body()
+                        .as_ref()
+                        .map(|b| String::from_utf8_lossy(b).trim().to_string())
+                        .unwrap_or_default();
+                    if resp.status() == http::StatusCode::UNAUTHORIZED {
+                        AgentError::Unauthorized(body)
+                    } else {
+                        AgentError::Unreachable(format!("{relay}: HTTP {}: {body}", resp.status()))
+                    }
+                }
+                other => AgentError::Unreachable(format!("{relay}: {other}")),
+            })?;
+
+        // Versioned handshake: one binary message each way.
+        let mut out = BytesMut::new();
+        Hello {
+            version: PROTOCOL_VERSION,
+            agent: concat!("gangway/", env!("CARGO_PKG_VERSION")).into(),
+        }
+        .encode(&mut out);
+        ws.send(Message::Binary(out.freeze()))
+            .await
+            .map_err(|e| AgentError::Unreachable(e.to_string()))?;
+        let reply = loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => {
+                    break HelloReply::decode(&mut BytesMut::from(&b[..]))
+                        .map_err(|e| AgentError::Protocol(e.to_string()))?
+                        .ok_or_else(|| AgentError::Protocol("truncated handshake reply".into()))?
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => {
+                    return Err(AgentError::Protocol(format!(
+                        "unexpected handshake reply {other:?}"
+                    )))
+                }
+                Some(Err(e)) => return Err(AgentError::Unreachable(e.to_string())),
+                None => {
+                    return Err(AgentError::Unreachable(
+                        "relay closed during handshake".into(),
+                    ))
+                }
+            }
+        };
+        let id = match reply {
+            HelloReply::Welcome { session, .. } => session,
+            HelloReply::Unsupported { message, .. } => return Err(AgentError::Protocol(message)),
+        };
+
+        let (opener, _inbound, driver) = mux::start(WsByteStream::new(ws), Mode::Client);
+        let (ended_tx, ended_rx) = watch::channel(None);
+        let control_stream = {
+            let driver_task = tokio::spawn(driver);
+            let ended_tx = ended_tx.clone();
+            tokio::spawn(async move {
+                let r = driver_task.await;
+                let why = match r {
+                    Ok(Ok(())) => "relay closed the connection".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                ended_tx.send_if_modified(|v| {
+                    if v.is_none() {
+                        *v = Some(Ended::Lost(why));
+                        true
+                    } else {
+                        false
+                    }
+                });
+            });
+            opener
+                .open()
+                .await
+                .map_err(|e| AgentError::Unreachable(e.to_string()))?
+        };
+        let (control_tx, control_rx) = mpsc::channel(16);
+        tokio::spawn(control_loop(control_stream, control_rx, ended_tx));
+        Ok(Session {
+            opener,
+            control: control_tx,
+            ended: ended_rx,
+            id,
+        })
+    }
+
+    /// Opens a stream to `service`; the relay accepts or refuses with a reason.
+    pub async fn open(&self, service: &str) -> Result<OpenedStream, AgentError> {
+        let header = OpenStream::new(service).map_err(|e| AgentError::Config(e.to_string()))?;
+        let stream = self
+            .opener
+            .open()
+            .await
+            .map_err(|e| AgentError::Unreachable(e.to_string()))?;
+        let mut framed = FramedIo::new(stream);
+        framed
+            .write(|b| header.encode(b))
+            .await
+            .map_err(|e| AgentError::Unreachable(e.to_string()))?;
+        let result = tokio::time::timeout(Duration::from_secs(30), framed.read(OpenResult::decode))
+            .await
+            .map_err(|_| AgentError::Unreachable("relay did not answer the stream open".into()))?
+            .map_err(|e| AgentError::Unreachable(e.to_string()))?;
+        match result {
+            Some(OpenResult::Accepted) => {
+                let (stream, early) = framed.into_parts();
+                Ok(OpenedStream { stream, early })
+            }
+            Some(OpenResult::Refused(r)) => Err(AgentError::Refused(r)),
+            None => Err(AgentError::Unreachable("relay closed the stream".into())),
+        }
+    }
+
+    /// Sends a fresh access token in-band; open streams are not disturbed.
+    pub async fn refresh_token(&self, token: Token) -> Result<(), AgentError> {
+        self.control
+            .send(Control::RefreshToken(token))
+            .await
+            .map_err(|_| AgentError::Unreachable("session closed".into()))
+    }
+
+    /// Resolves when the session has ended, with the reason.
+    pub async fn closed(&self) -> Ended {
+        let mut rx = self.ended.clone();
+        let r = rx.wait_for(Option::is_some).await.map(|v| v.clone());
+        match r {
+            Ok(v) => v.expect("checked"),
+            Err(_) => Ended::Lost("session dropped".into()),
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.ended.borrow().is_some() || self.opener.is_closed()
+    }
+}
+
+/// Sends pings, forwards outgoing control messages, and records the relay's
+/// goodbye or a missed keep-alive.
+async fn control_loop(
+    stream: Stream,
+    mut outgoing: mpsc::Receiver<Control>,
+    ended: watch::Sender<Option<Ended>>,
+) {
+    let (mut reader, mut writer) = control::channel(stream);
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_pong = tokio::time::Instant::now();
+    let mut nonce = 0u64;
+    let end = |why: Ended| {
+        ended.send_if_modified(|v| {
+            if v.is_none() {
+                *v = Some(why);
+                true
+            } else {
+                false
+            }
+        });
+    };
+    loop {
+        tokio::select! {
+            msg = reader.recv() => match msg {
+                Ok(Some(Control::Pong(_))) => last_pong = tokio::time::Instant::now(),
+                Ok(Some(Control::Ping(n))) => {
+                    if writer.send(&Control::Pong(n)).await.is_err() { break; }
+                }
+                Ok(Some(Control::Goodbye { code, reason })) => {
+                    tracing::warn!(%reason, "relay closed the session");
+                    end(Ended::Goodbye { code, reason });
+                    break;
+                }
+                Ok(Some(Control::TokenAccepted { expires_at })) => {
+                    tracing::debug!(expires_at, "relay accepted the refreshed token");
+                }
+                Ok(Some(Control::TokenRejected { reason })) => {
+                    tracing::warn!(%reason, "relay rejected the refreshed token");
+                }
+                Ok(Some(Control::Notice { level, text })) => {
+                    tracing::info!(?level, %text, "notice from relay");
+                }
+                Ok(Some(other)) => tracing::debug!(?other, "ignoring control message"),
+                Ok(None) => { end(Ended::Lost("relay closed the control channel".into())); break; }
+                Err(e) => { end(Ended::Lost(format!("control channel: {e}"))); break; }
+            },
+            out = outgoing.recv() => match out {
+                Some(msg) => if writer.send(&msg).await.is_err() { break; },
+                None => break,
+            },
+            _ = ping.tick() => {
+                if last_pong.elapsed() > PONG_DEADLINE {
+                    end(Ended::Lost("relay stopped answering keep-alives".into()));
+                    break;
+                }
+                nonce += 1;
+                if writer.send(&Control::Ping(nonce)).await.is_err() { break; }
+            }
+        }
+    }
+}
+
+fn ws_config() -> WebSocketConfig {
+    let mut c = WebSocketConfig::default();
+    c.max_message_size = Some(4 << 20);
+    c.max_frame_size = Some(4 << 20);
+    c
+}
+
+/// Convenience for refusals built locally (e.g. "relay unreachable").
+pub fn local_refusal(code: RefusalCode, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}

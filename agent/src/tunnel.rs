@@ -1,0 +1,220 @@
+//! The tunnel supervisor: keeps one session to the relay up, reconnecting
+//! with exponential backoff and jitter, and publishes its state.
+//!
+//! Listeners stay bound while it reconnects; they wait (bounded) for the
+//! state to become [`TunnelState::Connected`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::session::{Ended, Session};
+use crate::token::TokenSource;
+use crate::AgentError;
+
+/// What the tunnel is doing now.
+#[derive(Debug, Clone)]
+pub enum TunnelState {
+    /// Trying to connect; `last_error` says why the previous try failed.
+    Connecting {
+        attempt: u32,
+        last_error: Option<String>,
+    },
+    Connected(Session),
+    /// The relay refuses our token; a new sign-in (or token) is needed.
+    /// Retries continue slowly in case a token file is replaced.
+    SignInNeeded(String),
+    Stopped,
+}
+
+/// Backoff for reconnects: exponential from `base` to `max`, with jitter.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(250),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// Delay before attempt `n` (0-based): `min(max, base·2ⁿ)`, scaled by a
+    /// random factor in [0.5, 1.0] so many agents don't reconnect in step.
+    pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX));
+        let capped = exp.min(self.max);
+        capped.mul_f64(rng.gen_range(0.5..=1.0))
+    }
+}
+
+/// Handle on a running tunnel.
+#[derive(Clone)]
+pub struct Tunnel {
+    state: watch::Receiver<TunnelState>,
+}
+
+impl Tunnel {
+    /// Starts the supervisor task. It runs until `stop` is cancelled.
+    pub fn start(
+        relay: Url,
+        tls: Arc<rustls::ClientConfig>,
+        tokens: TokenSource,
+        backoff: Backoff,
+        stop: CancellationToken,
+    ) -> Tunnel {
+        let (tx, rx) = watch::channel(TunnelState::Connecting {
+            attempt: 0,
+            last_error: None,
+        });
+        tokio::spawn(supervise(relay, tls, tokens, backoff, stop, tx));
+        Tunnel { state: rx }
+    }
+
+    pub fn state(&self) -> TunnelState {
+        self.state.borrow().clone()
+    }
+
+    pub fn watch(&self) -> watch::Receiver<TunnelState> {
+        self.state.clone()
+    }
+
+    /// Waits up to `limit` for a connected session. Fails at once when
+    /// sign-in is needed or the tunnel stopped.
+    pub async fn session(&self, limit: Duration) -> Result<Session, AgentError> {
+        let mut rx = self.state.clone();
+        let wait = async {
+            rx.wait_for(|s| match s {
+                TunnelState::Connected(s) => !s.is_closed(),
+                TunnelState::SignInNeeded(_) | TunnelState::Stopped => true,
+                TunnelState::Connecting { .. } => false,
+            })
+            .await
+            .map(|s| s.clone())
+        };
+        match tokio::time::timeout(limit, wait).await {
+            Ok(Ok(state)) => match &state {
+                TunnelState::Connected(s) => Ok(s.clone()),
+                TunnelState::SignInNeeded(why) => {
+                    Err(AgentError::Unauthorized(format!("sign-in needed: {why}")))
+                }
+                _ => Err(AgentError::Unreachable("the agent is stopping".into())),
+            },
+            Ok(Err(_)) => Err(AgentError::Unreachable("the agent is stopping".into())),
+            Err(_) => {
+                let why = match &*self.state.borrow() {
+                    TunnelState::Connecting {
+                        last_error: Some(e),
+                        ..
+                    } => e.clone(),
+                    _ => "still connecting".into(),
+                };
+                Err(AgentError::Unreachable(format!(
+                    "relay not reachable after waiting {}s: {why}",
+                    limit.as_secs()
+                )))
+            }
+        }
+    }
+}
+
+async fn supervise(
+    relay: Url,
+    tls: Arc<rustls::ClientConfig>,
+    tokens: TokenSource,
+    backoff: Backoff,
+    stop: CancellationToken,
+    state: watch::Sender<TunnelState>,
+) {
+    let mut attempt = 0u32;
+    loop {
+        let result = tokio::select! {
+            r = connect_once(&relay, &tls, &tokens) => r,
+            _ = stop.cancelled() => break,
+        };
+        match result {
+            Ok(session) => {
+                tracing::info!(relay = %relay, session = %session.id, "tunnel connected");
+                attempt = 0;
+                state.send_replace(TunnelState::Connected(session.clone()));
+                let ended = tokio::select! {
+                    e = session.closed() => e,
+                    _ = stop.cancelled() => break,
+                };
+                let why = match &ended {
+                    Ended::Goodbye { reason, .. } => format!("relay closed the session: {reason}"),
+                    Ended::Lost(why) => format!("connection lost: {why}"),
+                };
+                tracing::warn!(relay = %relay, "{why}; reconnecting");
+                state.send_replace(TunnelState::Connecting {
+                    attempt: 0,
+                    last_error: Some(why),
+                });
+            }
+            Err(AgentError::Unauthorized(why)) | Err(AgentError::NoToken(why)) => {
+                tracing::warn!(relay = %relay, "sign-in needed: {why}");
+                state.send_replace(TunnelState::SignInNeeded(why));
+                attempt = attempt.max(6);
+            }
+            Err(e) => {
+                tracing::warn!(relay = %relay, attempt, "cannot connect: {e}");
+                state.send_replace(TunnelState::Connecting {
+                    attempt,
+                    last_error: Some(e.to_string()),
+                });
+            }
+        }
+        let delay = backoff.delay(attempt, &mut rand::thread_rng());
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    state.send_replace(TunnelState::Stopped);
+}
+
+async fn connect_once(
+    relay: &Url,
+    tls: &Arc<rustls::ClientConfig>,
+    tokens: &TokenSource,
+) -> Result<Session, AgentError> {
+    let token = tokens.current().await?;
+    Session::connect(relay, tls.clone(), &token).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let b = Backoff::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for attempt in 0..40 {
+            let d = b.delay(attempt, &mut rng);
+            let ceiling = (b.base * 2u32.saturating_pow(attempt.min(20))).min(b.max);
+            assert!(d <= ceiling, "attempt {attempt}: {d:?} > {ceiling:?}");
+            assert!(
+                d >= ceiling / 2,
+                "attempt {attempt}: {d:?} < half of {ceiling:?}"
+            );
+        }
+        assert!(b.delay(30, &mut rng) <= Duration::from_secs(30));
+        // Jitter: two draws for the same attempt are not always equal.
+        let draws: std::collections::HashSet<_> = (0..20).map(|_| b.delay(5, &mut rng)).collect();
+        assert!(draws.len() > 1);
+    }
+}

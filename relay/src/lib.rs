@@ -1,0 +1,194 @@
+//! The Gangway relay: the central server agents tunnel to.
+//!
+//! ```text
+//! accept ─▶ TLS ─▶ HTTP ─┬─ /.well-known/gangway, /healthz       (open)
+//!                         ├─ /v1/catalog                         (token)
+//!                         └─ /v1/tunnel ─▶ WebSocket ─▶ session   (token)
+//!                                               each stream: authorize ─▶ backend ─▶ copy ─▶ audit
+//! ```
+//!
+//! [`run`] serves a pre-bound listener until `shutdown` resolves; the relay
+//! keeps no state another relay needs, so many can run behind a balancer.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod forward;
+pub mod server;
+pub mod tls;
+pub mod tunnel;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{AuthError, Identity, KeySource, Verifier};
+pub use config::{ConfigError, RelayConfig, TlsMode};
+
+/// Failures that stop the relay from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("audit log {path}: {source}")]
+    Audit {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("jwks_file {path}: {reason}")]
+    Jwks { path: String, reason: String },
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
+}
+
+/// Shared state of a running relay.
+pub struct Relay {
+    pub config: RelayConfig,
+    pub verifier: Verifier,
+    pub audit: audit::Audit,
+    pools: HashMap<String, forward::Pool>,
+    shutdown: CancellationToken,
+    sessions: AtomicU64,
+}
+
+impl Relay {
+    /// Builds the relay from a validated config, with keys from `source`.
+    pub fn new(config: RelayConfig, source: KeySource) -> Result<Self, RelayError> {
+        let audit =
+            audit::Audit::open(config.audit_path.as_deref()).map_err(|e| RelayError::Audit {
+                path: config
+                    .audit_path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                source: e,
+            })?;
+        let pools = config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), forward::Pool::default()))
+            .collect();
+        Ok(Self {
+            verifier: Verifier::new(config.identity.clone(), source),
+            config,
+            audit,
+            pools,
+            shutdown: CancellationToken::new(),
+            sessions: AtomicU64::new(0),
+        })
+    }
+
+    /// Builds the relay with the key source its config names: a static
+    /// `jwks_file`, or discovery from the issuer.
+    pub fn from_config(config: RelayConfig) -> Result<Self, RelayError> {
+        let source = match &config.identity.jwks_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| RelayError::Jwks {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                KeySource::Static(serde_json::from_str(&text).map_err(|e| RelayError::Jwks {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?)
+            }
+            None => KeySource::Discovery(
+                reqwest::Client::builder()
+                    .user_agent(concat!("gangway-relay/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| RelayError::Jwks {
+                        path: "(discovery)".into(),
+                        reason: e.to_string(),
+                    })?,
+            ),
+        };
+        Self::new(config, source)
+    }
+
+    fn next_session_id(&self) -> String {
+        let n = self.sessions.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}-{n}", std::process::id())
+    }
+
+    fn pool(&self, service: &str) -> &forward::Pool {
+        &self.pools[service]
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, then tells every session
+/// goodbye and waits briefly for them to go.
+pub async fn run(
+    listener: TcpListener,
+    relay: Arc<Relay>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RelayError> {
+    let acceptor = match &relay.config.tls {
+        TlsMode::Files { cert, key } => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+            cert, key,
+        )?)),
+        TlsMode::Plaintext => None,
+    };
+    let conns = tokio_util::task::TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let relay = relay.clone();
+        let acceptor = acceptor.clone();
+        conns.spawn(async move {
+            let peer = peer.to_string();
+            let svc = {
+                let relay = relay.clone();
+                let peer = peer.clone();
+                service_fn(move |req| server::handle(relay.clone(), peer.clone(), req))
+            };
+            let http = hyper::server::conn::http1::Builder::new();
+            let result = match acceptor {
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(tls) => {
+                        http.serve_connection(TokioIo::new(tls), svc)
+                            .with_upgrades()
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
+                None => {
+                    http.serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades()
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection error");
+            }
+        });
+    }
+    tracing::info!("shutting down: telling sessions goodbye");
+    relay.shutdown.cancel();
+    conns.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conns.wait()).await;
+    Ok(())
+}

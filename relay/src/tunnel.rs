@@ -1,0 +1,384 @@
+//! One agent's session: handshake, control channel, and its data streams.
+//!
+//! Each data stream goes through the relay's phases in order:
+//! read the open header → authorize (service known, token still valid,
+//! group allowed) → pick and connect a backend → answer → copy → audit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures::{SinkExt, StreamExt};
+use gangway_transport::control::{self, ControlReader};
+use gangway_transport::framed::FramedIo;
+use gangway_transport::mux::{self, Mode};
+use gangway_transport::{duplex, Stream, WsByteStream};
+use gangway_wire::{
+    Control, Hello, HelloReply, OpenResult, OpenStream, Refusal, RefusalCode, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::audit::Event;
+use crate::auth::{now_unix, Identity};
+use crate::Relay;
+
+/// How long an agent has to send its hello, control stream, or open header.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one upgraded WebSocket until the agent leaves, the relay shuts
+/// down, or the session's token expires without renewal.
+pub async fn serve<S>(
+    relay: Arc<Relay>,
+    mut ws: WebSocketStream<S>,
+    identity: Identity,
+    peer: String,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let session = relay.next_session_id();
+    let started = Instant::now();
+
+    // Phase 1: versioned handshake, one binary message each way.
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.next()).await {
+        Ok(Some(Ok(Message::Binary(b)))) => Hello::decode(&mut BytesMut::from(&b[..])),
+        _ => Ok(None),
+    };
+    let hello = match hello {
+        Ok(Some(h)) => h,
+        Ok(None) | Err(_) => {
+            tracing::debug!(%session, "no valid hello; closing");
+            let _ = ws.close(None).await;
+            return;
+        }
+    };
+    if hello.version != PROTOCOL_VERSION {
+        let mut out = BytesMut::new();
+        HelloReply::Unsupported {
+            supported: PROTOCOL_VERSION,
+            message: format!(
+                "relay speaks protocol {PROTOCOL_VERSION}, agent {} speaks {}; update the agent",
+                hello.agent, hello.version
+            ),
+        }
+        .encode(&mut out);
+        let _ = ws.send(Message::Binary(out.freeze())).await;
+        let _ = ws.close(None).await;
+        return;
+    }
+    let mut out = BytesMut::new();
+    HelloReply::Welcome {
+        version: PROTOCOL_VERSION,
+        session: session.clone(),
+    }
+    .encode(&mut out);
+    if ws.send(Message::Binary(out.freeze())).await.is_err() {
+        return;
+    }
+    relay.audit.record(&Event {
+        event: "session_open",
+        subject: Some(&identity.subject),
+        session: Some(&session),
+        peer: Some(peer.clone()),
+        reason: Some(format!("agent {}", hello.agent)),
+        ..Default::default()
+    });
+    tracing::info!(%session, subject = %identity.subject, agent = %hello.agent, "session open");
+
+    // Phase 2: the mux, and the control stream (the first one opened).
+    let (opener, mut inbound, driver) = mux::start(WsByteStream::new(ws), Mode::Server);
+    let driver = tokio::spawn(driver);
+    let control = match tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.recv()).await {
+        Ok(Some(s)) => s,
+        _ => {
+            driver.abort();
+            return;
+        }
+    };
+    let (identity_tx, identity_rx) = watch::channel(identity.clone());
+    let (ctl_reader, mut ctl_writer) = control::channel(control);
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(16);
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = ctl_rx.recv().await {
+            if ctl_writer.send(&msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let control_task = tokio::spawn(control_loop(
+        relay.clone(),
+        ctl_reader,
+        ctl_tx.clone(),
+        identity_tx,
+        session.clone(),
+    ));
+
+    // Phase 3: data streams until something ends the session.
+    let grace = relay.config.identity.leeway;
+    let end_reason: (&str, Option<(RefusalCode, String)>) = loop {
+        let expires_at = identity_rx.borrow().expires_at;
+        let until_expiry = Duration::from_secs(expires_at.saturating_sub(now_unix())) + grace;
+        tokio::select! {
+            s = inbound.recv() => match s {
+                Some(stream) => {
+                    let who = identity_rx.borrow().clone();
+                    tokio::spawn(serve_stream(relay.clone(), stream, who, session.clone(), peer.clone()));
+                }
+                None => break ("agent closed", None),
+            },
+            _ = relay.shutdown.cancelled() => break ("relay shutting down", Some((
+                RefusalCode::ShuttingDown,
+                "relay is shutting down; reconnect to another relay".to_string(),
+            ))),
+            _ = tokio::time::sleep(until_expiry) => {
+                if identity_rx.borrow().expires_at + grace.as_secs() <= now_unix() {
+                    break ("token expired", Some((
+                        RefusalCode::Unauthenticated,
+                        "access token expired without renewal; sign in again".to_string(),
+                    )));
+                }
+            }
+            _ = ctl_tx.closed() => break ("control channel closed", None),
+        }
+    };
+    if let Some((code, reason)) = end_reason.1 {
+        let _ = ctl_tx.send(Control::Goodbye { code, reason }).await;
+        // Let the goodbye reach the agent before the session goes.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(ctl_tx);
+    control_task.abort();
+    writer.abort();
+    drop(inbound);
+    drop(opener);
+    let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+    relay.audit.record(&Event {
+        event: "session_close",
+        subject: Some(&identity.subject),
+        session: Some(&session),
+        peer: Some(peer),
+        reason: Some(end_reason.0.to_string()),
+        duration_ms: Some(started.elapsed().as_millis() as u64),
+        ..Default::default()
+    });
+    tracing::info!(%session, reason = end_reason.0, "session closed");
+}
+
+/// Answers pings and takes refreshed tokens for the same subject.
+async fn control_loop(
+    relay: Arc<Relay>,
+    mut reader: ControlReader<Stream>,
+    tx: mpsc::Sender<Control>,
+    identity: watch::Sender<Identity>,
+    session: String,
+) {
+    loop {
+        let msg = match reader.recv().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(%session, error = %e, "control channel error");
+                break;
+            }
+        };
+        let reply = match msg {
+            Control::Ping(n) => Control::Pong(n),
+            Control::RefreshToken(token) => {
+                let current = identity.borrow().subject.clone();
+                match relay.verifier.verify(token.expose()).await {
+                    Ok(new) if new.subject == current => {
+                        let expires_at = new.expires_at;
+                        identity.send_replace(new);
+                        Control::TokenAccepted { expires_at }
+                    }
+                    Ok(new) => {
+                        relay.audit.record(&Event {
+                            event: "token_refresh_refused",
+                            subject: Some(&current),
+                            session: Some(&session),
+                            code: Some("subject_changed"),
+                            reason: Some(format!("new token is for {}", new.subject)),
+                            ..Default::default()
+                        });
+                        Control::TokenRejected {
+                            reason: "new token names a different user".into(),
+                        }
+                    }
+                    Err(e) => {
+                        relay.audit.record(&Event {
+                            event: "token_refresh_refused",
+                            subject: Some(&current),
+                            session: Some(&session),
+                            code: Some(e.code()),
+                            reason: Some(e.to_string()),
+                            ..Default::default()
+                        });
+                        Control::TokenRejected {
+                            reason: e.to_string(),
+                        }
+                    }
+                }
+            }
+            Control::Pong(_) => continue,
+            other => {
+                tracing::debug!(%session, ?other, "ignoring control message");
+                continue;
+            }
+        };
+        if tx.send(reply).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// One data stream through the phases: open header → authorize → backend →
+/// answer → copy → audit.
+async fn serve_stream(
+    relay: Arc<Relay>,
+    stream: Stream,
+    identity: Identity,
+    session: String,
+    peer: String,
+) {
+    let mut framed = FramedIo::new(stream);
+    let open = match tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.read(OpenStream::decode)).await
+    {
+        Ok(Ok(Some(open))) => open,
+        Ok(Err(e)) => {
+            tracing::debug!(%session, error = %e, "bad open header");
+            return;
+        }
+        _ => return,
+    };
+    let service = open.service;
+    let audit_refusal = |code: RefusalCode, reason: &str| {
+        relay.audit.record(&Event {
+            event: "stream_refused",
+            subject: Some(&identity.subject),
+            session: Some(&session),
+            peer: Some(peer.clone()),
+            service: Some(&service),
+            code: Some(code_name(code)),
+            reason: Some(reason.to_string()),
+            ..Default::default()
+        });
+    };
+
+    let decision = authorize(&relay, &service, &identity);
+    let svc = match decision {
+        Ok(svc) => svc,
+        Err(refusal) => {
+            audit_refusal(refusal.code, &refusal.message);
+            let _ = framed
+                .write(|b| OpenResult::Refused(refusal).encode(b))
+                .await;
+            return;
+        }
+    };
+    let pool = relay.pool(&svc.name);
+    let (mut backend, backend_addr) = match pool.connect(svc).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            let refusal = Refusal {
+                code: RefusalCode::BackendUnreachable,
+                message: format!("{} is not reachable from the relay", svc.display_name),
+            };
+            audit_refusal(refusal.code, &e.to_string());
+            let _ = framed
+                .write(|b| OpenResult::Refused(refusal).encode(b))
+                .await;
+            return;
+        }
+    };
+    if framed
+        .write(|b| OpenResult::Accepted.encode(b))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (mut stream, early) = framed.into_parts();
+    if !early.is_empty() && backend.write_all(&early).await.is_err() {
+        return;
+    }
+    let started = Instant::now();
+    relay.audit.record(&Event {
+        event: "stream_open",
+        subject: Some(&identity.subject),
+        session: Some(&session),
+        peer: Some(peer.clone()),
+        service: Some(&service),
+        backend: Some(&backend_addr),
+        ..Default::default()
+    });
+    let result = duplex::splice(&mut stream, &mut backend).await;
+    let (up, down, reason) = match result {
+        Ok(t) => (t.a_to_b + early.len() as u64, t.b_to_a, None),
+        Err(e) => (0, 0, Some(e.to_string())),
+    };
+    relay.audit.record(&Event {
+        event: "stream_close",
+        subject: Some(&identity.subject),
+        session: Some(&session),
+        service: Some(&service),
+        backend: Some(&backend_addr),
+        bytes_up: Some(up),
+        bytes_down: Some(down),
+        duration_ms: Some(started.elapsed().as_millis() as u64),
+        reason,
+        ..Default::default()
+    });
+}
+
+/// The policy phase: may this identity open this service now?
+fn authorize<'r>(
+    relay: &'r Relay,
+    service: &str,
+    identity: &Identity,
+) -> Result<&'r crate::config::ServiceConfig, Refusal> {
+    if relay.shutdown.is_cancelled() {
+        return Err(Refusal {
+            code: RefusalCode::ShuttingDown,
+            message: "relay is shutting down".into(),
+        });
+    }
+    let Some(svc) = relay.config.service(service) else {
+        return Err(Refusal {
+            code: RefusalCode::UnknownService,
+            message: format!("the relay has no service named {service:?}"),
+        });
+    };
+    if identity.expires_at + relay.config.identity.leeway.as_secs() <= now_unix() {
+        return Err(Refusal {
+            code: RefusalCode::Unauthenticated,
+            message: "access token expired; sign in again".into(),
+        });
+    }
+    if !svc.allows(&identity.groups) {
+        return Err(Refusal {
+            code: RefusalCode::Forbidden,
+            message: format!(
+                "{} may not use {} (needs one of the groups: {})",
+                identity.subject,
+                svc.display_name,
+                svc.allow_groups.as_deref().unwrap_or_default().join(", ")
+            ),
+        });
+    }
+    Ok(svc)
+}
+
+fn code_name(code: RefusalCode) -> &'static str {
+    match code {
+        RefusalCode::UnknownService => "unknown_service",
+        RefusalCode::Forbidden => "forbidden",
+        RefusalCode::RateLimited => "rate_limited",
+        RefusalCode::NoHealthyBackend => "no_healthy_backend",
+        RefusalCode::ShuttingDown => "shutting_down",
+        RefusalCode::BackendUnreachable => "backend_unreachable",
+        RefusalCode::Unauthenticated => "unauthenticated",
+        RefusalCode::Other(_) => "other",
+    }
+}

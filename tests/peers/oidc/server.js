@@ -1,0 +1,312 @@
+// A real OpenID Connect provider (npm `oidc-provider`) for Gangway's
+// end-to-end tests. Not a fake: tokens, JWKS, discovery, PKCE, refresh-token
+// rotation and the device flow are the library's own.
+//
+//   node server.js [PORT]        (PORT defaults to $PORT, then 0 = any free port)
+//
+// Environment (all optional):
+//   AUDIENCE          resource indicator / `aud` of access tokens
+//                     (default https://relay.gangway.test)
+//   ACCESS_TOKEN_TTL  access token lifetime in seconds (default 60)
+//
+// Once it accepts connections it prints exactly one line to stdout:
+//   LISTENING http://127.0.0.1:<port>
+// and that URL is the issuer. Everything else goes to stderr.
+//
+// Clients:
+//   gangway-ci, ci-dev, ci-readonly, ci-nogroups: confidential, secret `ci-secret`,
+//       client_credentials only, HTTP Basic client authentication;
+//       the access token's `sub` is the client id, `groups` as in CI_CLIENTS.
+//   gangway   public native client: authorization_code (+PKCE S256, required),
+//       refresh_token, device_code; redirect http://127.0.0.1/callback on any
+//       port. Refresh tokens need scope offline_access and prompt=consent.
+// Accounts for the login form: see ACCOUNTS.
+//
+// All access tokens are RS256 JWTs (`typ: at+jwt`) for AUDIENCE, whether or
+// not the client sends a `resource` parameter. Signing keys live in memory:
+// a restart means new keys.
+
+import * as crypto from 'node:crypto';
+import * as http from 'node:http';
+
+import Provider, { errors } from 'oidc-provider';
+
+const AUDIENCE = process.env.AUDIENCE || 'https://relay.gangway.test';
+const ACCESS_TOKEN_TTL = integer('ACCESS_TOKEN_TTL', process.env.ACCESS_TOKEN_TTL, 60, 1, 86400);
+const PORT = integer('PORT', process.argv[2] ?? process.env.PORT, 0, 0, 65535);
+
+const CI_SECRET = 'ci-secret';
+
+/** Confidential client_credentials clients: client id -> groups claim. */
+const CI_CLIENTS = {
+  'gangway-ci': ['developers'],
+  'ci-dev': ['developers'],
+  'ci-readonly': ['readers'],
+  'ci-nogroups': [],
+};
+
+/** Users of the login form. */
+const ACCOUNTS = {
+  alice: { password: 'alice-pw', name: 'Alice Example', groups: ['developers'] },
+  bob: { password: 'bob-pw', name: 'Bob Example', groups: ['readers'] },
+};
+
+function integer(name, raw, fallback, min, max) {
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min || n > max) {
+    console.error(`oidc peer: ${name} must be an integer in ${min}..${max}, got ${JSON.stringify(raw)}`);
+    process.exit(2);
+  }
+  return n;
+}
+
+function groupsFor(token) {
+  if (token.accountId) return ACCOUNTS[token.accountId]?.groups ?? [];
+  return CI_CLIENTS[token.clientId] ?? [];
+}
+
+function signingKey() {
+  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const jwk = privateKey.export({ format: 'jwk' });
+  return { ...jwk, kid: crypto.randomUUID(), alg: 'RS256', use: 'sig' };
+}
+
+function configuration() {
+  return {
+    clients: [
+      ...Object.keys(CI_CLIENTS).map((clientId) => ({
+        client_id: clientId,
+        client_secret: CI_SECRET,
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_basic',
+      })),
+      {
+        client_id: 'gangway',
+        application_type: 'native',
+        token_endpoint_auth_method: 'none',
+        redirect_uris: ['http://127.0.0.1/callback'],
+        response_types: ['code'],
+        grant_types: [
+          'authorization_code',
+          'refresh_token',
+          'urn:ietf:params:oauth:grant-type:device_code',
+        ],
+      },
+    ],
+    jwks: { keys: [signingKey()] },
+    cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
+    scopes: ['openid', 'offline_access', 'groups', 'profile'],
+    claims: {
+      openid: ['sub'],
+      profile: ['name', 'preferred_username'],
+      groups: ['groups'],
+    },
+    async findAccount(_ctx, sub) {
+      const account = ACCOUNTS[sub];
+      if (!account) return undefined;
+      return {
+        accountId: sub,
+        async claims() {
+          return { sub, name: account.name, preferred_username: sub, groups: account.groups };
+        },
+      };
+    },
+    // `sub` is set by the library (account id, or client id for
+    // client_credentials) and cannot be overridden from here.
+    async extraTokenClaims(_ctx, token) {
+      return { groups: groupsFor(token) };
+    },
+    responseTypes: ['code'],
+    pkce: { required: () => true },
+    features: {
+      devInteractions: { enabled: false },
+      clientCredentials: { enabled: true },
+      // The stock pages below @import a web font from the internet; these
+      // plain ones keep a test browser on loopback.
+      deviceFlow: {
+        enabled: true,
+        async userCodeInputSource(ctx, form, _out, err) {
+          const msg = err ? `<p id="error" role="alert">${escape(err.userCode || err.name === 'NoCodeError' ? 'The code you entered is incorrect.' : 'There was an error processing your request.')}</p>` : '';
+          ctx.body = page('Device sign-in', `${msg}<p>Enter the code displayed on your device.</p>${form}<button id="submit" type="submit" form="op.deviceInputForm">Continue</button>`);
+        },
+        async userCodeConfirmSource(ctx, form, client, _deviceInfo, userCode) {
+          ctx.body = page('Confirm device', `<p><strong>${escape(client.clientName || client.clientId)}</strong> shows the code <code id="user-code">${escape(userCode)}</code>.</p>${form}`
+            + '<button id="submit" autofocus type="submit" form="op.deviceConfirmForm">Continue</button>'
+            + '<button id="cancel" type="submit" form="op.deviceConfirmForm" value="yes" name="abort">Abort</button>');
+        },
+        async successSource(ctx) {
+          ctx.body = page('Sign-in success', '<p id="success">You can close this page.</p>');
+        },
+      },
+      rpInitiatedLogout: {
+        enabled: true,
+        async logoutSource(ctx, form) {
+          ctx.body = page('Sign out', `${form}<button id="submit" autofocus type="submit" form="op.logoutForm" value="yes" name="logout">Sign out</button>`);
+        },
+        async postLogoutSuccessSource(ctx) {
+          ctx.body = page('Signed out', '<p id="success">You are signed out.</p>');
+        },
+      },
+      revocation: { enabled: true },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: async () => AUDIENCE,
+        // Without this, a code exchange whose scope has `openid` yields an
+        // opaque userinfo-only token unless `resource` is sent again.
+        useGrantedResource: async () => true,
+        getResourceServerInfo: async (_ctx, resourceIndicator) => {
+          if (resourceIndicator !== AUDIENCE) {
+            throw new errors.InvalidTarget(`unknown resource ${resourceIndicator}`);
+          }
+          return {
+            scope: 'groups',
+            audience: AUDIENCE,
+            accessTokenTTL: ACCESS_TOKEN_TTL,
+            accessTokenFormat: 'jwt',
+            jwt: { sign: { alg: 'RS256' } },
+          };
+        },
+      },
+    },
+    ttl: {
+      AccessToken: ACCESS_TOKEN_TTL,
+      ClientCredentials: ACCESS_TOKEN_TTL,
+      AuthorizationCode: 60,
+      DeviceCode: 600,
+      IdToken: 3600,
+      RefreshToken: 24 * 3600,
+      Interaction: 600,
+      Session: 24 * 3600,
+      Grant: 24 * 3600,
+    },
+    renderError(ctx, out, _error) {
+      ctx.type = 'html';
+      ctx.body = page('Error', `<pre id="error">${escape(JSON.stringify(out, null, 2))}</pre>`);
+    },
+  };
+}
+
+// ---- the login form (replaces the stock dev form, which takes any password)
+
+function escape(s) {
+  return String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+function page(title, body) {
+  return `<!DOCTYPE html><html><head><meta charset="utf-8"><title>${escape(title)}</title></head>`
+    + `<body><h1>${escape(title)}</h1>${body}</body></html>`;
+}
+
+function loginPage(uid, error) {
+  return page('Sign in to Gangway test IdP', `
+    ${error ? `<p id="error" role="alert">${escape(error)}</p>` : ''}
+    <form id="login" method="post" action="/interaction/${escape(uid)}/login" autocomplete="off">
+      <label>Username <input id="username" name="username" required autofocus></label>
+      <label>Password <input id="password" name="password" type="password" required></label>
+      <button id="submit" type="submit">Sign in</button>
+    </form>
+    <form method="post" action="/interaction/${escape(uid)}/abort"><button id="cancel" type="submit">Cancel</button></form>`);
+}
+
+function send(res, status, html) {
+  res.writeHead(status, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+  res.end(html);
+}
+
+async function readForm(req) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > 64 * 1024) throw new Error('form too large');
+    chunks.push(chunk);
+  }
+  return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+}
+
+/** Consent is given automatically for everything the client asked for. */
+async function grantConsent(provider, details) {
+  const { prompt: { details: missing }, params, session, grantId } = details;
+  const grant = grantId
+    ? await provider.Grant.find(grantId)
+    : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+  if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+  if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+  for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
+    grant.addResourceScope(indicator, scopes.join(' '));
+  }
+  return grant.save();
+}
+
+async function interaction(provider, req, res, path) {
+  const [, , uid, action] = path.split('/');
+  if (req.method === 'GET' && !action) {
+    const details = await provider.interactionDetails(req, res);
+    if (details.uid !== uid) return send(res, 400, page('Error', 'interaction mismatch'));
+    if (details.prompt.name === 'login') return send(res, 200, loginPage(uid));
+    if (details.prompt.name === 'consent') {
+      const grantId = await grantConsent(provider, details);
+      return provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+    }
+    return send(res, 400, page('Error', `unsupported prompt ${escape(details.prompt.name)}`));
+  }
+  if (req.method === 'POST' && action === 'login') {
+    const details = await provider.interactionDetails(req, res);
+    if (details.uid !== uid || details.prompt.name !== 'login') {
+      return send(res, 400, page('Error', 'no login pending'));
+    }
+    const form = await readForm(req);
+    const username = form.get('username') ?? '';
+    const account = Object.hasOwn(ACCOUNTS, username) ? ACCOUNTS[username] : undefined;
+    if (!account || form.get('password') !== account.password) {
+      return send(res, 401, loginPage(uid, 'Invalid username or password.'));
+    }
+    return provider.interactionFinished(req, res, { login: { accountId: username } }, { mergeWithLastSubmission: false });
+  }
+  if (req.method === 'POST' && action === 'abort') {
+    return provider.interactionFinished(req, res, {
+      error: 'access_denied',
+      error_description: 'End-User aborted interaction',
+    }, { mergeWithLastSubmission: false });
+  }
+  return send(res, 404, page('Not found', ''));
+}
+
+// ---- start: listen first, then build the provider with the real port
+
+const server = http.createServer();
+server.listen(PORT, '127.0.0.1', () => {
+  const { port } = server.address();
+  const issuer = `http://127.0.0.1:${port}`;
+  const provider = new Provider(issuer, configuration());
+  provider.on('server_error', (_ctx, err) => console.error('oidc peer: server_error', err));
+  const callback = provider.callback();
+
+  server.on('request', (req, res) => {
+    const path = new URL(req.url, issuer).pathname;
+    if (path.startsWith('/interaction/')) {
+      interaction(provider, req, res, path).catch((err) => {
+        console.error('oidc peer: interaction failed:', err);
+        if (!res.headersSent) send(res, err.statusCode ?? 500, page('Error', escape(err.message)));
+        else res.end();
+      });
+    } else {
+      callback(req, res);
+    }
+  });
+
+  process.stdout.write(`LISTENING ${issuer}\n`);
+  console.error(`oidc peer: issuer ${issuer}, audience ${AUDIENCE}, access token TTL ${ACCESS_TOKEN_TTL}s`);
+});
+
+function shutdown(signal) {
+  console.error(`oidc peer: ${signal}, stopping`);
+  server.close(() => process.exit(0));
+  server.closeAllConnections();
+  setTimeout(() => process.exit(0), 2000).unref();
+}
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT'));

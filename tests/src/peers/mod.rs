@@ -1,0 +1,5 @@
+//! One module per kind of real peer.
+
+pub mod git;
+pub mod oidc;
+pub mod process;

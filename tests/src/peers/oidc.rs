@@ -1,0 +1,206 @@
+//! A real OpenID Connect provider for end-to-end tests: npm `oidc-provider`
+//! configured by `tests/peers/oidc/server.js` (read that file for the clients,
+//! accounts and token format it offers).
+//!
+//! The provider binds port 0 itself and reports its issuer URL on stdout, so
+//! there is no port race. Its stderr is inherited, so its warnings and errors
+//! show up beside the test output.
+//!
+//! Access tokens are RS256 JWTs (`typ: at+jwt`) with the claims
+//! `iss`, `aud`, `sub`, `client_id`, `groups`, `jti`, `iat`, `exp` (plus
+//! `scope` when one was granted); keys at `<issuer>/jwks`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use super::process::{require_program, ChildGuard};
+
+/// The audience the provider uses when none is given (matches `server.js`).
+pub const DEFAULT_AUDIENCE: &str = "https://relay.gangway.test";
+
+/// Secret of every confidential client (`gangway-ci`, `ci-dev`,
+/// `ci-readonly`, `ci-nogroups`).
+pub const CI_CLIENT_SECRET: &str = "ci-secret";
+
+/// client_credentials client whose tokens carry `groups: ["developers"]`.
+pub const CI_DEV: &str = "ci-dev";
+/// client_credentials client whose tokens carry `groups: ["readers"]`.
+pub const CI_READONLY: &str = "ci-readonly";
+/// client_credentials client whose tokens carry `groups: []`.
+pub const CI_NOGROUPS: &str = "ci-nogroups";
+/// The public native client of the agent (authorization code + PKCE,
+/// refresh tokens, device flow; redirect `http://127.0.0.1:<any>/callback`).
+pub const AGENT_CLIENT_ID: &str = "gangway";
+
+/// How long the provider may take to print its `LISTENING` line.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long one request to the provider may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The directory of the node project (`tests/peers/oidc`).
+pub fn project_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("peers")
+        .join("oidc")
+}
+
+/// A running `oidc-provider`; stopped when dropped.
+pub struct OidcProvider {
+    _child: ChildGuard,
+    issuer: String,
+    audience: String,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    token_type: String,
+}
+
+impl OidcProvider {
+    /// Starts `node tests/peers/oidc/server.js` with the given audience and
+    /// access-token lifetime, and waits (at most 20 s) for it to listen.
+    ///
+    /// Blocks the calling thread while it waits (about a second).
+    pub fn start(audience: &str, access_token_ttl_secs: u64) -> Result<Self> {
+        let node = require_program("node")?;
+        let dir = project_dir();
+        let server = dir.join("server.js");
+        if !server.is_file() {
+            bail!("{} is missing", server.display());
+        }
+        if !dir.join("node_modules").join("oidc-provider").is_dir() {
+            bail!(
+                "npm package oidc-provider is not installed in {}: run `npm ci` there \
+                 (or the README test command)",
+                dir.display()
+            );
+        }
+
+        let mut cmd = Command::new(node);
+        cmd.arg(&server)
+            .current_dir(&dir)
+            .env("AUDIENCE", audience)
+            .env("ACCESS_TOKEN_TTL", access_token_ttl_secs.to_string())
+            .env_remove("PORT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = ChildGuard::spawn("oidc-provider", &mut cmd)?;
+
+        let stdout = child
+            .child_mut()
+            .stdout
+            .take()
+            .context("oidc-provider stdout was not captured")?;
+        let (tx, rx) = mpsc::channel();
+        // Reads the LISTENING line, then keeps draining stdout so the pipe
+        // never fills; ends at EOF when the process exits.
+        std::thread::Builder::new()
+            .name("oidc-provider-stdout".into())
+            .spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(issuer) = line.strip_prefix("LISTENING ") {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(issuer.trim().to_string());
+                            continue;
+                        }
+                    }
+                    eprintln!("oidc-provider: {line}");
+                }
+            })
+            .context("spawning the oidc-provider stdout reader")?;
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        let issuer = loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(issuer) => break issuer,
+                Err(RecvTimeoutError::Timeout) => {
+                    child.check_alive()?;
+                    if Instant::now() > deadline {
+                        bail!("oidc-provider did not report LISTENING within {START_TIMEOUT:?}");
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    // stdout closed: the process is exiting; give it a moment
+                    // so the error names its exit status.
+                    std::thread::sleep(Duration::from_millis(200));
+                    child.check_alive()?;
+                    bail!("oidc-provider closed its stdout without reporting LISTENING");
+                }
+            }
+        };
+
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            _child: child,
+            issuer,
+            audience: audience.to_string(),
+            http,
+        })
+    }
+
+    /// The issuer URL, `http://127.0.0.1:<port>` (no trailing slash).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The audience (`aud`) of every access token it issues.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// `<issuer>/jwks`, where its signing keys are published.
+    pub fn jwks_uri(&self) -> String {
+        format!("{}/jwks", self.issuer)
+    }
+
+    /// `<issuer>/token`.
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/token", self.issuer)
+    }
+
+    /// Runs the client_credentials grant as the confidential client
+    /// `client_id` (secret [`CI_CLIENT_SECRET`]) and returns the raw JWT
+    /// access token. `sub` is the client id; `groups` depends on the client
+    /// ([`CI_DEV`], [`CI_READONLY`], [`CI_NOGROUPS`]).
+    pub async fn client_credentials_token(&self, client_id: &str) -> Result<String> {
+        let url = self.token_endpoint();
+        let response = self
+            .http
+            .post(&url)
+            .basic_auth(client_id, Some(CI_CLIENT_SECRET))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .with_context(|| format!("reading the response of POST {url}"))?;
+        if !status.is_success() {
+            bail!("client_credentials for {client_id} failed: {status}: {body}");
+        }
+        let token: TokenResponse = serde_json::from_str(&body)
+            .with_context(|| format!("token response is not what was expected: {body}"))?;
+        if !token.token_type.eq_ignore_ascii_case("bearer") {
+            bail!("unexpected token_type {:?}", token.token_type);
+        }
+        Ok(token.access_token)
+    }
+}

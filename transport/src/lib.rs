@@ -1,0 +1,20 @@
+//! The byte path shared by the Gangway agent and relay.
+//!
+//! ```text
+//! TCP ─ TLS ─ WebSocket ─▶ [`WsByteStream`] ─▶ handshake ─▶ [`mux`] (yamux)
+//!                                                            ├─ control stream ([`control`])
+//!                                                            └─ data streams ─▶ [`duplex::splice`]
+//! ```
+//!
+//! Nothing here knows about tokens, services or policy; that lives in the
+//! agent and relay crates. Protocol bytes come from `gangway-wire`.
+#![forbid(unsafe_code)]
+
+pub mod control;
+pub mod duplex;
+pub mod framed;
+pub mod mux;
+pub mod ws;
+
+pub use mux::{MuxError, Opener, Stream};
+pub use ws::WsByteStream;
