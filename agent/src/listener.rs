@@ -90,7 +90,23 @@ async fn carry(
 ) -> Result<(), AgentError> {
     let opened = async {
         let session = tunnel.session(connect_wait).await?;
-        session.open(&service.name).await
+        match session.open(&service.name).await {
+            // The session died under us (e.g. the relay restarted and we
+            // have not noticed yet): wait for the next one, once.
+            Err(AgentError::Unreachable(e)) => {
+                match tokio::time::timeout(Duration::from_secs(1), session.closed()).await {
+                    Ok(_) => {
+                        tunnel
+                            .session(connect_wait)
+                            .await?
+                            .open(&service.name)
+                            .await
+                    }
+                    Err(_) => Err(AgentError::Unreachable(e)),
+                }
+            }
+            other => other,
+        }
     }
     .await;
     let mut opened = match opened {

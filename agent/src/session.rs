@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
-use gangway_transport::control::{self};
+use gangway_transport::control::{self, ControlReader, ControlWriter};
 use gangway_transport::framed::FramedIo;
 use gangway_transport::mux::{self, Mode};
 use gangway_transport::{Opener, Stream, WsByteStream};
@@ -204,8 +204,29 @@ impl Session {
                 .await
                 .map_err(|e| AgentError::Unreachable(e.to_string()))?
         };
+        // The relay takes the first stream it sees as the control channel,
+        // and yamux announces a stream with its first frame: write on the
+        // control stream before any data stream can exist.
+        let (mut reader, mut writer) = control::channel(control_stream);
+        writer
+            .send(&Control::Ping(0))
+            .await
+            .map_err(|e| AgentError::Unreachable(e.to_string()))?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, reader.recv()).await {
+            Ok(Ok(Some(Control::Pong(0)))) => {}
+            Ok(Ok(Some(Control::Goodbye { reason, .. }))) => {
+                return Err(AgentError::Unreachable(format!(
+                    "relay closed the session: {reason}"
+                )))
+            }
+            other => {
+                return Err(AgentError::Protocol(format!(
+                    "relay did not answer on the control channel: {other:?}"
+                )))
+            }
+        }
         let (control_tx, control_rx) = mpsc::channel(16);
-        tokio::spawn(control_loop(control_stream, control_rx, ended_tx));
+        tokio::spawn(control_loop(reader, writer, control_rx, ended_tx));
         Ok(Session {
             opener,
             control: control_tx,
@@ -267,11 +288,11 @@ impl Session {
 /// Sends pings, forwards outgoing control messages, and records the relay's
 /// goodbye or a missed keep-alive.
 async fn control_loop(
-    stream: Stream,
+    mut reader: ControlReader<Stream>,
+    mut writer: ControlWriter<Stream>,
     mut outgoing: mpsc::Receiver<Control>,
     ended: watch::Sender<Option<Ended>>,
 ) {
-    let (mut reader, mut writer) = control::channel(stream);
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_pong = tokio::time::Instant::now();

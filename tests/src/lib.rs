@@ -3,6 +3,7 @@
 //! Every launcher binds port 0 (or asks the peer to), returns the address it
 //! got, and stops its process when dropped. Nothing here kills by name.
 
+pub mod gangway;
 pub mod peers;
 
 /// True when running under CI (`CI=true`): a missing peer is then a failure.

@@ -41,16 +41,20 @@ mod tests {
         client.write_all(b"request").await.unwrap();
         client.shutdown().await.unwrap(); // half-close: request done
 
-        let mut req = Vec::new();
-        server.read_to_end(&mut req).await.unwrap(); // sees EOF after the request
-        assert_eq!(req, b"request");
         let big = vec![7u8; 200_000];
-        server.write_all(&big).await.unwrap();
-        server.shutdown().await.unwrap();
+        let expected = big.clone();
+        let server = tokio::spawn(async move {
+            let mut req = Vec::new();
+            server.read_to_end(&mut req).await.unwrap(); // sees EOF after the request
+            assert_eq!(req, b"request");
+            server.write_all(&big).await.unwrap();
+            server.shutdown().await.unwrap();
+        });
 
         let mut resp = Vec::new();
         client.read_to_end(&mut resp).await.unwrap();
-        assert_eq!(resp, big);
+        assert_eq!(resp, expected);
+        server.await.unwrap();
         let t = proxy.await.unwrap().unwrap();
         assert_eq!(
             t,

@@ -1,0 +1,32 @@
+//! Gangway's benchmark harness.
+//!
+//! Two binaries share this library:
+//!
+//! - `gangway-bench` measures, in one run on loopback, the same workloads
+//!   three ways and prints a markdown table:
+//!
+//!   ```text
+//!   direct    client ───────────────────────────────────────────────▶ upstream
+//!   gangway   client ─▶ gangway up ═ TLS WebSocket (yamux) ═▶ gangway-relay ─▶ upstream
+//!   wstunnel  client ─▶ wstunnel client ═ wss (one per TCP conn) ═▶ wstunnel server ─▶ upstream
+//!   ```
+//!
+//!   Upstreams are real: nginx (a small static file, for wrk), an iperf3
+//!   server (bulk), and an in-process echo server (connection rate, held
+//!   connections).
+//! - `muxbench` compares the two multiplexers the design allows (yamux and
+//!   h2) over one real TLS loopback connection carrying a WebSocket used as
+//!   a byte stream, exactly as agent and relay do.
+//!
+//! This is a harness, not a product library: errors are `anyhow`, and every
+//! process it starts is owned by a [`procs::Proc`] that stops it on drop.
+#![forbid(unsafe_code)]
+
+pub mod load;
+pub mod machine;
+pub mod mux;
+pub mod paths;
+pub mod pki;
+pub mod procs;
+pub mod report;
+pub mod upstream;

@@ -1,0 +1,421 @@
+//! `gangway-bench`: direct vs Gangway vs wstunnel, side by side, on loopback.
+//!
+//! ```text
+//! cargo run --release -p gangway-bench -- --rounds 3
+//! ```
+//!
+//! Needs nginx, iperf3 and wrk on PATH, and wstunnel on PATH or in
+//! ~/.cargo/bin (the wstunnel column is left out, with the reason, if it is
+//! missing; `--paths direct,gangway` leaves it out on purpose). Builds the release `gangway` and `gangway-relay` binaries first
+//! unless `--bin-dir` names them. Prints a markdown report on stdout and
+//! progress on stderr; every process it starts is stopped when it ends, also
+//! on Ctrl-C or SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use gangway_bench::load;
+use gangway_bench::machine::{self, version_of, which};
+use gangway_bench::paths::{self, GangwayBins, PathKind, RunningPath};
+use gangway_bench::pki;
+use gangway_bench::report::{Figure, Labels, Results};
+use gangway_bench::upstream::{Upstreams, SMALL_FILE_BYTES, SMALL_FILE_PATH};
+
+#[derive(Parser, Debug)]
+#[command(about = "Direct vs Gangway vs wstunnel on loopback: throughput, HTTP, connection rate, memory")]
+struct Args {
+    /// Rounds; each figure is the median over rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds per iperf3 and wrk run.
+    #[arg(long, default_value_t = 5)]
+    secs: u64,
+    /// Seconds per connection-rate run.
+    #[arg(long, default_value_t = 3)]
+    conn_secs: u64,
+    /// Upper bound on connections per connection-rate run.
+    #[arg(long, default_value_t = 20_000)]
+    max_conns: u64,
+    /// Parallel workers in the second connection-rate run.
+    #[arg(long, default_value_t = 16)]
+    par: usize,
+    /// Connections held open while memory is read.
+    #[arg(long, default_value_t = 100)]
+    held: usize,
+    /// Directory holding release `gangway` and `gangway-relay`; when given,
+    /// nothing is built.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// The wstunnel binary (default: PATH, then ~/.cargo/bin).
+    #[arg(long)]
+    wstunnel: Option<PathBuf>,
+    /// Paths to measure, comma-separated (direct, gangway, wstunnel).
+    #[arg(long, value_delimiter = ',', default_value = "direct,gangway,wstunnel")]
+    paths: Vec<String>,
+    /// Also write the report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Keep the run's directory (configs, logs, audit lines) and print its path.
+    #[arg(long)]
+    keep: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gangway-bench: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = run(args) => r,
+            s = stop_signal() => bail!("{s}: stopping everything"),
+        }
+    });
+    // Every Proc was owned by `run`'s future and is stopped by now.
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gangway-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    if cfg!(debug_assertions) {
+        eprintln!("warning: gangway-bench is a debug build; its echo server and connection loop will be slow (use --release)");
+    }
+    for tool in ["nginx", "iperf3", "wrk"] {
+        if which(tool).is_none() {
+            bail!("{tool} not found on PATH; install it: apt-get install -y nginx iperf3 wrk");
+        }
+    }
+    let mut paths_run = Vec::new();
+    for p in &args.paths {
+        paths_run.push(match p.trim() {
+            "direct" => PathKind::Direct,
+            "gangway" => PathKind::Gangway,
+            "wstunnel" => PathKind::Wstunnel,
+            other => bail!("--paths: unknown path {other:?} (direct, gangway, wstunnel)"),
+        });
+    }
+    paths_run.sort();
+    paths_run.dedup();
+    let bins = gangway_bins(args.bin_dir.as_deref())?;
+    let mut notes = Vec::new();
+    let wstunnel = if !paths_run.contains(&PathKind::Wstunnel) {
+        None
+    } else {
+        paths_run.retain(|p| *p != PathKind::Wstunnel);
+        match args.wstunnel.clone().or_else(|| which("wstunnel")) {
+            Some(w) => {
+                paths_run.push(PathKind::Wstunnel);
+                Some(w)
+            }
+            None => {
+                notes.push("wstunnel left out: not found on PATH or in ~/.cargo/bin".to_string());
+                None
+            }
+        }
+    };
+
+    let dir = tempfile::Builder::new().prefix("gangway-bench-").tempdir()?;
+    let creds = pki::write(dir.path())?;
+    let machine_info = machine::describe();
+    let mut versions = vec![
+        ("gangway", version_of(&bins.agent, &["--version"])),
+        ("gangway-relay", version_of(&bins.relay, &["--version"])),
+    ];
+    if let Some(w) = &wstunnel {
+        versions.push(("wstunnel", version_of(w, &["--version"])));
+    }
+    versions.push(("nginx", version_of(Path::new("nginx"), &["-v"])));
+    versions.push(("iperf3", version_of(Path::new("iperf3"), &["--version"])));
+    versions.push(("wrk", version_of(Path::new("wrk"), &["--version"])));
+
+    eprintln!("starting upstreams (nginx, iperf3 -s, echo) in {}", dir.path().display());
+    let upstreams = Upstreams::start(dir.path()).await?;
+    let started = Instant::now();
+    let mut results = Results::default();
+    for round in 0..args.rounds {
+        // Rotate the order so no path always runs first (or last).
+        let mut order = paths_run.clone();
+        order.rotate_left(round % paths_run.len());
+        for kind in order {
+            eprintln!("[round {}/{}] {}", round + 1, args.rounds, kind.label());
+            let rdir = dir.path().join(format!("round{}-{}", round + 1, kind.label()));
+            std::fs::create_dir_all(&rdir)?;
+            let path = match kind {
+                PathKind::Direct => Ok(RunningPath::direct(upstreams.addrs)),
+                PathKind::Gangway => {
+                    paths::start_gangway(&bins, &creds, upstreams.addrs, &rdir).await
+                }
+                PathKind::Wstunnel => {
+                    let w = wstunnel.as_deref().expect("wstunnel path");
+                    paths::start_wstunnel(w, &creds, upstreams.addrs, &rdir).await
+                }
+            };
+            match path {
+                Ok(mut path) => measure(&mut path, &args, &mut results).await,
+                Err(e) => results.error(kind, format!("round {}: did not start: {e:#}", round + 1)),
+            }
+            // The path (and its processes) is dropped, so stopped, here.
+        }
+    }
+    drop(upstreams);
+
+    let labels = Labels {
+        held: args.held,
+        par: args.par,
+    };
+    let mut report = String::new();
+    report.push_str("## Machine\n\n");
+    for (k, v) in machine_info {
+        report.push_str(&format!("- {k}: {v}\n"));
+    }
+    report.push_str(&format!("- load average at end: {}\n", machine::loadavg()));
+    report.push_str("\n## Versions\n\n");
+    for (k, v) in versions {
+        report.push_str(&format!("- {k}: {v}\n"));
+    }
+    report.push_str(&format!(
+        "\n## Figures\n\n{} round(s), {} s per iperf3/wrk run, {} s per connection-rate run (at most {} connections), \
+{}-byte static file from nginx ({SMALL_FILE_PATH}); whole run took {:.0} s. \
+Ratios divide the medians: above 1 is more for throughput and rates, and worse for latency and memory.\n\n",
+        args.rounds,
+        args.secs,
+        args.conn_secs,
+        args.max_conns,
+        SMALL_FILE_BYTES,
+        started.elapsed().as_secs_f64()
+    ));
+    report.push_str(&results.table(&paths_run, labels));
+    for n in &notes {
+        report.push_str(&format!("\n- {n}"));
+    }
+    let errors = results.error_lines();
+    if !errors.is_empty() {
+        report.push_str("\n\nErrors and anomalies:\n\n");
+        for e in &errors {
+            report.push_str(&format!("- {e}\n"));
+        }
+    }
+    report.push_str("\n\n### Every round\n\n");
+    report.push_str(&results.rounds_table(&paths_run, labels));
+    println!("{report}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
+    }
+    if args.keep {
+        let kept = dir.keep();
+        eprintln!("run directory kept: {}", kept.display());
+    }
+    Ok(())
+}
+
+/// Runs every workload against one path, recording figures and errors.
+async fn measure(path: &mut RunningPath, args: &Args, results: &mut Results) {
+    let kind = path.kind;
+    let a = path.addrs;
+    // Let start-up settle before reading idle memory.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    record_rss(path, results, Figure::RssIdleClient, Figure::RssIdleServer);
+
+    match load::hold(a.echo, args.held).await {
+        Ok(held) => {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            record_rss(path, results, Figure::RssHeldClient, Figure::RssHeldServer);
+            drop(held);
+        }
+        Err(e) => results.error(kind, format!("holding {} connections: {e:#}", args.held)),
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for (figure, cpu, reverse) in [
+        (Figure::Upload, Figure::CpuUpload, false),
+        (Figure::Download, Figure::CpuDownload, true),
+    ] {
+        let cpu0 = tunnel_cpu(path, results);
+        match load::iperf3(a.iperf, args.secs, reverse).await {
+            Ok(r) => {
+                let per_gb = cpu_used(path, results, cpu0).map(|c| c / (r.bytes as f64 / 1e9));
+                eprintln!(
+                    "  {:<9} {figure:?}: {:.2} Gbit/s{}",
+                    kind.label(),
+                    r.gbps,
+                    per_gb.map(|c| format!(", tunnel CPU {c:.2} s/GB")).unwrap_or_default()
+                );
+                results.add(figure, kind, r.gbps);
+                if let Some(c) = per_gb {
+                    results.add(cpu, kind, c);
+                }
+            }
+            Err(e) => results.error(kind, format!("{figure:?}: {e:#}")),
+        }
+    }
+
+    let url = format!("http://{}{SMALL_FILE_PATH}", a.web);
+    for (conns, rps, p50, p99, cpu) in [
+        (1, Figure::Rps1, Figure::P50x1, Figure::P99x1, Figure::CpuReq1),
+        (32, Figure::Rps32, Figure::P50x32, Figure::P99x32, Figure::CpuReq32),
+    ] {
+        let cpu0 = tunnel_cpu(path, results);
+        match load::wrk(&url, conns, args.secs).await {
+            Ok(r) => {
+                let per_req = cpu_used(path, results, cpu0)
+                    .filter(|_| r.requests > 0)
+                    .map(|c| c * 1e6 / r.requests as f64);
+                eprintln!(
+                    "  {:<9} wrk -c{conns}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms{}",
+                    kind.label(),
+                    r.requests_per_sec,
+                    r.p50_ms,
+                    r.p99_ms,
+                    per_req.map(|c| format!(", tunnel CPU {c:.1} µs/req")).unwrap_or_default()
+                );
+                if let Some(c) = per_req {
+                    results.add(cpu, kind, c);
+                }
+                results.add(rps, kind, r.requests_per_sec);
+                results.add(p50, kind, r.p50_ms);
+                results.add(p99, kind, r.p99_ms);
+                if r.errors > 0 {
+                    results.error(kind, format!("wrk -c{conns}: {} errors", r.errors));
+                }
+            }
+            Err(e) => results.error(kind, format!("wrk -c{conns}: {e:#}")),
+        }
+    }
+
+    let limit = Duration::from_secs(args.conn_secs);
+    for (workers, figure, cpu) in [
+        (1, Figure::ConnSeq, Figure::CpuConnSeq),
+        (args.par, Figure::ConnPar, Figure::CpuConnPar),
+    ] {
+        let cpu0 = tunnel_cpu(path, results);
+        match load::conn_rate(a.echo, workers, limit, args.max_conns).await {
+            Ok(r) => {
+                let per_conn = cpu_used(path, results, cpu0)
+                    .filter(|_| r.completed > 0)
+                    .map(|c| c * 1e6 / r.completed as f64);
+                eprintln!(
+                    "  {:<9} new conns x{workers}: {:.0}/s ({} done, {} errors){}",
+                    kind.label(),
+                    r.per_sec,
+                    r.completed,
+                    r.errors,
+                    per_conn.map(|c| format!(", tunnel CPU {c:.1} µs/conn")).unwrap_or_default()
+                );
+                if let Some(c) = per_conn {
+                    results.add(cpu, kind, c);
+                }
+                results.add(figure, kind, r.per_sec);
+                if r.errors > 0 {
+                    results.error(kind, format!("new conns x{workers}: {} errors", r.errors));
+                }
+            }
+            Err(e) => results.error(kind, format!("new conns x{workers}: {e:#}")),
+        }
+    }
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    record_rss(path, results, Figure::RssAfterClient, Figure::RssAfterServer);
+    if let Err(e) = path.check_alive() {
+        results.error(kind, format!("{e:#}"));
+    }
+}
+
+/// The tunnel processes' CPU seconds so far (None for direct).
+fn tunnel_cpu(path: &RunningPath, results: &mut Results) -> Option<f64> {
+    match path.cpu_secs() {
+        Ok(c) => c,
+        Err(e) => {
+            results.error(path.kind, format!("reading CPU time: {e:#}"));
+            None
+        }
+    }
+}
+
+/// CPU seconds the tunnel processes used since `before`.
+fn cpu_used(path: &RunningPath, results: &mut Results, before: Option<f64>) -> Option<f64> {
+    Some(tunnel_cpu(path, results)? - before?)
+}
+
+fn record_rss(path: &RunningPath, results: &mut Results, client: Figure, server: Figure) {
+    match path.rss_kib() {
+        Ok(Some((c, s))) => {
+            results.add(client, path.kind, c as f64 / 1024.0);
+            results.add(server, path.kind, s as f64 / 1024.0);
+        }
+        Ok(None) => {}
+        Err(e) => results.error(path.kind, format!("reading RSS: {e:#}")),
+    }
+}
+
+/// The release `gangway` and `gangway-relay`: from `--bin-dir`, or built
+/// now with cargo into the target directory this binary runs from.
+fn gangway_bins(bin_dir: Option<&Path>) -> anyhow::Result<GangwayBins> {
+    let dir = match bin_dir {
+        Some(d) => d.to_path_buf(),
+        None => {
+            let exe = std::env::current_exe()?;
+            let exe_dir = exe.parent().context("executable has no directory")?;
+            let target = match exe_dir.file_name().and_then(|n| n.to_str()) {
+                Some("release" | "debug") => exe_dir.parent().context("no target directory")?,
+                _ => bail!(
+                    "cannot tell the cargo target directory from {}; pass --bin-dir",
+                    exe.display()
+                ),
+            };
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .context("no workspace directory")?;
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            eprintln!("building release gangway and gangway-relay");
+            let status = std::process::Command::new(cargo)
+                .current_dir(workspace)
+                .args(["build", "--release", "--bins"])
+                .args(["-p", "gangway-agent", "-p", "gangway-relay"])
+                .env("CARGO_TARGET_DIR", target)
+                .status()
+                .context("running cargo build")?;
+            if !status.success() {
+                bail!("cargo build of gangway and gangway-relay failed");
+            }
+            target.join("release")
+        }
+    };
+    let bins = GangwayBins {
+        agent: dir.join("gangway"),
+        relay: dir.join("gangway-relay"),
+    };
+    for b in [&bins.agent, &bins.relay] {
+        if !b.is_file() {
+            bail!("{} not found", b.display());
+        }
+    }
+    Ok(bins)
+}
