@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use url::Url;
 
 /// A configuration error that names the file, key and reason.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +45,24 @@ struct RawConfig {
     /// Where audit lines go.
     #[serde(default)]
     audit: RawAudit,
+    /// The signed identity assertion sent to http backends.
+    #[serde(default)]
+    assertion: RawAssertion,
     /// The services reachable through the relay.
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAssertion {
+    /// Ed25519 private key (PKCS#8 PEM) signing `X-Gangway-Assertion`; give
+    /// every relay the same key. Absent: an ephemeral key per process.
+    key_file: Option<PathBuf>,
+    /// `iss` of assertions; default "gangway-relay".
+    issuer: Option<String>,
+    /// Lifetime of an assertion in seconds.
+    ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +130,77 @@ struct RawService {
     /// Seconds to wait for a backend connection.
     #[serde(default = "default_connect_timeout")]
     connect_timeout_secs: u64,
+    /// http: "round_robin" (default) or "least_conn".
+    balance: Option<String>,
+    /// http: name of the relay's session-affinity cookie (e.g. "GANGWAY_ROUTE");
+    /// absent means no affinity.
+    affinity_cookie: Option<String>,
+    /// http: the service's public URLs; `Location`, `Content-Location` and
+    /// cookie domains naming them are rewritten to the local address.
+    #[serde(default)]
+    public_urls: Vec<String>,
+    /// http: drop `Secure` from cookies (the local address is plain http).
+    strip_secure_cookies: Option<bool>,
+    /// http: active health checks of the backends.
+    health: Option<RawHealth>,
+    /// http: path-prefix routes with their own backends (e.g. /synchrony).
+    #[serde(default, rename = "route")]
+    routes: Vec<RawRoute>,
+    /// http: request rules, e.g. only some groups may push.
+    #[serde(default, rename = "rule")]
+    rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    /// Path to GET on each backend; 2xx/3xx is healthy.
+    path: String,
+    #[serde(default = "default_health_interval")]
+    interval_secs: u64,
+    #[serde(default = "default_health_timeout")]
+    timeout_secs: u64,
+    /// Consecutive successes to mark a backend up.
+    #[serde(default = "default_threshold")]
+    healthy_threshold: u32,
+    /// Consecutive failures to mark a backend down.
+    #[serde(default = "default_threshold")]
+    unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    /// Path prefix, e.g. "/synchrony".
+    prefix: String,
+    backends: Vec<String>,
+    /// Groups allowed on this route (on top of the service's).
+    allow_groups: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    /// Matches when the path + query contains this text.
+    path_contains: Option<String>,
+    /// Matches when the path starts with this prefix.
+    path_prefix: Option<String>,
+    /// Matches only these methods (default: all).
+    methods: Option<Vec<String>>,
+    /// Groups allowed to make matching requests.
+    allow_groups: Vec<String>,
+    /// Shown to refused callers.
+    reason: Option<String>,
+}
+
+fn default_health_interval() -> u64 {
+    5
+}
+fn default_health_timeout() -> u64 {
+    2
+}
+fn default_threshold() -> u32 {
+    2
 }
 
 fn default_scopes() -> Vec<String> {
@@ -149,6 +236,7 @@ pub struct RelayConfig {
     pub tls: TlsMode,
     pub identity: IdentityConfig,
     pub audit_path: Option<PathBuf>,
+    pub assertion: AssertionConfig,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -200,6 +288,88 @@ pub struct ServiceConfig {
     pub backends: Vec<String>,
     pub allow_groups: Option<Vec<String>>,
     pub connect_timeout: Duration,
+    /// Settings of http services (defaults for tcp ones).
+    pub http: HttpSettings,
+}
+
+/// How an http service is balanced, checked, routed and rewritten.
+#[derive(Debug, Clone, Default)]
+pub struct HttpSettings {
+    pub balance: Balance,
+    pub affinity_cookie: Option<String>,
+    pub public_urls: Vec<Url>,
+    pub strip_secure_cookies: bool,
+    pub health: Option<HealthConfig>,
+    /// Extra routes, longest prefix first; "/" (the service's backends) is implied.
+    pub routes: Vec<RouteConfig>,
+    pub rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConn,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub prefix: String,
+    pub backends: Vec<String>,
+    pub allow_groups: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    pub path_contains: Option<String>,
+    pub path_prefix: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub allow_groups: Vec<String>,
+    pub reason: String,
+}
+
+impl RuleConfig {
+    /// Whether this rule applies to a request.
+    pub fn matches(&self, method: &str, path_and_query: &str) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|m| m.eq_ignore_ascii_case(method)))
+            && self
+                .path_prefix
+                .as_ref()
+                .is_none_or(|p| path_and_query.starts_with(p.as_str()))
+            && self
+                .path_contains
+                .as_ref()
+                .is_none_or(|c| path_and_query.contains(c.as_str()))
+    }
+}
+
+/// Settings of the signed identity assertion.
+#[derive(Debug, Clone)]
+pub struct AssertionConfig {
+    pub key_file: Option<PathBuf>,
+    pub issuer: String,
+    pub ttl: Duration,
+}
+
+impl Default for AssertionConfig {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            issuer: "gangway-relay".into(),
+            ttl: Duration::from_secs(60),
+        }
+    }
 }
 
 impl ServiceConfig {
@@ -210,6 +380,161 @@ impl ServiceConfig {
             Some(allowed) => groups.iter().any(|g| allowed.contains(g)),
         }
     }
+}
+
+fn check_backends(file: &Path, key: &str, backends: &[String]) -> Result<(), ConfigError> {
+    if backends.is_empty() {
+        return Err(err(file, key, "must list at least one backend"));
+    }
+    for (j, b) in backends.iter().enumerate() {
+        let ok = b
+            .rsplit_once(':')
+            .map(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0))
+            .unwrap_or(false);
+        if !ok {
+            return Err(err(
+                file,
+                format!("{key}[{j}]"),
+                format!("{b:?} is not host:port"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Validates the http-only keys of service `i`; they are refused on tcp services.
+fn http_settings(
+    file: &Path,
+    i: usize,
+    kind: ServiceKind,
+    s: &RawService,
+) -> Result<HttpSettings, ConfigError> {
+    let at = |k: &str| format!("service[{i}].{k}");
+    if kind == ServiceKind::Tcp {
+        let set = [
+            ("balance", s.balance.is_some()),
+            ("affinity_cookie", s.affinity_cookie.is_some()),
+            ("public_urls", !s.public_urls.is_empty()),
+            ("strip_secure_cookies", s.strip_secure_cookies.is_some()),
+            ("health", s.health.is_some()),
+            ("route", !s.routes.is_empty()),
+            ("rule", !s.rules.is_empty()),
+        ];
+        if let Some((k, _)) = set.iter().find(|(_, on)| *on) {
+            return Err(err(
+                file,
+                at(k),
+                "only applies to services of kind \"http\"",
+            ));
+        }
+        return Ok(HttpSettings::default());
+    }
+    let balance = match s.balance.as_deref() {
+        None | Some("round_robin") => Balance::RoundRobin,
+        Some("least_conn") => Balance::LeastConn,
+        Some(other) => {
+            return Err(err(
+                file,
+                at("balance"),
+                format!("{other:?} is not \"round_robin\" or \"least_conn\""),
+            ))
+        }
+    };
+    if let Some(c) = &s.affinity_cookie {
+        if c.is_empty()
+            || !c
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(err(
+                file,
+                at("affinity_cookie"),
+                format!("{c:?} is not a valid cookie name"),
+            ));
+        }
+    }
+    let mut public_urls = Vec::new();
+    for (j, u) in s.public_urls.iter().enumerate() {
+        let url = Url::parse(u)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            .ok_or_else(|| {
+                err(
+                    file,
+                    format!("service[{i}].public_urls[{j}]"),
+                    format!("{u:?} is not an http(s) URL"),
+                )
+            })?;
+        public_urls.push(url);
+    }
+    let health = match &s.health {
+        None => None,
+        Some(h) => {
+            if !h.path.starts_with('/') {
+                return Err(err(file, at("health.path"), "must start with '/'"));
+            }
+            if h.interval_secs == 0 || h.timeout_secs == 0 {
+                return Err(err(
+                    file,
+                    at("health"),
+                    "interval_secs and timeout_secs must be at least 1",
+                ));
+            }
+            if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
+                return Err(err(file, at("health"), "thresholds must be at least 1"));
+            }
+            Some(HealthConfig {
+                path: h.path.clone(),
+                interval: Duration::from_secs(h.interval_secs),
+                timeout: Duration::from_secs(h.timeout_secs),
+                healthy_threshold: h.healthy_threshold,
+                unhealthy_threshold: h.unhealthy_threshold,
+            })
+        }
+    };
+    let mut routes = Vec::new();
+    for (j, r) in s.routes.iter().enumerate() {
+        let key = format!("service[{i}].route[{j}]");
+        if !r.prefix.starts_with('/') || r.prefix == "/" {
+            return Err(err(file, format!("{key}.prefix"), format!("{:?} must start with '/' and not be \"/\" (the service's own backends serve \"/\")", r.prefix)));
+        }
+        check_backends(file, &format!("{key}.backends"), &r.backends)?;
+        routes.push(RouteConfig {
+            prefix: r.prefix.trim_end_matches('/').to_string(),
+            backends: r.backends.clone(),
+            allow_groups: r.allow_groups.clone(),
+        });
+    }
+    routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+    let mut rules = Vec::new();
+    for (j, r) in s.rules.iter().enumerate() {
+        if r.path_contains.is_none() && r.path_prefix.is_none() && r.methods.is_none() {
+            return Err(err(
+                file,
+                format!("service[{i}].rule[{j}]"),
+                "needs at least one of path_contains, path_prefix, methods",
+            ));
+        }
+        rules.push(RuleConfig {
+            path_contains: r.path_contains.clone(),
+            path_prefix: r.path_prefix.clone(),
+            methods: r.methods.clone(),
+            allow_groups: r.allow_groups.clone(),
+            reason: r
+                .reason
+                .clone()
+                .unwrap_or_else(|| "this request is not allowed for your groups".into()),
+        });
+    }
+    Ok(HttpSettings {
+        balance,
+        affinity_cookie: s.affinity_cookie.clone(),
+        public_urls,
+        strip_secure_cookies: s.strip_secure_cookies.unwrap_or(true),
+        health,
+        routes,
+        rules,
+    })
 }
 
 impl RelayConfig {
@@ -376,27 +701,11 @@ impl RelayConfig {
                     ))
                 }
             };
-            if s.backends.is_empty() {
-                return Err(err(path, at("backends"), "must list at least one backend"));
-            }
-            for (j, b) in s.backends.iter().enumerate() {
-                let ok = b
-                    .rsplit_once(':')
-                    .map(|(h, p)| {
-                        !h.is_empty() && p.parse::<u16>().map(|p| p != 0).unwrap_or(false)
-                    })
-                    .unwrap_or(false);
-                if !ok {
-                    return Err(err(
-                        path,
-                        format!("service[{i}].backends[{j}]"),
-                        format!("{b:?} is not host:port"),
-                    ));
-                }
-            }
+            check_backends(path, &at("backends"), &s.backends)?;
             if s.connect_timeout_secs == 0 {
                 return Err(err(path, at("connect_timeout_secs"), "must be at least 1"));
             }
+            let http = http_settings(path, i, kind, &s)?;
             services.push(ServiceConfig {
                 display_name: s.display_name.unwrap_or_else(|| s.name.clone()),
                 name: s.name,
@@ -405,14 +714,29 @@ impl RelayConfig {
                 backends: s.backends,
                 allow_groups: s.allow_groups,
                 connect_timeout: Duration::from_secs(s.connect_timeout_secs),
+                http,
             });
         }
 
+        let defaults = AssertionConfig::default();
+        let assertion = AssertionConfig {
+            key_file: raw.assertion.key_file.as_deref().map(resolve),
+            issuer: raw.assertion.issuer.unwrap_or(defaults.issuer),
+            ttl: raw
+                .assertion
+                .ttl_secs
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.ttl),
+        };
+        if assertion.ttl.is_zero() {
+            return Err(err(path, "assertion.ttl_secs", "must be at least 1"));
+        }
         Ok(RelayConfig {
             listen,
             tls,
             identity,
             audit_path: raw.audit.path.as_deref().map(resolve),
+            assertion,
             services,
         })
     }

@@ -11,10 +11,12 @@
 //! keeps no state another relay needs, so many can run behind a balancer.
 #![forbid(unsafe_code)]
 
+pub mod assertion;
 pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod forward;
+pub mod http;
 pub mod server;
 pub mod tls;
 pub mod tunnel;
@@ -47,6 +49,8 @@ pub enum RelayError {
     },
     #[error("jwks_file {path}: {reason}")]
     Jwks { path: String, reason: String },
+    #[error(transparent)]
+    AssertionKey(#[from] assertion::KeyError),
     #[error("listener: {0}")]
     Listener(std::io::Error),
 }
@@ -56,7 +60,9 @@ pub struct Relay {
     pub config: RelayConfig,
     pub verifier: Verifier,
     pub audit: audit::Audit,
+    pub signer: assertion::Signer,
     pools: HashMap<String, forward::Pool>,
+    http_services: HashMap<String, Arc<http::HttpService>>,
     shutdown: CancellationToken,
     sessions: AtomicU64,
 }
@@ -78,11 +84,19 @@ impl Relay {
             .iter()
             .map(|s| (s.name.clone(), forward::Pool::default()))
             .collect();
+        let http_services = config
+            .services
+            .iter()
+            .filter(|s| s.kind == config::ServiceKind::Http)
+            .map(|s| (s.name.clone(), Arc::new(http::HttpService::new(s))))
+            .collect();
         Ok(Self {
             verifier: Verifier::new(config.identity.clone(), source),
+            signer: assertion::Signer::from_config(&config.assertion)?,
             config,
             audit,
             pools,
+            http_services,
             shutdown: CancellationToken::new(),
             sessions: AtomicU64::new(0),
         })
@@ -123,6 +137,10 @@ impl Relay {
     fn pool(&self, service: &str) -> &forward::Pool {
         &self.pools[service]
     }
+
+    fn http_service(&self, service: &str) -> Option<Arc<http::HttpService>> {
+        self.http_services.get(service).cloned()
+    }
 }
 
 /// Serves `listener` until `shutdown` resolves, then tells every session
@@ -138,6 +156,9 @@ pub async fn run(
         )?)),
         TlsMode::Plaintext => None,
     };
+    for svc in relay.http_services.values() {
+        svc.spawn_health_checks(&relay.shutdown);
+    }
     let conns = tokio_util::task::TaskTracker::new();
     tokio::pin!(shutdown);
     loop {

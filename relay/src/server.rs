@@ -29,6 +29,7 @@ pub async fn handle(
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/.well-known/gangway") => discovery(&relay),
+        (&Method::GET, "/.well-known/jwks.json") => json(&relay.signer.jwks()),
         (&Method::GET, "/v1/catalog") => {
             match authenticate(&relay, &req, &peer, "/v1/catalog").await {
                 Ok(id) => catalog(&relay, &id),

@@ -123,8 +123,7 @@ pub async fn serve<S>(
         tokio::select! {
             s = inbound.recv() => match s {
                 Some(stream) => {
-                    let who = identity_rx.borrow().clone();
-                    tokio::spawn(serve_stream(relay.clone(), stream, who, session.clone(), peer.clone()));
+                    tokio::spawn(serve_stream(relay.clone(), stream, identity_rx.clone(), session.clone(), peer.clone()));
                 }
                 None => break ("agent closed", None),
             },
@@ -238,10 +237,11 @@ async fn control_loop(
 async fn serve_stream(
     relay: Arc<Relay>,
     stream: Stream,
-    identity: Identity,
+    identity_rx: watch::Receiver<Identity>,
     session: String,
     peer: String,
 ) {
+    let identity = identity_rx.borrow().clone();
     let mut framed = FramedIo::new(stream);
     let open = match tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.read(OpenStream::decode)).await
     {
@@ -277,6 +277,43 @@ async fn serve_stream(
             return;
         }
     };
+    if let Some(http_svc) = relay.http_service(&svc.name) {
+        // http: accept now; each request picks its backend (and errors
+        // become HTTP error pages naming the service).
+        if framed
+            .write(|b| OpenResult::Accepted.encode(b))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let (stream, early) = framed.into_parts();
+        relay.audit.record(&Event {
+            event: "stream_open",
+            subject: Some(&identity.subject),
+            session: Some(&session),
+            peer: Some(peer.clone()),
+            service: Some(&service),
+            ..Default::default()
+        });
+        let client_ip = peer
+            .rsplit_once(':')
+            .map(|(ip, _)| ip.trim_matches(['[', ']']).to_string())
+            .unwrap_or_else(|| peer.clone());
+        let ctx = crate::http::StreamCtx {
+            relay: relay.clone(),
+            svc: http_svc,
+            identity: identity_rx,
+            session: session.clone(),
+            client_ip,
+        };
+        crate::http::serve(
+            ctx,
+            gangway_transport::rewind::Rewind::new(early.freeze(), stream),
+        )
+        .await;
+        return;
+    }
     let pool = relay.pool(&svc.name);
     let (mut backend, backend_addr) = match pool.connect(svc).await {
         Ok(ok) => ok,

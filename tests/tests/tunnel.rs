@@ -188,13 +188,13 @@ async fn stream_refusals_are_typed_and_never_reach_the_backend() -> Result<()> {
         &[
             ServiceSpec {
                 name: "bitbucket",
-                kind: "http",
+                kind: "tcp",
                 backends: vec![backend.addr.to_string()],
                 allow_groups: Some(DEV),
             },
             ServiceSpec {
                 name: "confluence",
-                kind: "http",
+                kind: "tcp",
                 backends: vec![backend.addr.to_string()],
                 allow_groups: Some(&["developers", "readers"]),
             },
@@ -255,8 +255,9 @@ async fn stream_refusals_are_typed_and_never_reach_the_backend() -> Result<()> {
     Ok(())
 }
 
-/// Through the agent's HTTP listener, a refusal becomes an HTTP error page
-/// with the reason, so git prints why instead of hanging.
+/// An http service whose only backend is down: the client gets an HTTP
+/// error page naming the service and the reason, so git prints why
+/// instead of hanging.
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_http_stream_answers_with_the_reason() -> Result<()> {
     let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
@@ -286,7 +287,8 @@ async fn refused_http_stream_answers_with_the_reason() -> Result<()> {
     .await?;
     assert_eq!(resp.status(), 503);
     let body = resp.text().await?;
-    assert!(body.contains("not reachable from the relay"), "{body}");
+    assert!(body.contains("no healthy backend for bitbucket"), "{body}");
+    assert!(body.contains("Connection refused"), "{body}");
 
     let work = tempfile::tempdir()?;
     let err = git::git(

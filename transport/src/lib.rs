@@ -14,6 +14,7 @@ pub mod control;
 pub mod duplex;
 pub mod framed;
 pub mod mux;
+pub mod rewind;
 pub mod ws;
 
 pub use mux::{MuxError, Opener, Stream};

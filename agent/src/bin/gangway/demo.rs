@@ -94,6 +94,7 @@ pub async fn run() -> anyhow::Result<()> {
             jwks_file: None,
         },
         audit_path: Some(dir.path().join("audit.jsonl")),
+        assertion: Default::default(),
         services: vec![
             service(
                 "git",
@@ -211,6 +212,7 @@ fn service(
         backends: vec![format!("127.0.0.1:{backend_port}")],
         allow_groups: Some(vec!["developers".into()]),
         connect_timeout: Duration::from_secs(5),
+        http: Default::default(),
     }
 }
 
