@@ -26,6 +26,10 @@ pub enum AgentError {
     /// TLS setup (e.g. the CA file) failed.
     #[error("TLS: {0}")]
     Tls(String),
+    /// Signing in, refreshing, or the keychain failed; the inner error says
+    /// whether a new sign-in is needed or a retry may help.
+    #[error(transparent)]
+    SignIn(#[from] crate::signin::SignInError),
 }
 
 impl AgentError {
@@ -34,6 +38,7 @@ impl AgentError {
         match self {
             AgentError::Unreachable(_) => true,
             AgentError::Refused(r) => r.code.retryable(),
+            AgentError::SignIn(e) => e.retryable(),
             _ => false,
         }
     }

@@ -189,6 +189,13 @@ async fn control_loop(
                 match relay.verifier.verify(token.expose()).await {
                     Ok(new) if new.subject == current => {
                         let expires_at = new.expires_at;
+                        relay.audit.record(&Event {
+                            event: "token_refreshed",
+                            subject: Some(&current),
+                            session: Some(&session),
+                            reason: Some(format!("expires_at {expires_at}")),
+                            ..Default::default()
+                        });
                         identity.send_replace(new);
                         Control::TokenAccepted { expires_at }
                     }

@@ -8,9 +8,11 @@
 //   AUDIENCE          resource indicator / `aud` of access tokens
 //                     (default https://relay.gangway.test)
 //   ACCESS_TOKEN_TTL  access token lifetime in seconds (default 60)
+//   TLS_CERT, TLS_KEY PEM files: serve https (the issuer is then
+//                     https://127.0.0.1:<port>), as real providers do
 //
 // Once it accepts connections it prints exactly one line to stdout:
-//   LISTENING http://127.0.0.1:<port>
+//   LISTENING http://127.0.0.1:<port>      (https:// with TLS_CERT)
 // and that URL is the issuer. Everything else goes to stderr.
 //
 // Clients:
@@ -22,12 +24,20 @@
 //       port. Refresh tokens need scope offline_access and prompt=consent.
 // Accounts for the login form: see ACCOUNTS.
 //
+// Test administration (loopback only, like everything here):
+//   POST /admin/revoke-grants?account=NAME   ends every grant the account
+//       consented to, as an administrator revoking a user's sessions would:
+//       its refresh tokens stop working (invalid_grant). Answers
+//       {"revoked": <number of grants>}.
+//
 // All access tokens are RS256 JWTs (`typ: at+jwt`) for AUDIENCE, whether or
 // not the client sends a `resource` parameter. Signing keys live in memory:
 // a restart means new keys.
 
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 
 import Provider, { errors } from 'oidc-provider';
 
@@ -227,6 +237,9 @@ async function readForm(req) {
   return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
 }
 
+/** Grant ids each account consented to (for /admin/revoke-grants). */
+const GRANTS = new Map();
+
 /** Consent is given automatically for everything the client asked for. */
 async function grantConsent(provider, details) {
   const { prompt: { details: missing }, params, session, grantId } = details;
@@ -238,7 +251,26 @@ async function grantConsent(provider, details) {
   for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
     grant.addResourceScope(indicator, scopes.join(' '));
   }
-  return grant.save();
+  const id = await grant.save();
+  if (!GRANTS.has(grant.accountId)) GRANTS.set(grant.accountId, new Set());
+  GRANTS.get(grant.accountId).add(id);
+  return id;
+}
+
+async function revokeGrants(provider, req, res, issuer) {
+  if (req.method !== 'POST') return send(res, 405, page('Error', 'use POST'));
+  const account = new URL(req.url, issuer).searchParams.get('account') ?? '';
+  const ids = [...(GRANTS.get(account) ?? [])];
+  for (const id of ids) {
+    const grant = await provider.Grant.find(id);
+    if (grant) await grant.destroy();
+    await provider.RefreshToken.revokeByGrantId(id);
+    await provider.AccessToken.revokeByGrantId(id);
+  }
+  GRANTS.delete(account);
+  console.error(`oidc peer: revoked ${ids.length} grant(s) of ${JSON.stringify(account)}`);
+  res.writeHead(200, { 'content-type': 'application/json' });
+  res.end(JSON.stringify({ revoked: ids.length }));
 }
 
 async function interaction(provider, req, res, path) {
@@ -277,17 +309,26 @@ async function interaction(provider, req, res, path) {
 
 // ---- start: listen first, then build the provider with the real port
 
-const server = http.createServer();
+const TLS = process.env.TLS_CERT && process.env.TLS_KEY
+  ? { cert: fs.readFileSync(process.env.TLS_CERT), key: fs.readFileSync(process.env.TLS_KEY) }
+  : undefined;
+const server = TLS ? https.createServer(TLS) : http.createServer();
 server.listen(PORT, '127.0.0.1', () => {
   const { port } = server.address();
-  const issuer = `http://127.0.0.1:${port}`;
+  const issuer = `${TLS ? 'https' : 'http'}://127.0.0.1:${port}`;
   const provider = new Provider(issuer, configuration());
   provider.on('server_error', (_ctx, err) => console.error('oidc peer: server_error', err));
   const callback = provider.callback();
 
   server.on('request', (req, res) => {
     const path = new URL(req.url, issuer).pathname;
-    if (path.startsWith('/interaction/')) {
+    if (path === '/admin/revoke-grants') {
+      revokeGrants(provider, req, res, issuer).catch((err) => {
+        console.error('oidc peer: revoke failed:', err);
+        if (!res.headersSent) send(res, 500, page('Error', escape(err.message)));
+        else res.end();
+      });
+    } else if (path.startsWith('/interaction/')) {
       interaction(provider, req, res, path).catch((err) => {
         console.error('oidc peer: interaction failed:', err);
         if (!res.headersSent) send(res, err.statusCode ?? 500, page('Error', escape(err.message)));

@@ -1,6 +1,8 @@
 //! One module per kind of real peer.
 
+pub mod browser;
 pub mod git;
+pub mod keychain;
 pub mod nginx;
 pub mod oidc;
 pub mod process;

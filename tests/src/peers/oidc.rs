@@ -71,6 +71,26 @@ impl OidcProvider {
     ///
     /// Blocks the calling thread while it waits (about a second).
     pub fn start(audience: &str, access_token_ttl_secs: u64) -> Result<Self> {
+        Self::start_with(audience, access_token_ttl_secs, None)
+    }
+
+    /// Like [`OidcProvider::start`], but serving https with the PEM
+    /// certificate and key `tls` (the issuer is then `https://127.0.0.1:<port>`,
+    /// as with real providers). [`OidcProvider::client_credentials_token`]
+    /// does not trust that certificate; callers bring their own client.
+    pub fn start_tls(
+        audience: &str,
+        access_token_ttl_secs: u64,
+        tls: (&Path, &Path),
+    ) -> Result<Self> {
+        Self::start_with(audience, access_token_ttl_secs, Some(tls))
+    }
+
+    fn start_with(
+        audience: &str,
+        access_token_ttl_secs: u64,
+        tls: Option<(&Path, &Path)>,
+    ) -> Result<Self> {
         let node = require_program("node")?;
         let dir = project_dir();
         let server = dir.join("server.js");
@@ -91,8 +111,13 @@ impl OidcProvider {
             .env("AUDIENCE", audience)
             .env("ACCESS_TOKEN_TTL", access_token_ttl_secs.to_string())
             .env_remove("PORT")
+            .env_remove("TLS_CERT")
+            .env_remove("TLS_KEY")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if let Some((cert, key)) = tls {
+            cmd.env("TLS_CERT", cert).env("TLS_KEY", key);
+        }
         let mut child = ChildGuard::spawn("oidc-provider", &mut cmd)?;
 
         let stdout = child
@@ -153,7 +178,8 @@ impl OidcProvider {
         })
     }
 
-    /// The issuer URL, `http://127.0.0.1:<port>` (no trailing slash).
+    /// The issuer URL, `http://127.0.0.1:<port>` (`https://` with TLS; no
+    /// trailing slash).
     pub fn issuer(&self) -> &str {
         &self.issuer
     }

@@ -1,0 +1,170 @@
+//! A real OS keychain for end-to-end tests: a private D-Bus session bus
+//! (`dbus-daemon --session`) with GNOME Keyring's Secret Service on it
+//! (`gnome-keyring-daemon --unlock --components=secrets`), in a throw-away
+//! `HOME` and a 0700 `XDG_RUNTIME_DIR`.
+//!
+//! Processes that should use it get [`SecretService::env`]. The keyring's
+//! file lives under that `HOME`, encrypted with a fixed password, so the
+//! daemon can be restarted ([`SecretService::restart_keyring`]) and still
+//! holds what was stored. Both daemons stop on drop.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+use super::process::{require_program, ChildGuard};
+
+/// The keyring's unlock password.
+const PASSWORD: &str = "gangway-test-keyring";
+
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A session bus with a Secret Service on it.
+pub struct SecretService {
+    keyring: Option<ChildGuard>,
+    _bus: ChildGuard,
+    address: String,
+    dir: TempDir,
+}
+
+impl SecretService {
+    /// Starts the bus and the keyring, and waits until the Secret Service
+    /// answers on the bus.
+    pub fn start() -> Result<Self> {
+        let dbus_daemon = require_program("dbus-daemon")?;
+        require_program("gnome-keyring-daemon")?;
+        require_program("dbus-send")?;
+        let dir = tempfile::Builder::new()
+            .prefix("gangway-keychain-")
+            .tempdir()?;
+        std::fs::create_dir_all(dir.path().join("home"))?;
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(&run)?;
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::write(dir.path().join("password"), PASSWORD)?;
+
+        let mut cmd = Command::new(dbus_daemon);
+        cmd.args(["--session", "--nofork", "--print-address=1"])
+            .arg(format!("--address=unix:path={}", run.join("bus").display()))
+            .env("HOME", dir.path().join("home"))
+            .env("XDG_RUNTIME_DIR", &run)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut bus = ChildGuard::spawn("dbus-daemon", &mut cmd)?;
+        let stdout = bus.child_mut().stdout.take().context("stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep the pipe open while the daemon lives.
+            for _ in lines {}
+        });
+        let address = rx
+            .recv_timeout(START_TIMEOUT)
+            .context("dbus-daemon did not print its address")?
+            .trim()
+            .to_string();
+        let mut me = SecretService {
+            keyring: None,
+            _bus: bus,
+            address,
+            dir,
+        };
+        me.start_keyring()?;
+        Ok(me)
+    }
+
+    fn start_keyring(&mut self) -> Result<()> {
+        // The password goes in on stdin; `exec` keeps the daemon's pid the
+        // one the guard stops.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("exec gnome-keyring-daemon --unlock --components=secrets --foreground < \"$1\"")
+            .arg("sh")
+            .arg(self.dir.path().join("password"))
+            .envs(self.env())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut keyring = ChildGuard::spawn("gnome-keyring-daemon", &mut cmd)?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            keyring.check_alive()?;
+            let out = Command::new("dbus-send")
+                .args([
+                    "--session",
+                    "--print-reply",
+                    "--dest=org.freedesktop.DBus",
+                    "/org/freedesktop/DBus",
+                    "org.freedesktop.DBus.NameHasOwner",
+                    "string:org.freedesktop.secrets",
+                ])
+                .envs(self.env())
+                .stdin(Stdio::null())
+                .output()?;
+            if String::from_utf8_lossy(&out.stdout).contains("boolean true") {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the Secret Service did not appear on the session bus");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.keyring = Some(keyring);
+        Ok(())
+    }
+
+    /// Stops the keyring daemon and starts it again (same `HOME`, same
+    /// password): what was stored must still be there.
+    pub fn restart_keyring(&mut self) -> Result<()> {
+        if let Some(mut k) = self.keyring.take() {
+            k.stop();
+        }
+        self.start_keyring()
+    }
+
+    /// The throw-away home directory.
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    fn runtime_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// Environment for a process that should use this keychain.
+    pub fn env(&self) -> Vec<(&'static str, OsString)> {
+        let home = self.home();
+        vec![
+            ("HOME", home.clone().into()),
+            ("XDG_RUNTIME_DIR", self.runtime_dir().into()),
+            ("XDG_CONFIG_HOME", home.join(".config").into()),
+            ("XDG_DATA_HOME", home.join(".local/share").into()),
+            ("DBUS_SESSION_BUS_ADDRESS", self.address.clone().into()),
+        ]
+    }
+
+    /// Environment with no keychain at all: no session bus, no display, an
+    /// empty runtime directory under `root`.
+    pub fn absent_env(root: &Path) -> Result<Vec<(&'static str, OsString)>> {
+        let home = root.join("home");
+        let run = root.join("run");
+        std::fs::create_dir_all(&home)?;
+        std::fs::create_dir_all(&run)?;
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700))?;
+        Ok(vec![
+            ("HOME", home.clone().into()),
+            ("XDG_RUNTIME_DIR", run.into()),
+            ("XDG_CONFIG_HOME", home.join(".config").into()),
+            ("XDG_DATA_HOME", home.join(".local/share").into()),
+        ])
+    }
+}

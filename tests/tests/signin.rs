@@ -1,0 +1,1085 @@
+//! Sign-in end to end: the real `gangway` binary signs in through a real
+//! OIDC provider (npm `oidc-provider`) with headless Chromium as "the
+//! system browser", keeps its tokens in a real Secret Service (GNOME
+//! Keyring on a private D-Bus session bus), and carries git through a real
+//! `gangway-relay` — refreshing tokens in-band while streams are open.
+//!
+//! `BROWSER` points at a script that only records the URL it is asked to
+//! open; the test then drives Chromium there (login form, consent, the
+//! redirect to the agent's loopback listener). Every process a test starts
+//! is stopped by the test.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use gangway_tests::gangway::{
+    bin_path, write_relay_config, CountingBackend, IdentitySpec, RelayProcess, ServiceSpec,
+    TestCert,
+};
+use gangway_tests::peers::browser::Browser;
+use gangway_tests::peers::git::{self, GitDaemon, GitHttpServer, RepoFixture};
+use gangway_tests::peers::keychain::SecretService;
+use gangway_tests::peers::oidc::{OidcProvider, DEFAULT_AUDIENCE};
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+const DEV: &[&str] = &["developers"];
+
+fn loopback0() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// A running `gangway` command whose output lines are collected.
+struct Proc {
+    name: String,
+    child: tokio::process::Child,
+    out: Arc<Mutex<Vec<String>>>,
+    err: Arc<Mutex<Vec<String>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A finished command.
+#[derive(Debug)]
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: tokio::process::Command) -> Result<Self> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let err = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
+        let follow = |r: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                      sink: Arc<Mutex<Vec<String>>>,
+                      tag: String| {
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[{tag}] {line}");
+                    sink.lock().unwrap().push(line);
+                }
+            })
+        };
+        readers.push(follow(
+            Box::new(child.stdout.take().context("stdout")?),
+            out.clone(),
+            name.to_string(),
+        ));
+        readers.push(follow(
+            Box::new(child.stderr.take().context("stderr")?),
+            err.clone(),
+            format!("{name}!"),
+        ));
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            out,
+            err,
+            readers,
+        })
+    }
+
+    fn stdout(&self) -> Vec<String> {
+        self.out.lock().unwrap().clone()
+    }
+
+    fn stderr(&self) -> Vec<String> {
+        self.err.lock().unwrap().clone()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for a line (stdout or stderr) that satisfies `f`.
+    async fn wait_line(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = {
+                let out = self.out.lock().unwrap();
+                let err = self.err.lock().unwrap();
+                out.iter().chain(err.iter()).find(|l| f(l)).cloned()
+            };
+            if let Some(l) = found {
+                return Ok(l);
+            }
+            if !self.alive() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                bail!(
+                    "{} exited while waiting for {what}:\n{}\n{}",
+                    self.name,
+                    self.stdout().join("\n"),
+                    self.stderr().join("\n")
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for {what} from {}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the command to exit (killing it after `timeout`).
+    async fn finish(mut self, timeout: Duration) -> Result<Finished> {
+        let started = Instant::now();
+        let status = match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(s) => s?,
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!(
+                    "{} did not finish within {timeout:?} (it hung):\n{}\n{}",
+                    self.name,
+                    self.stdout().join("\n"),
+                    self.stderr().join("\n")
+                );
+            }
+        };
+        for r in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+        }
+        Ok(Finished {
+            status,
+            stdout: self.stdout().join("\n"),
+            stderr: self.stderr().join("\n"),
+            took: started.elapsed(),
+        })
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// A relay with its identity provider, certificate and a keychain for the
+/// agent, plus the "system browser" mailbox.
+struct Setup {
+    keychain: SecretService,
+    idp: OidcProvider,
+    cert: TestCert,
+    relay: RelayProcess,
+    dir: TempDir,
+    browser_script: PathBuf,
+    urls: PathBuf,
+    urls_seen: usize,
+}
+
+impl Setup {
+    /// Everything with a plain-http provider on loopback.
+    async fn start(ttl_secs: u64, services: &[ServiceSpec<'_>]) -> Result<Self> {
+        Self::start_with(ttl_secs, services, false).await
+    }
+
+    /// With `tls_idp`, the provider serves https with the relay's test
+    /// certificate (as real providers do; RFC 7009 revocation insists on
+    /// https), and the relay gets its keys as a JWKS file (the relay trusts
+    /// only public roots for fetching them).
+    async fn start_with(
+        ttl_secs: u64,
+        services: &[ServiceSpec<'_>],
+        tls_idp: bool,
+    ) -> Result<Self> {
+        let keychain = SecretService::start()?;
+        let cert = TestCert::new()?;
+        let dir = tempfile::tempdir()?;
+        let (idp, jwks_file) = if tls_idp {
+            let idp = OidcProvider::start_tls(DEFAULT_AUDIENCE, ttl_secs, (&cert.cert, &cert.key))?;
+            let client = reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&cert.cert)?)?)
+                .build()?;
+            let jwks = client
+                .get(idp.jwks_uri())
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await?;
+            let path = dir.path().join("jwks.json");
+            std::fs::write(&path, jwks)?;
+            (idp, Some(path))
+        } else {
+            (OidcProvider::start(DEFAULT_AUDIENCE, ttl_secs)?, None)
+        };
+        let config = write_relay_config(
+            dir.path(),
+            loopback0(),
+            &cert,
+            &IdentitySpec {
+                issuer: idp.issuer(),
+                audience: DEFAULT_AUDIENCE,
+                leeway_secs: 0,
+                jwks_file: jwks_file.as_deref(),
+            },
+            services,
+        )?;
+        let relay = RelayProcess::start(&config)?;
+        let (browser_script, urls) = browser_mailbox(dir.path())?;
+        Ok(Setup {
+            keychain,
+            idp,
+            cert,
+            relay,
+            dir,
+            browser_script,
+            urls,
+            urls_seen: 0,
+        })
+    }
+
+    /// `gangway SUB --relay URL --ca-file CERT ARGS…` with the test keychain
+    /// and browser.
+    fn gangway(&self, sub: &str, args: &[&str]) -> Result<tokio::process::Command> {
+        let mut cmd = tokio::process::Command::new(bin_path("gangway")?);
+        cmd.arg(sub)
+            .args(["--relay", &self.relay.url(), "--ca-file"])
+            .arg(&self.cert.cert)
+            .args(args);
+        self.environment(&mut cmd);
+        Ok(cmd)
+    }
+
+    /// The same command with an environment from the config file instead.
+    fn gangway_env(&self, sub: &str, env: &str, args: &[&str]) -> Result<tokio::process::Command> {
+        let mut cmd = tokio::process::Command::new(bin_path("gangway")?);
+        cmd.arg(sub).args(["--env", env]).args(args);
+        self.environment(&mut cmd);
+        Ok(cmd)
+    }
+
+    fn environment(&self, cmd: &mut tokio::process::Command) {
+        cmd.envs(self.keychain.env())
+            .env("BROWSER", &self.browser_script)
+            .env("RUST_LOG", "info")
+            .env_remove("GANGWAY_TOKEN")
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY");
+    }
+
+    async fn run(&self, sub: &str, args: &[&str]) -> Result<Finished> {
+        Proc::spawn(&format!("gangway {sub}"), self.gangway(sub, args)?)?
+            .finish(Duration::from_secs(60))
+            .await
+    }
+
+    /// The next URL the agent asked "the browser" to open.
+    async fn next_browser_url(&mut self, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&self.urls).unwrap_or_default();
+            if let Some(url) = text.lines().nth(self.urls_seen) {
+                self.urls_seen += 1;
+                return Ok(url.to_string());
+            }
+            if Instant::now() > deadline {
+                bail!("the agent did not open a browser within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `gangway login` through `browser` as `user`; returns the command's
+    /// result and the page the browser ended on.
+    async fn browser_login(
+        &mut self,
+        browser: &Browser,
+        user: &str,
+        password: &str,
+    ) -> Result<(Finished, String)> {
+        let login = Proc::spawn(
+            "gangway login",
+            self.gangway("login", &["--timeout", "90"])?,
+        )?;
+        let url = self.next_browser_url(Duration::from_secs(20)).await?;
+        let page = browser.sign_in(&url, user, password).await?;
+        let done = login.finish(Duration::from_secs(60)).await?;
+        Ok((done, page.text))
+    }
+
+    /// Starts `gangway up` (tokens from the keychain) listening for
+    /// `services` on port-0 addresses.
+    async fn up(&self, services: &[&str], rust_log: &str) -> Result<(Proc, Vec<SocketAddr>)> {
+        let mut args = Vec::new();
+        for s in services {
+            args.push("--listen".to_string());
+            args.push(format!("{s}=127.0.0.1:0"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = self.gangway("up", &args)?;
+        cmd.env("RUST_LOG", rust_log);
+        let mut up = Proc::spawn("gangway up", cmd)?;
+        let mut addrs = Vec::new();
+        for s in services {
+            let line = up
+                .wait_line(&format!("listener for {s}"), Duration::from_secs(30), |l| {
+                    let mut w = l.split_whitespace();
+                    w.next() == Some("listening") && w.next() == Some(s)
+                })
+                .await?;
+            addrs.push(
+                line.split_whitespace()
+                    .nth(2)
+                    .and_then(|a| a.parse().ok())
+                    .with_context(|| format!("no address in {line:?}"))?,
+            );
+        }
+        Ok((up, addrs))
+    }
+
+    /// Writes a user config with one environment `name` for this relay.
+    fn write_config(&self, name: &str) -> Result<()> {
+        let dir = self.keychain.home().join(".config/gangway");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("config.toml"),
+            format!(
+                "default_environment = {name:?}\n\n[[environment]]\nname = {name:?}\nrelay = {:?}\nca_file = {:?}\n",
+                self.relay.url(),
+                self.cert.cert.to_str().unwrap()
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// As an administrator: end every grant `account` has at the provider.
+    async fn revoke_at_provider(&self, account: &str) -> Result<u64> {
+        let v: serde_json::Value = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(
+                &self.cert.cert,
+            )?)?)
+            .build()?
+            .post(format!(
+                "{}/admin/revoke-grants?account={account}",
+                self.idp.issuer()
+            ))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        v["revoked"].as_u64().context("revoked count")
+    }
+}
+
+/// A `BROWSER` program that only appends the URL it is given to a file.
+fn browser_mailbox(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let urls = dir.join("browser-urls.txt");
+    let script = dir.join("open-browser.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\n", urls.display()),
+    )?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    Ok((script, urls))
+}
+
+/// Every file under `dir` that contains `needle` (the keyring's own
+/// encrypted file cannot, by construction).
+fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p)
+                .map(|b| String::from_utf8_lossy(&b).contains(needle))
+                .unwrap_or(false)
+            {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}
+
+fn assert_success(what: &str, f: &Finished) {
+    assert!(
+        f.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        f.status,
+        f.stdout,
+        f.stderr
+    );
+}
+
+fn assert_failure(what: &str, f: &Finished) {
+    assert!(
+        !f.status.success(),
+        "{what} should have failed:\nstdout:\n{}\nstderr:\n{}",
+        f.stdout,
+        f.stderr
+    );
+}
+
+// ------------------------------------------------------------------ tests
+
+/// Browser sign-in (authorization code + PKCE, loopback redirect) as
+/// alice, then `gangway up` from the keychain and a git clone through the
+/// tunnel; again after restarting the agent *and* the keyring daemon (no
+/// second login); then logout revokes and deletes, and `up` says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_login_then_up_clones_survives_restarts_and_logout() -> Result<()> {
+    let repos = RepoFixture::create("demo")?;
+    let daemon = GitDaemon::start(repos.root())?;
+    let mut s = Setup::start_with(
+        60,
+        &[ServiceSpec {
+            name: "git",
+            kind: "tcp",
+            backends: vec![daemon.addr().to_string()],
+            allow_groups: Some(DEV),
+        }],
+        true,
+    )
+    .await?;
+    assert!(s.idp.issuer().starts_with("https://"));
+    s.write_config("test")?;
+    let browser = Browser::start().await?;
+
+    // Login, with the environment from the config file.
+    let login = Proc::spawn(
+        "gangway login",
+        s.gangway_env("login", "test", &["--timeout", "90"])?,
+    )?;
+    let url = s.next_browser_url(Duration::from_secs(20)).await?;
+    assert!(url.contains("code_challenge_method=S256"), "{url}");
+    assert!(url.contains("prompt=consent"), "{url}");
+    assert!(url.contains("offline_access"), "{url}");
+    assert!(
+        url.contains("redirect_uri=http%3A%2F%2F127.0.0.1%3A"),
+        "{url}"
+    );
+    let page = browser.sign_in(&url, "alice", "alice-pw").await?;
+    assert_eq!(page.selector, "#gangway-result", "{page:?}");
+    assert!(
+        page.text.contains("You are signed in to Gangway as alice"),
+        "{page:?}"
+    );
+    let done = login.finish(Duration::from_secs(30)).await?;
+    assert_success("login", &done);
+    assert!(
+        done.stdout
+            .contains(&format!("Signed in to test ({}) as alice", s.relay.url())),
+        "{}",
+        done.stdout
+    );
+    // The URL was printed too, for when no browser opens.
+    assert!(done.stderr.contains(&url), "{}", done.stderr);
+
+    let status = Proc::spawn("gangway status", s.gangway_env("status", "test", &[])?)?
+        .finish(Duration::from_secs(20))
+        .await?;
+    assert_success("status", &status);
+    assert!(
+        status.stdout.contains("Signed in as alice"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("Refresh token: stored"),
+        "{}",
+        status.stdout
+    );
+
+    // `up` with nothing but the keychain; a clone through the tunnel.
+    let work = tempfile::tempdir()?;
+    let (up, addrs) = s.up(&["git"], "info").await?;
+    let url = format!("git://{}/demo.git", addrs[0]);
+    git::git(work.path(), &["clone", "--quiet", &url, "first"])?;
+    let up_logs = [up.stdout(), up.stderr()].concat().join("\n");
+    up.stop().await;
+
+    // Restart the keyring daemon and the agent: still signed in.
+    s.keychain.restart_keyring()?;
+    let (up, addrs) = s.up(&["git"], "info").await?;
+    let url = format!("git://{}/demo.git", addrs[0]);
+    git::git(work.path(), &["clone", "--quiet", &url, "second"])?;
+    assert_eq!(
+        git::git(&work.path().join("second"), &["rev-parse", "HEAD"])?.trim(),
+        repos.head_commit("demo")?
+    );
+    let up_logs = format!(
+        "{up_logs}\n{}",
+        [up.stdout(), up.stderr()].concat().join("\n")
+    );
+    up.stop().await;
+    let sessions: Vec<_> = s
+        .relay
+        .audit()
+        .into_iter()
+        .filter(|e| e["event"] == "session_open")
+        .collect();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert!(sessions.iter().all(|e| e["subject"] == "alice"));
+
+    // Nothing secret in the agent's output or in plain files.
+    let token = s.run("token", &[]).await?;
+    assert_success("token", &token);
+    let access = token.stdout.trim().to_string();
+    assert!(
+        access.starts_with("eyJ"),
+        "not a JWT: {}",
+        token.stdout.len()
+    );
+    assert!(!up_logs.contains(&access[access.len() - 40..]));
+    assert!(
+        files_containing(&s.keychain.home(), &access[access.len() - 40..]).is_empty(),
+        "an access token was written to a plain file"
+    );
+
+    // Logout: revoked at the provider, deleted from the keychain.
+    let out = Proc::spawn("gangway logout", s.gangway_env("logout", "test", &[])?)?
+        .finish(Duration::from_secs(30))
+        .await?;
+    assert_success("logout", &out);
+    assert!(
+        out.stdout
+            .contains("Refresh token revoked at the identity provider"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("tokens deleted"), "{}", out.stdout);
+    let status = Proc::spawn("gangway status", s.gangway_env("status", "test", &[])?)?
+        .finish(Duration::from_secs(20))
+        .await?;
+    assert_failure("status after logout", &status);
+    assert!(
+        status
+            .stdout
+            .contains("Not signed in. Run: gangway login --env test"),
+        "{}",
+        status.stdout
+    );
+    let up = s.run("up", &["--listen", "git=127.0.0.1:0"]).await?;
+    assert_failure("up after logout", &up);
+    assert!(
+        up.stderr.contains("sign-in needed: not signed in to"),
+        "{}",
+        up.stderr
+    );
+    assert!(up.stderr.contains("gangway login --relay"), "{}", up.stderr);
+    drop(browser);
+    drop(s.dir);
+    Ok(())
+}
+
+/// Device flow approved in the browser by bob (readers): the catalog shows
+/// only what readers may use, and a forbidden service is refused with its
+/// reason (and never reaches its backend).
+#[tokio::test(flavor = "multi_thread")]
+async fn device_flow_reader_sees_less_and_is_refused_with_reason() -> Result<()> {
+    use gangway_agent::session::Session;
+    use gangway_agent::AgentError;
+    use gangway_wire::{RefusalCode, Token};
+
+    let bitbucket = CountingBackend::start()?;
+    let confluence = CountingBackend::start()?;
+    let s = Setup::start(
+        60,
+        &[
+            ServiceSpec {
+                name: "bitbucket",
+                kind: "http",
+                backends: vec![bitbucket.addr.to_string()],
+                allow_groups: Some(DEV),
+            },
+            ServiceSpec {
+                name: "confluence",
+                kind: "http",
+                backends: vec![confluence.addr.to_string()],
+                allow_groups: Some(&["developers", "readers"]),
+            },
+        ],
+    )
+    .await?;
+    let browser = Browser::start().await?;
+
+    let mut login = Proc::spawn("gangway login --device", s.gangway("login", &["--device"])?)?;
+    let url = login
+        .wait_line("the verification URL", Duration::from_secs(20), |l| {
+            l.trim_start().starts_with("http://")
+        })
+        .await?
+        .trim()
+        .to_string();
+    let code = login
+        .wait_line("the user code", Duration::from_secs(5), |l| {
+            l.contains("shows the code:")
+        })
+        .await?;
+    let code = code.rsplit(": ").next().unwrap_or_default().to_string();
+    ensure!(!code.is_empty(), "no user code printed");
+    let page = browser.sign_in(&url, "bob", "bob-pw").await?;
+    assert_eq!(page.selector, "#success", "{page:?}");
+    let done = login.finish(Duration::from_secs(60)).await?;
+    assert_success("login --device", &done);
+    assert!(
+        done.stdout.contains("as bob — 1 service(s) available"),
+        "{}",
+        done.stdout
+    );
+
+    // `up` serves only what bob may use.
+    let (mut up, addrs) = s.up(&["confluence"], "info").await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listening: Vec<_> = up
+        .stdout()
+        .into_iter()
+        .filter(|l| l.trim_start().starts_with("listening"))
+        .collect();
+    assert_eq!(listening.len(), 1, "{listening:?}");
+    assert!(listening[0].contains("confluence"));
+    assert!(addrs[0].port() != 0);
+    assert!(up.alive());
+
+    // A stream to bitbucket, with bob's own token: refused with the reason.
+    let token = s.run("token", &[]).await?;
+    assert_success("token", &token);
+    let tls = gangway_agent::tls::client_config(Some(&s.cert.cert))?;
+    let relay = url::Url::parse(&s.relay.url())?;
+    let session = Session::connect(&relay, tls, &Token::new(token.stdout.trim())).await?;
+    match session.open("bitbucket").await {
+        Err(AgentError::Refused(r)) => {
+            assert_eq!(r.code, RefusalCode::Forbidden);
+            assert!(r.message.contains("bob may not use bitbucket"), "{r}");
+        }
+        Err(e) => panic!("expected a forbidden refusal, got {e}"),
+        Ok(_) => panic!("expected a forbidden refusal, got a stream"),
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(bitbucket.connections(), 0);
+    assert!(s
+        .relay
+        .audit()
+        .iter()
+        .any(|e| e["event"] == "stream_refused"
+            && e["code"] == "forbidden"
+            && e["subject"] == "bob"));
+    up.stop().await;
+    Ok(())
+}
+
+/// Byte `k` of the slow backend's stream.
+fn pattern(k: u64) -> u8 {
+    (k.wrapping_mul(7) ^ (k / 251)) as u8
+}
+
+/// A ~50 s transfer through a tcp service while access tokens live 15 s
+/// and the relay allows no leeway: the agent refreshes in-band several
+/// times, the relay accepts each, the session and the stream are never cut,
+/// and every byte arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn long_transfer_survives_token_rotations() -> Result<()> {
+    const CHUNKS: u64 = 500;
+    const CHUNK: u64 = 2000;
+    const EVERY: Duration = Duration::from_millis(100);
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let backend_addr = backend.local_addr()?;
+    let source = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let (mut tcp, _) = backend.accept().await?;
+        let mut k = 0u64;
+        for _ in 0..CHUNKS {
+            let chunk: Vec<u8> = (k..k + CHUNK).map(pattern).collect();
+            tcp.write_all(&chunk).await?;
+            k += CHUNK;
+            tokio::time::sleep(EVERY).await;
+        }
+        tcp.shutdown().await?;
+        anyhow::Ok(k)
+    });
+
+    let mut s = Setup::start(
+        15,
+        &[ServiceSpec {
+            name: "slow",
+            kind: "tcp",
+            backends: vec![backend_addr.to_string()],
+            allow_groups: Some(DEV),
+        }],
+    )
+    .await?;
+    let browser = Browser::start().await?;
+    let (done, _) = s.browser_login(&browser, "alice", "alice-pw").await?;
+    assert_success("login", &done);
+    drop(browser);
+
+    let (up, addrs) = s.up(&["slow"], "info,gangway_agent::session=debug").await?;
+    let started = Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(addrs[0]).await?;
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut mismatches = 0u64;
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut buf))
+            .await
+            .context("the stream stalled")??;
+        if n == 0 {
+            break;
+        }
+        for (i, b) in buf[..n].iter().enumerate() {
+            if *b != pattern(got + i as u64) {
+                mismatches += 1;
+            }
+        }
+        got += n as u64;
+    }
+    let took = started.elapsed();
+    // Our side is done too: the relay closes the stream (and audits it).
+    drop(tcp);
+    let sent = source.await??;
+    assert_eq!(got, CHUNKS * CHUNK, "bytes received");
+    assert_eq!(sent, got);
+    assert_eq!(mismatches, 0);
+    assert!(took >= Duration::from_secs(45), "{took:?}");
+
+    // The stream's audit line lands when it closes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let audit = loop {
+        let a = s.relay.audit();
+        if a.iter().any(|e| e["event"] == "stream_close") || Instant::now() > deadline {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let logs = up.stderr();
+    up.stop().await;
+    let sent_in_band = logs
+        .iter()
+        .filter(|l| l.contains("access token refreshed; sent to the relay in-band"))
+        .count();
+    let accepted = logs
+        .iter()
+        .filter(|l| l.contains("relay accepted the refreshed token"))
+        .count();
+    eprintln!(
+        "long transfer: {got} bytes in {took:?}; {sent_in_band} refreshes sent, {accepted} accepted by the relay"
+    );
+    assert!(sent_in_band >= 3, "refreshes sent: {sent_in_band}");
+    assert!(accepted >= 3, "refreshes accepted: {accepted}");
+    assert!(!logs
+        .iter()
+        .any(|l| l.contains("rejected the refreshed token")));
+    let count = |ev: &str| audit.iter().filter(|e| e["event"] == ev).count();
+    assert_eq!(count("session_open"), 1, "{audit:?}");
+    assert_eq!(count("token_refresh_refused"), 0, "{audit:?}");
+    assert!(
+        !audit
+            .iter()
+            .any(|e| e["event"] == "session_close" && e["reason"] == "token expired"),
+        "{audit:?}"
+    );
+    let close = audit
+        .iter()
+        .find(|e| e["event"] == "stream_close" && e["service"] == "slow")
+        .context("no stream_close audit line")?;
+    assert_eq!(close["bytes_down"], CHUNKS * CHUNK, "{close}");
+    assert_eq!(close["subject"], "alice");
+    assert!(close.get("reason").is_none_or(|r| r.is_null()), "{close}");
+    Ok(())
+}
+
+/// The provider revokes alice's grant while `up` runs: the next refresh
+/// fails for good, the agent (still running) answers new connections with
+/// "sign-in needed", `gangway status` says so at once, and a new
+/// `gangway login` elsewhere brings the running agent back.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_sign_in_becomes_sign_in_needed_and_login_resumes() -> Result<()> {
+    let repos = RepoFixture::create("demo")?;
+    let http = GitHttpServer::start(repos.root())?;
+    let mut s = Setup::start(
+        10,
+        &[ServiceSpec {
+            name: "bitbucket",
+            kind: "http",
+            backends: vec![http.addr().to_string()],
+            allow_groups: Some(DEV),
+        }],
+    )
+    .await?;
+    let browser = Browser::start().await?;
+    let (done, _) = s.browser_login(&browser, "alice", "alice-pw").await?;
+    assert_success("login", &done);
+    let (mut up, addrs) = s.up(&["bitbucket"], "info").await?;
+    up.wait_line("tunnel connected", Duration::from_secs(20), |l| {
+        l.contains("tunnel connected")
+    })
+    .await?;
+    let repo_url = format!("http://{}/scm/demo.git", addrs[0]);
+    let work = tempfile::tempdir()?;
+    git::git(work.path(), &["ls-remote", &repo_url])?;
+
+    assert!(s.revoke_at_provider("alice").await? >= 1);
+    up.wait_line("sign-in needed", Duration::from_secs(30), |l| {
+        l.contains("sign-in needed")
+    })
+    .await?;
+
+    // New connections get the reason at once; no hang.
+    let t = Instant::now();
+    let resp = reqwest::get(format!("{repo_url}/info/refs?service=git-upload-pack")).await?;
+    assert_eq!(resp.status(), 403);
+    let body = resp.text().await?;
+    assert!(body.contains("sign-in needed"), "{body}");
+    assert!(body.contains("gangway login"), "{body}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    let status = s.run("status", &[]).await?;
+    assert_failure("status", &status);
+    assert!(
+        status.stdout.contains("Sign-in needed:"),
+        "{}",
+        status.stdout
+    );
+    assert!(status.stdout.contains("invalid_grant"), "{}", status.stdout);
+    assert!(status.took < Duration::from_secs(10), "{:?}", status.took);
+
+    // The relay ends the session when the last token expires; the agent
+    // stays up and keeps answering with the reason.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !s
+        .relay
+        .audit()
+        .iter()
+        .any(|e| e["event"] == "session_close")
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the relay never closed the session"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(up.alive(), "the agent exited");
+    let resp = reqwest::get(format!("{repo_url}/info/refs?service=git-upload-pack")).await?;
+    assert_eq!(resp.status(), 403);
+
+    // Signing in again (another terminal) brings the running agent back.
+    let (done, _) = s.browser_login(&browser, "alice", "alice-pw").await?;
+    assert_success("second login", &done);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match git::git(work.path(), &["ls-remote", &repo_url]) {
+            Ok(out) if out.contains("refs/heads/main") => break,
+            other => {
+                ensure!(
+                    Instant::now() < deadline,
+                    "the agent did not pick up the new sign-in: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    assert!(up.alive());
+    up.stop().await;
+    Ok(())
+}
+
+/// A wrong password shows the provider's error; cancelling then ends the
+/// login with a clear "denied" and a non-zero exit. Nothing is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_password_then_cancel_is_a_clear_denial() -> Result<()> {
+    let mut s = Setup::start(60, &[]).await?;
+    let browser = Browser::start().await?;
+    let login = Proc::spawn("gangway login", s.gangway("login", &["--timeout", "60"])?)?;
+    let url = s.next_browser_url(Duration::from_secs(20)).await?;
+    browser.goto(&url).await?;
+    browser
+        .wait_for_any(&["#username"], Duration::from_secs(15))
+        .await?;
+    browser.fill_login("alice", "not-her-password").await?;
+    let page = browser
+        .wait_for_any(&["#error"], Duration::from_secs(15))
+        .await?;
+    assert!(
+        page.text.contains("Invalid username or password"),
+        "{page:?}"
+    );
+    browser.click("#cancel").await?;
+    let page = browser
+        .wait_for_any(&["#gangway-result"], Duration::from_secs(15))
+        .await?;
+    assert!(page.text.contains("denied"), "{page:?}");
+    let done = login.finish(Duration::from_secs(30)).await?;
+    assert_failure("login", &done);
+    assert!(
+        done.stderr
+            .contains("sign-in was denied at the identity provider: access_denied"),
+        "{}",
+        done.stderr
+    );
+    let status = s.run("status", &[]).await?;
+    assert!(status.stdout.contains("Not signed in"), "{}", status.stdout);
+    Ok(())
+}
+
+/// A redirect whose `state` is not the one this login sent is refused,
+/// even though the user signed in and the code is genuine.
+#[tokio::test(flavor = "multi_thread")]
+async fn state_mismatch_is_refused() -> Result<()> {
+    let mut s = Setup::start(60, &[]).await?;
+    let browser = Browser::start().await?;
+    let login = Proc::spawn("gangway login", s.gangway("login", &["--timeout", "60"])?)?;
+    let url = s.next_browser_url(Duration::from_secs(20)).await?;
+    let mut forged = url::Url::parse(&url)?;
+    let pairs: Vec<(String, String)> = forged
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "state" {
+                "forged-state".to_string()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    forged.query_pairs_mut().clear().extend_pairs(pairs);
+    let page = browser
+        .sign_in(forged.as_str(), "alice", "alice-pw")
+        .await?;
+    assert_eq!(page.selector, "#gangway-result", "{page:?}");
+    assert!(page.text.contains("state mismatch"), "{page:?}");
+    let done = login.finish(Duration::from_secs(30)).await?;
+    assert_failure("login", &done);
+    assert!(done.stderr.contains("state mismatch"), "{}", done.stderr);
+    let status = s.run("status", &[]).await?;
+    assert!(status.stdout.contains("Not signed in"), "{}", status.stdout);
+    Ok(())
+}
+
+/// Nobody finishes the sign-in (the browser was closed): the login gives
+/// up after `--timeout` with a clear message.
+#[tokio::test(flavor = "multi_thread")]
+async fn closed_browser_times_out_clearly() -> Result<()> {
+    let mut s = Setup::start(60, &[]).await?;
+    let login = Proc::spawn("gangway login", s.gangway("login", &["--timeout", "3"])?)?;
+    s.next_browser_url(Duration::from_secs(20)).await?;
+    let done = login.finish(Duration::from_secs(30)).await?;
+    assert_failure("login", &done);
+    assert!(
+        done.stderr
+            .contains("no sign-in completed in the browser within 3 s"),
+        "{}",
+        done.stderr
+    );
+    assert!(done.took < Duration::from_secs(15), "{:?}", done.took);
+    Ok(())
+}
+
+/// The identity provider is down: a clear message naming it, non-zero.
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_down_is_a_clear_error() -> Result<()> {
+    let s = Setup::start(60, &[]).await?;
+    let issuer = s.idp.issuer().to_string();
+    let Setup {
+        idp,
+        relay,
+        cert,
+        keychain,
+        dir,
+        ..
+    } = s;
+    drop(idp);
+    let mut cmd = tokio::process::Command::new(bin_path("gangway")?);
+    cmd.args(["login", "--relay", &relay.url(), "--ca-file"])
+        .arg(&cert.cert)
+        .envs(keychain.env())
+        .env("BROWSER", "/bin/false")
+        .env_remove("GANGWAY_TOKEN");
+    let done = Proc::spawn("gangway login", cmd)?
+        .finish(Duration::from_secs(60))
+        .await?;
+    assert_failure("login", &done);
+    assert!(
+        done.stderr
+            .contains(&format!("identity provider {issuer} is unreachable")),
+        "{}",
+        done.stderr
+    );
+    drop(dir);
+    Ok(())
+}
+
+/// No keychain at all (no session bus): login and up fail at once with a
+/// message that says what is missing, and nothing is written to disk.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_keychain_is_a_clear_error_and_nothing_is_written() -> Result<()> {
+    let s = Setup::start(60, &[]).await?;
+    let root = tempfile::tempdir()?;
+    let env: Vec<(&str, OsString)> = SecretService::absent_env(root.path())?;
+    for sub in ["login", "up"] {
+        let mut cmd = tokio::process::Command::new(bin_path("gangway")?);
+        cmd.args([sub, "--relay", &s.relay.url(), "--ca-file"])
+            .arg(&s.cert.cert)
+            .envs(env.clone())
+            .env("BROWSER", &s.browser_script)
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .env_remove("GANGWAY_TOKEN");
+        let done = Proc::spawn(&format!("gangway {sub}"), cmd)?
+            .finish(Duration::from_secs(30))
+            .await?;
+        assert_failure(sub, &done);
+        assert!(
+            done.stderr.contains("cannot use the OS keychain")
+                && done.stderr.contains("D-Bus session bus is not reachable"),
+            "{}",
+            done.stderr
+        );
+        assert!(
+            done.stderr.contains("GANGWAY_TOKEN"),
+            "the message should name the alternative: {}",
+            done.stderr
+        );
+    }
+    // Checked before any sign-in: no browser was opened, no file written.
+    assert!(!s.urls.exists(), "a browser was opened");
+    let mut written = Vec::new();
+    for e in walk(root.path()) {
+        if e.is_file() {
+            written.push(e);
+        }
+    }
+    assert!(written.is_empty(), "files written: {written:?}");
+    Ok(())
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
