@@ -131,7 +131,8 @@ pub fn write_relay_config(
 pub struct Lines(Arc<Mutex<Vec<String>>>);
 
 impl Lines {
-    fn follow(&self, name: &str, r: impl Read + Send + 'static) {
+    /// Follows `r` line by line on a thread.
+    pub fn follow(&self, name: &str, r: impl Read + Send + 'static) {
         let lines = self.0.clone();
         let name = name.to_string();
         std::thread::spawn(move || {
