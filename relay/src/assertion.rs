@@ -19,6 +19,10 @@ use crate::config::AssertionConfig;
 
 /// The relay's assertion signer. Its `Debug` shows only the key id.
 pub struct Signer {
+    /// Recent assertions by (subject, groups, service), reused while more
+    /// than half their lifetime is left: signing on every request would
+    /// cost more than the rest of the proxying.
+    cache: std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>,
     encoding: EncodingKey,
     kid: String,
     public_x: String,
@@ -79,6 +83,7 @@ impl Signer {
         let public_x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public);
         let kid = crate::http::balancer::affinity_id(&public_x);
         Ok(Self {
+            cache: Default::default(),
             encoding: EncodingKey::from_ed_der(&pkcs8),
             kid,
             public_x,
@@ -87,9 +92,26 @@ impl Signer {
         })
     }
 
-    /// Signs an assertion for `subject` on `service`.
+    /// An assertion for `subject` on `service`: a cached one while more
+    /// than half its lifetime is left, else a freshly signed one.
     pub fn sign(&self, subject: &str, groups: &[String], service: &str) -> String {
         let now = now_unix();
+        let key = format!("{subject}\n{}\n{service}", groups.join(","));
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((token, exp)) = cache.get(&key) {
+            if *exp > now + self.ttl / 2 {
+                return token.clone();
+            }
+        }
+        if cache.len() > 10_000 {
+            cache.retain(|_, (_, exp)| *exp > now);
+        }
+        let token = self.sign_new(subject, groups, service, now);
+        cache.insert(key, (token.clone(), now + self.ttl));
+        token
+    }
+
+    fn sign_new(&self, subject: &str, groups: &[String], service: &str, now: u64) -> String {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
         header.typ = Some("JWT".into());
@@ -148,6 +170,15 @@ mod tests {
         assert_eq!(data.claims["sub"], "alice");
         assert_eq!(data.claims["groups"][0], "developers");
         // Another relay's key does not verify it.
+        // Within half its lifetime the same assertion is reused.
+        assert_eq!(
+            signer.sign("alice", &["developers".into()], "confluence"),
+            token
+        );
+        assert_ne!(
+            signer.sign("alice", &["developers".into()], "bitbucket"),
+            token
+        );
         let other = Signer::from_config(&AssertionConfig::default()).unwrap();
         let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(other.jwks()).unwrap();
         let key = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
