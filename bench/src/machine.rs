@@ -73,7 +73,38 @@ pub fn which(name: &str) -> Option<std::path::PathBuf> {
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(Path::new(&home).join(".cargo/bin"));
     }
-    dirs.into_iter()
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// The workspace's git revision, noting uncommitted changes to the code
+/// that is measured (agent, relay, transport, wire).
+pub fn source_revision(workspace: &Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(workspace)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(rev) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown (not a git checkout)".into();
+    };
+    match git(&[
+        "status",
+        "--porcelain",
+        "--",
+        "agent",
+        "relay",
+        "transport",
+        "wire",
+    ]) {
+        Some(s) if !s.is_empty() => format!(
+            "git {rev} plus uncommitted changes in {} file(s) of agent/relay/transport/wire",
+            s.lines().count()
+        ),
+        _ => format!("git {rev}"),
+    }
 }

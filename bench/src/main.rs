@@ -24,7 +24,9 @@ use gangway_bench::report::{Figure, Labels, Results};
 use gangway_bench::upstream::{Upstreams, SMALL_FILE_BYTES, SMALL_FILE_PATH};
 
 #[derive(Parser, Debug)]
-#[command(about = "Direct vs Gangway vs wstunnel on loopback: throughput, HTTP, connection rate, memory")]
+#[command(
+    about = "Direct vs Gangway vs wstunnel on loopback: throughput, HTTP, connection rate, memory"
+)]
 struct Args {
     /// Rounds; each figure is the median over rounds.
     #[arg(long, default_value_t = 3)]
@@ -142,10 +144,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
 
-    let dir = tempfile::Builder::new().prefix("gangway-bench-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("gangway-bench-")
+        .tempdir()?;
     let creds = pki::write(dir.path())?;
     let machine_info = machine::describe();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("no workspace directory")?;
     let mut versions = vec![
+        ("gangway source", machine::source_revision(workspace)),
         ("gangway", version_of(&bins.agent, &["--version"])),
         ("gangway-relay", version_of(&bins.relay, &["--version"])),
     ];
@@ -156,7 +164,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     versions.push(("iperf3", version_of(Path::new("iperf3"), &["--version"])));
     versions.push(("wrk", version_of(Path::new("wrk"), &["--version"])));
 
-    eprintln!("starting upstreams (nginx, iperf3 -s, echo) in {}", dir.path().display());
+    eprintln!(
+        "starting upstreams (nginx, iperf3 -s, echo) in {}",
+        dir.path().display()
+    );
     let upstreams = Upstreams::start(dir.path()).await?;
     let started = Instant::now();
     let mut results = Results::default();
@@ -166,7 +177,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         order.rotate_left(round % paths_run.len());
         for kind in order {
             eprintln!("[round {}/{}] {}", round + 1, args.rounds, kind.label());
-            let rdir = dir.path().join(format!("round{}-{}", round + 1, kind.label()));
+            let rdir = dir
+                .path()
+                .join(format!("round{}-{}", round + 1, kind.label()));
             std::fs::create_dir_all(&rdir)?;
             let path = match kind {
                 PathKind::Direct => Ok(RunningPath::direct(upstreams.addrs)),
@@ -266,7 +279,9 @@ async fn measure(path: &mut RunningPath, args: &Args, results: &mut Results) {
                     "  {:<9} {figure:?}: {:.2} Gbit/s{}",
                     kind.label(),
                     r.gbps,
-                    per_gb.map(|c| format!(", tunnel CPU {c:.2} s/GB")).unwrap_or_default()
+                    per_gb
+                        .map(|c| format!(", tunnel CPU {c:.2} s/GB"))
+                        .unwrap_or_default()
                 );
                 results.add(figure, kind, r.gbps);
                 if let Some(c) = per_gb {
@@ -277,11 +292,52 @@ async fn measure(path: &mut RunningPath, args: &Args, results: &mut Results) {
         }
     }
 
-    let url = format!("http://{}{SMALL_FILE_PATH}", a.web);
-    for (conns, rps, p50, p99, cpu) in [
-        (1, Figure::Rps1, Figure::P50x1, Figure::P99x1, Figure::CpuReq1),
-        (32, Figure::Rps32, Figure::P50x32, Figure::P99x32, Figure::CpuReq32),
-    ] {
+    let mut runs = vec![
+        (
+            a.web,
+            1,
+            [Figure::Rps1, Figure::P50x1, Figure::P99x1, Figure::CpuReq1],
+        ),
+        (
+            a.web,
+            32,
+            [
+                Figure::Rps32,
+                Figure::P50x32,
+                Figure::P99x32,
+                Figure::CpuReq32,
+            ],
+        ),
+    ];
+    if let Some(web_http) = a.web_http {
+        runs.push((
+            web_http,
+            1,
+            [
+                Figure::ProxyRps1,
+                Figure::ProxyP50x1,
+                Figure::ProxyP99x1,
+                Figure::CpuProxyReq1,
+            ],
+        ));
+        runs.push((
+            web_http,
+            32,
+            [
+                Figure::ProxyRps32,
+                Figure::ProxyP50x32,
+                Figure::ProxyP99x32,
+                Figure::CpuProxyReq32,
+            ],
+        ));
+    }
+    for (web, conns, [rps, p50, p99, cpu]) in runs {
+        let url = format!("http://{web}{SMALL_FILE_PATH}");
+        let what = if Some(web) == a.web_http {
+            " (kind = http)"
+        } else {
+            ""
+        };
         let cpu0 = tunnel_cpu(path, results);
         match load::wrk(&url, conns, args.secs).await {
             Ok(r) => {
@@ -289,12 +345,14 @@ async fn measure(path: &mut RunningPath, args: &Args, results: &mut Results) {
                     .filter(|_| r.requests > 0)
                     .map(|c| c * 1e6 / r.requests as f64);
                 eprintln!(
-                    "  {:<9} wrk -c{conns}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms{}",
+                    "  {:<9} wrk -c{conns}{what}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms{}",
                     kind.label(),
                     r.requests_per_sec,
                     r.p50_ms,
                     r.p99_ms,
-                    per_req.map(|c| format!(", tunnel CPU {c:.1} µs/req")).unwrap_or_default()
+                    per_req
+                        .map(|c| format!(", tunnel CPU {c:.1} µs/req"))
+                        .unwrap_or_default()
                 );
                 if let Some(c) = per_req {
                     results.add(cpu, kind, c);
@@ -303,10 +361,10 @@ async fn measure(path: &mut RunningPath, args: &Args, results: &mut Results) {
                 results.add(p50, kind, r.p50_ms);
                 results.add(p99, kind, r.p99_ms);
                 if r.errors > 0 {
-                    results.error(kind, format!("wrk -c{conns}: {} errors", r.errors));
+                    results.error(kind, format!("wrk -c{conns}{what}: {} errors", r.errors));
                 }
             }
-            Err(e) => results.error(kind, format!("wrk -c{conns}: {e:#}")),
+            Err(e) => results.error(kind, format!("wrk -c{conns}{what}: {e:#}")),
         }
     }
 
@@ -327,7 +385,9 @@ async fn measure(path: &mut RunningPath, args: &Args, results: &mut Results) {
                     r.per_sec,
                     r.completed,
                     r.errors,
-                    per_conn.map(|c| format!(", tunnel CPU {c:.1} µs/conn")).unwrap_or_default()
+                    per_conn
+                        .map(|c| format!(", tunnel CPU {c:.1} µs/conn"))
+                        .unwrap_or_default()
                 );
                 if let Some(c) = per_conn {
                     results.add(cpu, kind, c);
@@ -342,7 +402,12 @@ async fn measure(path: &mut RunningPath, args: &Args, results: &mut Results) {
     }
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    record_rss(path, results, Figure::RssAfterClient, Figure::RssAfterServer);
+    record_rss(
+        path,
+        results,
+        Figure::RssAfterClient,
+        Figure::RssAfterServer,
+    );
     if let Err(e) = path.check_alive() {
         results.error(kind, format!("{e:#}"));
     }

@@ -85,6 +85,52 @@ pub struct Figures {
     pub echo_cpu_us: Option<f64>,
 }
 
+impl Figures {
+    const FIELDS: [&'static str; 6] = [
+        "single_gbps",
+        "multi_gbps",
+        "echo_per_sec",
+        "single_cpu_per_gb",
+        "multi_cpu_per_gb",
+        "echo_cpu_us",
+    ];
+
+    fn fields(&self) -> [Option<f64>; 6] {
+        [
+            self.single_gbps,
+            self.multi_gbps,
+            self.echo_per_sec,
+            self.single_cpu_per_gb,
+            self.multi_cpu_per_gb,
+            self.echo_cpu_us,
+        ]
+    }
+
+    /// One line of JSON (absent figures are left out), for a child run.
+    pub fn to_json(&self) -> String {
+        let map: serde_json::Map<String, serde_json::Value> = Self::FIELDS
+            .iter()
+            .zip(self.fields())
+            .filter_map(|(k, v)| Some((k.to_string(), serde_json::json!(v?))))
+            .collect();
+        serde_json::Value::Object(map).to_string()
+    }
+
+    /// Reads what [`Figures::to_json`] wrote.
+    pub fn from_json(text: &str) -> anyhow::Result<Self> {
+        let v: serde_json::Value = serde_json::from_str(text.trim()).context("child figures")?;
+        let get = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
+        Ok(Figures {
+            single_gbps: get("single_gbps"),
+            multi_gbps: get("multi_gbps"),
+            echo_per_sec: get("echo_per_sec"),
+            single_cpu_per_gb: get("single_cpu_per_gb"),
+            multi_cpu_per_gb: get("multi_cpu_per_gb"),
+            echo_cpu_us: get("echo_cpu_us"),
+        })
+    }
+}
+
 /// This process's CPU seconds so far (client and server runtimes both).
 fn cpu_now() -> anyhow::Result<f64> {
     cpu_secs(std::process::id())
@@ -92,10 +138,7 @@ fn cpu_now() -> anyhow::Result<f64> {
 
 /// (Gbit/s, CPU s per GB) from bytes moved, wall time and CPU used.
 fn rate_and_cost(bytes: u64, elapsed: Duration, cpu: f64) -> (Option<f64>, Option<f64>) {
-    (
-        Some(gbps(bytes, elapsed)),
-        Some(cpu / (bytes as f64 / 1e9)),
-    )
+    (Some(gbps(bytes, elapsed)), Some(cpu / (bytes as f64 / 1e9)))
 }
 
 /// WebSocket limits as agent and relay set them.
@@ -346,8 +389,7 @@ pub async fn run_kind(kind: Kind, settings: &Settings, server: &Handle) -> anyho
                     stream_sink(s, deadline, &chunk).await
                 }
             };
-            (figures.single_gbps, figures.single_cpu_per_gb) =
-                bulk(settings.bulk, 1, one).await?;
+            (figures.single_gbps, figures.single_cpu_per_gb) = bulk(settings.bulk, 1, one).await?;
             (figures.multi_gbps, figures.multi_cpu_per_gb) =
                 bulk(settings.multi, settings.streams, one).await?;
             let cpu0 = cpu_now()?;
@@ -381,8 +423,7 @@ pub async fn run_kind(kind: Kind, settings: &Settings, server: &Handle) -> anyho
                 let (client, chunk) = (client.clone(), chunk.clone());
                 async move { h2_sink(client, deadline, &chunk).await }
             };
-            (figures.single_gbps, figures.single_cpu_per_gb) =
-                bulk(settings.bulk, 1, one).await?;
+            (figures.single_gbps, figures.single_cpu_per_gb) = bulk(settings.bulk, 1, one).await?;
             (figures.multi_gbps, figures.multi_cpu_per_gb) =
                 bulk(settings.multi, settings.streams, one).await?;
             let cpu0 = cpu_now()?;
@@ -508,21 +549,44 @@ async fn h2_echo(client: h2::client::SendRequest<Bytes>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A table row: label, which figure, decimals shown.
+type Row = (&'static str, fn(&Figures) -> Option<f64>, usize);
+
 /// Medians over rounds, as a markdown table with a per-round appendix.
 pub fn table(rounds: &[Vec<(Kind, Figures)>]) -> String {
     let kinds = [Kind::Raw, Kind::Yamux, Kind::H2];
-    let rows: [(&str, fn(&Figures) -> Option<f64>, usize); 6] = [
+    let rows: [Row; 6] = [
         ("single-stream bulk (Gbit/s)", |f| f.single_gbps, 2),
-        ("32 concurrent streams, aggregate (Gbit/s)", |f| f.multi_gbps, 2),
-        ("stream open + 1-byte echo, sequential (per s)", |f| f.echo_per_sec, 0),
-        ("CPU per GB, single stream (s, both ends)", |f| f.single_cpu_per_gb, 3),
-        ("CPU per GB, 32 streams (s, both ends)", |f| f.multi_cpu_per_gb, 3),
+        (
+            "32 concurrent streams, aggregate (Gbit/s)",
+            |f| f.multi_gbps,
+            2,
+        ),
+        (
+            "stream open + 1-byte echo, sequential (per s)",
+            |f| f.echo_per_sec,
+            0,
+        ),
+        (
+            "CPU per GB, single stream (s, both ends)",
+            |f| f.single_cpu_per_gb,
+            3,
+        ),
+        (
+            "CPU per GB, 32 streams (s, both ends)",
+            |f| f.multi_cpu_per_gb,
+            3,
+        ),
         ("CPU per open + echo (µs, both ends)", |f| f.echo_cpu_us, 1),
     ];
     let values = |kind: Kind, get: fn(&Figures) -> Option<f64>| -> Vec<f64> {
         rounds
             .iter()
-            .flat_map(|r| r.iter().filter(|(k, _)| *k == kind).filter_map(|(_, f)| get(f)))
+            .flat_map(|r| {
+                r.iter()
+                    .filter(|(k, _)| *k == kind)
+                    .filter_map(|(_, f)| get(f))
+            })
             .collect()
     };
     let mut s = format!(
@@ -542,7 +606,10 @@ pub fn table(rounds: &[Vec<(Kind, Figures)>]) -> String {
                 None => s.push_str(" — |"),
             }
         }
-        match (median(&values(Kind::H2, get)), median(&values(Kind::Yamux, get))) {
+        match (
+            median(&values(Kind::H2, get)),
+            median(&values(Kind::Yamux, get)),
+        ) {
             (Some(h), Some(y)) if y > 0.0 => {
                 let _ = writeln!(s, " {:.2}× |", h / y);
             }
@@ -572,4 +639,20 @@ pub fn table(rounds: &[Vec<(Kind, Figures)>]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_cross_the_process_boundary() {
+        let f = Figures {
+            single_gbps: Some(12.5),
+            echo_cpu_us: Some(80.25),
+            ..Default::default()
+        };
+        let back = Figures::from_json(&f.to_json()).unwrap();
+        assert_eq!(back.fields(), f.fields());
+    }
 }

@@ -112,8 +112,14 @@ path = "{audit}"
 
 [[service]]
 name = "web"
-kind = "http"
+kind = "tcp"
 local_port = 8080
+backends = ["{web}"]
+
+[[service]]
+name = "web-http"
+kind = "http"
+local_port = 8081
 backends = ["{web}"]
 
 [[service]]
@@ -162,6 +168,7 @@ backends = ["{echo}"]
         .arg("--token-file")
         .arg(&creds.token)
         .args(["--listen", "web=127.0.0.1:0"])
+        .args(["--listen", "web-http=127.0.0.1:0"])
         .args(["--listen", "iperf=127.0.0.1:0"])
         .args(["--listen", "echo=127.0.0.1:0"])
         .env("RUST_LOG", "info");
@@ -181,6 +188,7 @@ backends = ["{echo}"]
             };
             Some(Endpoints {
                 web: find("web")?,
+                web_http: Some(find("web-http")?),
                 iperf: find("iperf")?,
                 echo: find("echo")?,
             })
@@ -220,7 +228,10 @@ pub async fn start_wstunnel(
     let ports = free_ports(3)?;
     let mut cmd = Command::new(wstunnel);
     cmd.env("RUST_LOG", "INFO").arg("--no-color").arg("client");
-    for (port, to) in ports.iter().zip([upstream.web, upstream.iperf, upstream.echo]) {
+    for (port, to) in ports
+        .iter()
+        .zip([upstream.web, upstream.iperf, upstream.echo])
+    {
         cmd.arg("-L").arg(format!("tcp://127.0.0.1:{port}:{to}"));
     }
     cmd.arg(format!("wss://127.0.0.1:{server_port}"));
@@ -232,6 +243,7 @@ pub async fn start_wstunnel(
         kind: PathKind::Wstunnel,
         addrs: Endpoints {
             web: localhost(ports[0]),
+            web_http: None,
             iperf: localhost(ports[1]),
             echo: localhost(ports[2]),
         },

@@ -181,9 +181,7 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     let held = (0..n)
         .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
         .collect::<Result<Vec<_>, _>>()?;
-    held.iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 pub fn localhost(port: u16) -> SocketAddr {

@@ -16,12 +16,20 @@ pub enum Figure {
     Rps32,
     P50x32,
     P99x32,
+    ProxyRps1,
+    ProxyP50x1,
+    ProxyP99x1,
+    ProxyRps32,
+    ProxyP50x32,
+    ProxyP99x32,
     ConnSeq,
     ConnPar,
     CpuUpload,
     CpuDownload,
     CpuReq1,
     CpuReq32,
+    CpuProxyReq1,
+    CpuProxyReq32,
     CpuConnSeq,
     CpuConnPar,
     RssIdleClient,
@@ -33,7 +41,7 @@ pub enum Figure {
 }
 
 impl Figure {
-    pub const ALL: [Figure; 22] = [
+    pub const ALL: [Figure; 30] = [
         Figure::Upload,
         Figure::Download,
         Figure::Rps1,
@@ -42,12 +50,20 @@ impl Figure {
         Figure::Rps32,
         Figure::P50x32,
         Figure::P99x32,
+        Figure::ProxyRps1,
+        Figure::ProxyP50x1,
+        Figure::ProxyP99x1,
+        Figure::ProxyRps32,
+        Figure::ProxyP50x32,
+        Figure::ProxyP99x32,
         Figure::ConnSeq,
         Figure::ConnPar,
         Figure::CpuUpload,
         Figure::CpuDownload,
         Figure::CpuReq1,
         Figure::CpuReq32,
+        Figure::CpuProxyReq1,
+        Figure::CpuProxyReq32,
         Figure::CpuConnSeq,
         Figure::CpuConnPar,
         Figure::RssIdleClient,
@@ -64,6 +80,14 @@ impl Figure {
             Figure::Upload => "bulk upload, iperf3 1 stream (Gbit/s)".into(),
             Figure::Download => "bulk download, iperf3 -R 1 stream (Gbit/s)".into(),
             Figure::Rps1 => "HTTP req/s, wrk 1 conn".into(),
+            Figure::ProxyRps1 => "HTTP req/s, 1 conn, gangway `kind = http` service".into(),
+            Figure::ProxyP50x1 => "HTTP p50, 1 conn, `kind = http` (ms)".into(),
+            Figure::ProxyP99x1 => "HTTP p99, 1 conn, `kind = http` (ms)".into(),
+            Figure::ProxyRps32 => "HTTP req/s, 32 conns, gangway `kind = http` service".into(),
+            Figure::ProxyP50x32 => "HTTP p50, 32 conns, `kind = http` (ms)".into(),
+            Figure::ProxyP99x32 => "HTTP p99, 32 conns, `kind = http` (ms)".into(),
+            Figure::CpuProxyReq1 => "tunnel CPU per request, 1 conn, `kind = http` (µs)".into(),
+            Figure::CpuProxyReq32 => "tunnel CPU per request, 32 conns, `kind = http` (µs)".into(),
             Figure::P50x1 => "HTTP p50 latency, 1 conn (ms)".into(),
             Figure::P99x1 => "HTTP p99 latency, 1 conn (ms)".into(),
             Figure::Rps32 => "HTTP req/s, wrk 32 conns".into(),
@@ -88,31 +112,59 @@ impl Figure {
 
     fn decimals(self, v: f64) -> usize {
         match self {
-            Figure::Rps1 | Figure::Rps32 | Figure::ConnSeq | Figure::ConnPar => 0,
+            Figure::Rps1
+            | Figure::Rps32
+            | Figure::ProxyRps1
+            | Figure::ProxyRps32
+            | Figure::ConnSeq
+            | Figure::ConnPar => 0,
             Figure::Upload | Figure::Download | Figure::CpuUpload | Figure::CpuDownload => 2,
-            Figure::CpuReq1 | Figure::CpuReq32 | Figure::CpuConnSeq | Figure::CpuConnPar => 1,
+            Figure::CpuReq1
+            | Figure::CpuReq32
+            | Figure::CpuProxyReq1
+            | Figure::CpuProxyReq32
+            | Figure::CpuConnSeq
+            | Figure::CpuConnPar => 1,
             _ if v < 1.0 => 3,
             _ => 1,
         }
     }
 
-    /// Tunnel memory and CPU figures have no direct value.
+    /// The figure whose value on other paths a ratio divides by: the
+    /// `kind = http` figures (Gangway only) compare with plain HTTP.
+    fn base(self) -> Figure {
+        match self {
+            Figure::ProxyRps1 => Figure::Rps1,
+            Figure::ProxyP50x1 => Figure::P50x1,
+            Figure::ProxyP99x1 => Figure::P99x1,
+            Figure::ProxyRps32 => Figure::Rps32,
+            Figure::ProxyP50x32 => Figure::P50x32,
+            Figure::ProxyP99x32 => Figure::P99x32,
+            Figure::CpuProxyReq1 => Figure::CpuReq1,
+            Figure::CpuProxyReq32 => Figure::CpuReq32,
+            f => f,
+        }
+    }
+
+    /// Tunnel memory and CPU figures have no direct value; `kind = http`
+    /// figures exist only for Gangway.
     fn is_tunnel_only(self) -> bool {
-        matches!(
-            self,
-            Figure::CpuUpload
-                | Figure::CpuDownload
-                | Figure::CpuReq1
-                | Figure::CpuReq32
-                | Figure::CpuConnSeq
-                | Figure::CpuConnPar
-                | Figure::RssIdleClient
-                | Figure::RssIdleServer
-                | Figure::RssHeldClient
-                | Figure::RssHeldServer
-                | Figure::RssAfterClient
-                | Figure::RssAfterServer
-        )
+        self.base() != self
+            || matches!(
+                self,
+                Figure::CpuUpload
+                    | Figure::CpuDownload
+                    | Figure::CpuReq1
+                    | Figure::CpuReq32
+                    | Figure::CpuConnSeq
+                    | Figure::CpuConnPar
+                    | Figure::RssIdleClient
+                    | Figure::RssIdleServer
+                    | Figure::RssHeldClient
+                    | Figure::RssHeldServer
+                    | Figure::RssAfterClient
+                    | Figure::RssAfterServer
+            )
     }
 }
 
@@ -171,12 +223,18 @@ impl Results {
                     Some(v) => {
                         let _ = write!(s, " {v:.*} |", f.decimals(v));
                     }
+                    None if f.base() != f && *p != PathKind::Gangway => s.push_str(" — |"),
                     None if f.is_tunnel_only() && *p == PathKind::Direct => s.push_str(" — |"),
                     None => s.push_str(" n/a |"),
                 }
             }
             for (a, b) in &ratios {
-                match (self.median(f, *a), self.median(f, *b)) {
+                let denominator = if self.median(f, *b).is_some() {
+                    f
+                } else {
+                    f.base()
+                };
+                match (self.median(f, *a), self.median(denominator, *b)) {
                     (Some(x), Some(y)) if y > 0.0 => {
                         let _ = write!(s, " {:.2}× |", x / y);
                     }
@@ -278,7 +336,10 @@ mod tests {
         r.add(Figure::RssIdleClient, PathKind::Wstunnel, 4.0);
         let paths = [PathKind::Direct, PathKind::Gangway, PathKind::Wstunnel];
         let t = r.table(&paths, Labels { held: 100, par: 16 });
-        assert!(t.contains("| 40.00 | 10.00 | 5.00 | 0.25× | 2.00× | 0.12× |"), "{t}");
+        assert!(
+            t.contains("| 40.00 | 10.00 | 5.00 | 0.25× | 2.00× | 0.12× |"),
+            "{t}"
+        );
         assert!(t.contains("| — | 8.0 | 4.0 | — | 2.00× | — |"), "{t}");
     }
 }

@@ -20,8 +20,12 @@ pub const SMALL_FILE_PATH: &str = "/small.html";
 /// Where each workload connects: the same three services on every path.
 #[derive(Debug, Clone, Copy)]
 pub struct Endpoints {
-    /// HTTP (nginx, or a tunnel to it).
+    /// HTTP (nginx, or a tunnel to it), carried as plain TCP.
     pub web: SocketAddr,
+    /// nginx through Gangway's `kind = "http"` service, where the relay
+    /// proxies each request (parses it, adds identity headers and a signed
+    /// assertion, writes an audit line). None on other paths.
+    pub web_http: Option<SocketAddr>,
     /// iperf3 server, or a tunnel to it.
     pub iperf: SocketAddr,
     /// Echo server, or a tunnel to it.
@@ -67,6 +71,7 @@ impl Upstreams {
         Ok(Self {
             addrs: Endpoints {
                 web: localhost(nginx_port),
+                web_http: None,
                 iperf: localhost(iperf_port),
                 echo: echo_addr,
             },

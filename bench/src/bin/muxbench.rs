@@ -9,11 +9,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use gangway_bench::machine;
-use gangway_bench::mux::{self, Kind, Settings};
+use gangway_bench::mux::{self, Figures, Kind, Settings};
 
 #[derive(Parser, Debug)]
 #[command(about = "yamux vs h2 over TLS + WebSocket on loopback: bulk, 32 streams, open+echo")]
 struct Args {
+    /// What to run, comma-separated: raw, yamux, h2.
+    #[arg(long, value_delimiter = ',', default_value = "raw,yamux,h2")]
+    kinds: Vec<String>,
     /// Rounds; each figure is the median over rounds.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -41,6 +44,51 @@ struct Args {
     /// h2 connection window.
     #[arg(long, default_value_t = 16 << 20)]
     h2_conn_window: u32,
+    /// Run every (round, mux) in the same process instead of a fresh one
+    /// each. The allocator's state then carries over from run to run.
+    #[arg(long)]
+    same_process: bool,
+    /// Internal: run one mux once and print its figures as JSON.
+    #[arg(long, hide = true)]
+    one: Option<String>,
+}
+
+fn parse_kind(k: &str) -> anyhow::Result<Kind> {
+    Ok(match k.trim() {
+        "raw" => Kind::Raw,
+        "yamux" => Kind::Yamux,
+        "h2" => Kind::H2,
+        other => anyhow::bail!("unknown mux {other:?} (raw, yamux, h2)"),
+    })
+}
+
+fn kind_arg(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Raw => "raw",
+        Kind::Yamux => "yamux",
+        Kind::H2 => "h2",
+    }
+}
+
+/// Runs one mux once in a fresh copy of this program, so each measurement
+/// starts from a fresh heap, as a freshly started agent and relay do.
+fn run_in_child(kind: Kind) -> anyhow::Result<Figures> {
+    let mut args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--same-process")
+        .collect();
+    args.extend(["--one".to_string(), kind_arg(kind).to_string()]);
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(&args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("starting a muxbench child")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "muxbench child failed: {}",
+        out.status
+    );
+    Figures::from_json(&String::from_utf8_lossy(&out.stdout))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,17 +114,30 @@ fn main() -> anyhow::Result<()> {
     let client = one_worker().context("client runtime")?;
     let server = one_worker().context("server runtime")?;
 
-    let kinds = [Kind::Raw, Kind::Yamux, Kind::H2];
+    if let Some(one) = &args.one {
+        let kind = parse_kind(one)?;
+        let f = client.block_on(mux::run_kind(kind, &settings, server.handle()))?;
+        println!("{}", f.to_json());
+        return Ok(());
+    }
+    let kinds = args
+        .kinds
+        .iter()
+        .map(|k| parse_kind(k).context("--kinds"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut rounds = Vec::new();
     for round in 0..args.rounds {
-        let mut order = kinds.to_vec();
+        let mut order = kinds.clone();
         order.rotate_left(round % kinds.len());
         let mut figures = Vec::new();
         for kind in order {
             eprintln!("[round {}/{}] {}", round + 1, args.rounds, kind.label());
-            let f = client
-                .block_on(mux::run_kind(kind, &settings, server.handle()))
-                .with_context(|| format!("{} in round {}", kind.label(), round + 1))?;
+            let f = if args.same_process {
+                client.block_on(mux::run_kind(kind, &settings, server.handle()))
+            } else {
+                run_in_child(kind)
+            }
+            .with_context(|| format!("{} in round {}", kind.label(), round + 1))?;
             eprintln!("  {f:?}");
             figures.push((kind, f));
         }
@@ -90,7 +151,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "- yamux: gangway_transport::mux (yamux 0.13; 1 GiB connection window, 64 KiB frames)\n\
 - h2: h2 0.4, frames {} B, stream window {} MiB, connection window {} MiB\n\
-- {} B per write; single stream {} s, {} streams {} s, echo loop {} s\n",
+- {} B per write; single stream {} s, {} streams {} s, echo loop {} s; {}\n",
         args.h2_frame_size,
         args.h2_stream_window >> 20,
         args.h2_conn_window >> 20,
@@ -98,7 +159,12 @@ fn main() -> anyhow::Result<()> {
         args.bulk_secs,
         args.streams,
         args.multi_secs,
-        args.echo_secs
+        args.echo_secs,
+        if args.same_process {
+            "all runs in one process"
+        } else {
+            "each run in a fresh process"
+        }
     );
     println!("{}", mux::table(&rounds));
     Ok(())
