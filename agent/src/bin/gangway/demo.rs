@@ -187,8 +187,16 @@ pub async fn run() -> anyhow::Result<()> {
     );
     println!("Press Ctrl-C to stop.");
 
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    #[cfg(unix)]
+    let terminated = term.recv();
+    #[cfg(not(unix))]
+    let terminated = std::future::pending::<Option<()>>();
+    // Ctrl-C or SIGTERM: stop everything this demo started, git daemon too.
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,
+        _ = terminated => {}
         status = daemon.wait() => bail!("git daemon stopped: {:?}", status),
     }
     stop.cancel();
