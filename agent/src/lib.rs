@@ -11,16 +11,25 @@
 //! (`keychain`), refreshing them ahead of expiry over the tunnel's control
 //! channel.
 //!
-//! The CLI (`gangway`) and, later, the tray app are thin over this library.
+//! [`agent::Agent`] is the running agent (one environment at a time,
+//! switched on request, with a [`status::Snapshot`] of everything it does);
+//! the CLI (`gangway up`) and the tray app both drive one, and the local
+//! control API ([`control`]) lets `gangway status|login|env use` act on
+//! whichever runs. Both front ends are thin over this library.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod config;
+pub mod control;
+pub mod envs;
 pub mod error;
 pub mod keychain;
 pub mod listener;
+pub mod notices;
 pub mod relay_api;
 pub mod session;
 pub mod signin;
+pub mod status;
 pub mod tls;
 pub mod token;
 pub mod tunnel;

@@ -4,14 +4,27 @@
 //! A connection that cannot be carried is closed with a reason: logged, and
 //! for `http` services also answered with a small HTTP error page, so git or
 //! the browser shows why instead of hanging.
+//!
+//! Each listener keeps [`ServiceStats`] (active streams, bytes, how long the
+//! relay took to accept the last stream, the last problem in plain words)
+//! for `gangway status` and the tray's status window. When its environment
+//! is stopped (sign-out, environment switch), open streams are ended
+//! cleanly: the local side gets a FIN, not a reset.
 
+use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use gangway_wire::RefusalCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::relay_api::{Service, ServiceKind};
 use crate::tunnel::Tunnel;
@@ -20,10 +33,162 @@ use crate::AgentError;
 /// How long a new connection waits for the tunnel to come (back) up.
 pub const DEFAULT_CONNECT_WAIT: Duration = Duration::from_secs(20);
 
+/// How long a stopped stream waits for the local client to close its side
+/// after our FIN, before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 /// A bound listener for one service.
 pub struct ServiceListener {
     pub service: Service,
     pub listener: TcpListener,
+}
+
+/// Live counters of one service's listener. Shared (`Arc`) between the
+/// listener's tasks and whoever shows the agent's status.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    active: AtomicU64,
+    total: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    /// Microseconds the relay took to accept the last stream; 0: none yet.
+    last_open_micros: AtomicU64,
+    last_problem: Mutex<Option<StreamProblem>>,
+}
+
+/// A connection that could not be carried, in plain words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamProblem {
+    /// Unix seconds.
+    pub at: u64,
+    pub text: String,
+}
+
+/// A copy of [`ServiceStats`] at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsSnapshot {
+    /// Streams open now.
+    pub active_streams: u64,
+    /// Streams carried since the listener started.
+    pub total_streams: u64,
+    /// Bytes from local clients towards the relay.
+    pub bytes_up: u64,
+    /// Bytes from the relay to local clients.
+    pub bytes_down: u64,
+    /// Round trip of the last stream open (agent → relay → backend
+    /// connect → accept), in milliseconds.
+    pub open_rtt_ms: Option<f64>,
+    pub last_problem: Option<StreamProblem>,
+}
+
+impl ServiceStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let micros = self.last_open_micros.load(Ordering::Relaxed);
+        StatsSnapshot {
+            active_streams: self.active.load(Ordering::Relaxed),
+            total_streams: self.total.load(Ordering::Relaxed),
+            bytes_up: self.bytes_up.load(Ordering::Relaxed),
+            bytes_down: self.bytes_down.load(Ordering::Relaxed),
+            open_rtt_ms: (micros > 0).then(|| micros as f64 / 1000.0),
+            last_problem: self.last_problem.lock().expect("stats lock").clone(),
+        }
+    }
+
+    fn problem(&self, text: String) {
+        *self.last_problem.lock().expect("stats lock") = Some(StreamProblem {
+            at: crate::signin::now_unix(),
+            text,
+        });
+    }
+}
+
+/// Counts a stream as active while it lives.
+struct ActiveGuard<'a>(&'a ServiceStats);
+
+impl<'a> ActiveGuard<'a> {
+    fn new(stats: &'a ServiceStats) -> Self {
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        stats.total.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(stats)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The local socket, counting bytes each way into [`ServiceStats`].
+struct Counted<'a, T> {
+    inner: &'a mut T,
+    stats: &'a ServiceStats,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.stats.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut *self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.stats
+                .bytes_down
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A refusal or failure as the status window says it: "your account may
+/// not use Confluence", not an error code. `None` for failures the
+/// tunnel's own state already reports (relay unreachable).
+pub fn plain_problem(display_name: &str, e: &AgentError) -> Option<String> {
+    match e {
+        AgentError::Refused(r) => {
+            Some(match r.code {
+                RefusalCode::Forbidden => format!("your account may not use {display_name}"),
+                RefusalCode::Unauthenticated => {
+                    format!("{display_name}: the relay wants a new sign-in")
+                }
+                RefusalCode::UnknownService => {
+                    format!("the relay no longer offers {display_name}")
+                }
+                RefusalCode::RateLimited => {
+                    format!("{display_name}: too many connections at once, the relay is slowing them down")
+                }
+                _ => format!(
+                    "{display_name} is not answering behind the relay ({})",
+                    r.message
+                ),
+            })
+        }
+        AgentError::Unreachable(_) | AgentError::Unauthorized(_) | AgentError::SignIn(_) => None,
+        other => Some(format!("{display_name}: {other}")),
+    }
 }
 
 /// A port that could not be bound, with the reason in plain words.
@@ -58,6 +223,27 @@ impl ServiceListener {
 
     /// Accepts until `stop`; every connection is carried in its own task.
     pub async fn serve(self, tunnel: Tunnel, connect_wait: Duration, stop: CancellationToken) {
+        self.serve_with(
+            tunnel,
+            connect_wait,
+            Arc::default(),
+            TaskTracker::new(),
+            stop,
+        )
+        .await
+    }
+
+    /// [`ServiceListener::serve`], counting into `stats` and spawning each
+    /// connection on `streams` (so a caller can wait for them to end). On
+    /// `stop` the listener closes and open streams end cleanly.
+    pub async fn serve_with(
+        self,
+        tunnel: Tunnel,
+        connect_wait: Duration,
+        stats: Arc<ServiceStats>,
+        streams: TaskTracker,
+        stop: CancellationToken,
+    ) {
         loop {
             let (tcp, peer) = tokio::select! {
                 r = self.listener.accept() => match r {
@@ -73,8 +259,13 @@ impl ServiceListener {
             let _ = tcp.set_nodelay(true);
             let service = self.service.clone();
             let tunnel = tunnel.clone();
-            tokio::spawn(async move {
-                if let Err(e) = carry(tcp, &service, &tunnel, connect_wait).await {
+            let stats = stats.clone();
+            let stop = stop.clone();
+            streams.spawn(async move {
+                if let Err(e) = carry(tcp, &service, &tunnel, connect_wait, &stats, &stop).await {
+                    if let Some(text) = plain_problem(&service.display_name, &e) {
+                        stats.problem(text);
+                    }
                     tracing::warn!(service = %service.name, %peer, "connection not carried: {e}");
                 }
             });
@@ -87,10 +278,24 @@ async fn carry(
     service: &Service,
     tunnel: &Tunnel,
     connect_wait: Duration,
+    stats: &ServiceStats,
+    stop: &CancellationToken,
 ) -> Result<(), AgentError> {
+    let _active = ActiveGuard::new(stats);
     let opened = async {
-        let session = tunnel.session(connect_wait).await?;
+        let session = tokio::select! {
+            s = tunnel.session(connect_wait) => s?,
+            _ = stop.cancelled() => {
+                return Err(AgentError::Unreachable("the environment was stopped".into()))
+            }
+        };
+        let started = Instant::now();
         match session.open(&service.name).await {
+            Ok(o) => {
+                let micros = started.elapsed().as_micros().clamp(1, u64::MAX as u128) as u64;
+                stats.last_open_micros.store(micros, Ordering::Relaxed);
+                Ok(o)
+            }
             // The session died under us (e.g. the relay restarted and we
             // have not noticed yet): wait for the next one, once.
             Err(AgentError::Unreachable(e)) => {
@@ -118,15 +323,42 @@ async fn carry(
             return Err(e);
         }
     };
+    let mut counted = Counted {
+        inner: &mut tcp,
+        stats,
+    };
     if !opened.early.is_empty() {
-        tcp.write_all(&opened.early)
+        counted
+            .write_all(&opened.early)
             .await
             .map_err(|e| AgentError::Unreachable(e.to_string()))?;
     }
-    gangway_transport::duplex::splice(&mut tcp, &mut opened.stream)
-        .await
-        .map_err(|e| AgentError::Unreachable(format!("stream broke: {e}")))?;
+    tokio::select! {
+        r = gangway_transport::duplex::splice(&mut counted, &mut opened.stream) => {
+            r.map_err(|e| AgentError::Unreachable(format!("stream broke: {e}")))?;
+        }
+        _ = stop.cancelled() => {
+            drop(opened);
+            close_cleanly(&mut tcp).await;
+        }
+    }
     Ok(())
+}
+
+/// Ends a local connection whose environment stopped: a FIN first, then
+/// whatever the client still sends is read (briefly) so that closing does
+/// not turn into a reset.
+async fn close_cleanly(tcp: &mut TcpStream) {
+    let _ = tcp.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n) = tcp.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
 }
 
 /// Answers an HTTP client with a short error page naming the reason.
@@ -154,4 +386,56 @@ async fn http_error(tcp: &mut TcpStream, e: &AgentError) {
     );
     let _ = tcp.write_all(resp.as_bytes()).await;
     let _ = tcp.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gangway_wire::Refusal;
+
+    fn refused(code: RefusalCode, message: &str) -> AgentError {
+        AgentError::Refused(Refusal {
+            code,
+            message: message.into(),
+        })
+    }
+
+    #[test]
+    fn problems_are_said_plainly() {
+        assert_eq!(
+            plain_problem(
+                "Confluence",
+                &refused(RefusalCode::Forbidden, "bob may not use confluence")
+            )
+            .as_deref(),
+            Some("your account may not use Confluence")
+        );
+        assert!(
+            plain_problem("Bitbucket", &refused(RefusalCode::RateLimited, "slow down"))
+                .unwrap()
+                .contains("too many connections")
+        );
+        // The tunnel's own state reports these.
+        assert_eq!(
+            plain_problem("Bitbucket", &AgentError::Unreachable("down".into())),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_busy_port_is_named() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let svc = Service {
+            name: "bitbucket".into(),
+            kind: ServiceKind::Http,
+            display_name: "Bitbucket".into(),
+            local_port: addr.port(),
+        };
+        let e = bind(svc, addr).await.err().unwrap();
+        assert_eq!(
+            e.reason,
+            format!("port {} is used by another program", addr.port())
+        );
+    }
 }

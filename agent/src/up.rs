@@ -1,14 +1,21 @@
 //! `gangway up`: the tunnel plus one listener per service in the catalog.
+//!
+//! [`start`] brings one environment up; [`Running::stopped`] waits until,
+//! after its stop token was cancelled, every listener has let go of its
+//! port and every stream has ended (so the next environment can bind the
+//! same ports).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use url::Url;
 
-use crate::listener::{self, BindError};
+use crate::listener::{self, BindError, ServiceStats};
 use crate::relay_api::{Catalog, RelayApi, Service};
 use crate::token::TokenSource;
 use crate::tunnel::{Backoff, Tunnel};
@@ -35,6 +42,26 @@ pub struct Running {
     pub listening: Vec<(Service, SocketAddr)>,
     /// Services whose port could not be bound.
     pub failed: Vec<BindError>,
+    /// Counters per service, in the order of `listening`.
+    pub stats: Vec<Arc<ServiceStats>>,
+    listeners: Vec<JoinHandle<()>>,
+    streams: TaskTracker,
+}
+
+impl Running {
+    /// Waits (at most `limit`) for the listeners to close and the streams
+    /// to end; call after cancelling the stop token given to [`start`].
+    /// `false` if something was still running at the deadline.
+    pub async fn stopped(self, limit: std::time::Duration) -> bool {
+        self.streams.close();
+        let wait = async {
+            for l in self.listeners {
+                let _ = l.await;
+            }
+            self.streams.wait().await;
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
 }
 
 /// Fetches the catalog (retrying while the relay is unreachable), starts
@@ -67,6 +94,9 @@ pub async fn start(opts: UpOptions, stop: CancellationToken) -> Result<Running, 
     );
     let mut listening = Vec::new();
     let mut failed = Vec::new();
+    let mut stats = Vec::new();
+    let mut listeners = Vec::new();
+    let streams = TaskTracker::new();
     for svc in &catalog.services {
         let addr = opts.listen.get(&svc.name).copied().unwrap_or_else(|| {
             let port = opts.ports.get(&svc.name).copied().unwrap_or(svc.local_port);
@@ -76,7 +106,15 @@ pub async fn start(opts: UpOptions, stop: CancellationToken) -> Result<Running, 
             Ok(l) => {
                 let bound = l.local_addr();
                 listening.push((svc.clone(), bound));
-                tokio::spawn(l.serve(tunnel.clone(), opts.connect_wait, stop.clone()));
+                let counters = Arc::new(ServiceStats::default());
+                stats.push(counters.clone());
+                listeners.push(tokio::spawn(l.serve_with(
+                    tunnel.clone(),
+                    opts.connect_wait,
+                    counters,
+                    streams.clone(),
+                    stop.clone(),
+                )));
             }
             Err(e) => {
                 tracing::error!("{e}");
@@ -89,5 +127,8 @@ pub async fn start(opts: UpOptions, stop: CancellationToken) -> Result<Running, 
         catalog,
         listening,
         failed,
+        stats,
+        listeners,
+        streams,
     })
 }

@@ -12,13 +12,17 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
+use gangway_agent::agent::{
+    Agent, AgentControl, AgentOptions, EnvSpec, SignedIn, SignedOut, Tokens,
+};
 use gangway_agent::config::{parse_relay_url, user_config_path, AgentConfig};
-use gangway_agent::keychain::Keychain;
+use gangway_agent::control::{self, Client, Request};
+use gangway_agent::keychain::{Keychain, OsKeychain};
 use gangway_agent::relay_api::RelayApi;
 use gangway_agent::signin::{self, Credentials, IdentityProvider, SignInStatus, UnverifiedClaims};
+use gangway_agent::status::{Frontend, Phase, Snapshot};
 use gangway_agent::token::TokenSource;
 use gangway_agent::tunnel::Backoff;
-use gangway_agent::up::{self, UpOptions};
 use gangway_agent::AgentError;
 use gangway_wire::Token;
 use tokio_util::sync::CancellationToken;
@@ -44,10 +48,63 @@ enum Command {
     Status(TargetArgs),
     /// Print a current access token (refreshed if needed), for scripts.
     Token(TargetArgs),
-    /// Connect to the relay and serve local listeners until Ctrl-C.
+    /// Connect to the relay and serve local listeners until Ctrl-C (the
+    /// same agent as the tray app, without the tray; serves the control API).
     Up(UpArgs),
+    /// List, choose, add or remove environments in the user config file.
+    #[command(subcommand)]
+    Env(EnvCommand),
     /// Run a self-contained demo on this machine (relay, git repo, agent).
     Demo,
+}
+
+#[derive(Subcommand)]
+enum EnvCommand {
+    /// List the environments; `*` marks the default, `running` the one the
+    /// running agent (tray app or `gangway up`) serves.
+    List(ConfigArgs),
+    /// Make NAME the default; a running agent switches to it at once.
+    Use {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Add an environment.
+    Add {
+        name: String,
+        /// The relay's https:// URL.
+        relay: String,
+        /// Extra CA certificate (PEM) to trust for this relay.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Make it the default environment.
+        #[arg(long)]
+        default: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Remove an environment (its tokens stay until `gangway logout`).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// Config file (default: the user config file).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        self.config
+            .clone()
+            .or_else(user_config_path)
+            .context("no config directory on this system; pass --config")
+    }
 }
 
 /// Which environment a command is about.
@@ -122,6 +179,7 @@ fn main() -> ExitCode {
             Command::Status(args) => status(args).await,
             Command::Token(args) => token(args).await,
             Command::Up(args) => up(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Env(cmd) => env_command(cmd).await,
             Command::Demo => demo::run().await.map(|()| ExitCode::SUCCESS),
         }
     });
@@ -142,7 +200,6 @@ struct Target {
     name: Option<String>,
     relay: Url,
     ca_file: Option<PathBuf>,
-    ports: BTreeMap<String, u16>,
     /// The command that signs in to it, for messages.
     login_hint: String,
 }
@@ -162,7 +219,6 @@ impl Target {
                     login_hint: format!("gangway login --relay {r}{ca_hint}"),
                     relay,
                     ca_file: args.ca_file.clone(),
-                    ports: BTreeMap::new(),
                 })
             }
             None => {
@@ -178,7 +234,6 @@ impl Target {
                     login_hint: format!("gangway login --env {}{ca_hint}", env.name),
                     relay: env.relay.clone(),
                     ca_file: args.ca_file.clone().or_else(|| env.ca_file.clone()),
-                    ports: env.ports.clone(),
                 })
             }
         }
@@ -209,6 +264,15 @@ impl Target {
 }
 
 async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
+    // A running agent (tray app or `gangway up`) on this environment signs
+    // in itself, so it resumes at once and its tray shows the progress.
+    if !args.device && !args.no_browser {
+        if let Some((client, snap)) = agent_for(&args.target).await {
+            if snap.interactive {
+                return login_through(&client, &snap, args.timeout).await;
+            }
+        }
+    }
     let target = Target::resolve(&args.target)?;
     let tls = target.tls()?;
     // Before anyone types a password: can the tokens be kept at all?
@@ -289,6 +353,11 @@ async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn logout(args: TargetArgs) -> anyhow::Result<ExitCode> {
+    if let Some((client, snap)) = agent_for(&args).await {
+        if snap.interactive {
+            return logout_through(&client, &snap).await;
+        }
+    }
     let target = Target::resolve(&args)?;
     let tls = target.tls()?;
     let keychain = target.keychain().await?;
@@ -316,6 +385,9 @@ async fn logout(args: TargetArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn status(args: TargetArgs) -> anyhow::Result<ExitCode> {
+    if let Some((_, snap)) = agent_for(&args).await {
+        return Ok(print_agent_status(&snap));
+    }
     let target = Target::resolve(&args)?;
     let keychain = target.keychain().await?;
     println!("Environment: {}", target.label());
@@ -401,22 +473,18 @@ fn relative(unix: u64) -> String {
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     let target = Target::resolve(&args.target)?;
-    let tls = target.tls()?;
+    // A bad CA file is reported before anything starts.
+    target.tls()?;
     let tokens = match (&args.token_file, std::env::var("GANGWAY_TOKEN")) {
-        (Some(path), _) => TokenSource::File(path.clone()),
-        (None, Ok(t)) if !t.trim().is_empty() => TokenSource::Static(Token::new(t.trim())),
+        (Some(path), _) => Tokens::Fixed(TokenSource::File(path.clone())),
+        (None, Ok(t)) if !t.trim().is_empty() => {
+            Tokens::Fixed(TokenSource::Static(Token::new(t.trim())))
+        }
         _ => {
-            let keychain = target.keychain().await?;
-            TokenSource::SignedIn(Arc::new(Credentials::new(
-                target.relay.clone(),
-                tls.clone(),
-                keychain,
-                target.login_hint.clone(),
-            )))
+            target.keychain().await?;
+            Tokens::Keychain(Arc::new(OsKeychain))
         }
     };
-    let relay = target.relay.clone();
-    let ports = target.ports.clone();
     let mut listen = BTreeMap::new();
     for spec in &args.listen {
         let (svc, addr) = spec
@@ -427,42 +495,468 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--listen {spec:?}: {addr:?} is not an address"))?;
         listen.insert(svc.to_string(), addr);
     }
+    // Every environment of the config file can be switched to; one given
+    // with --relay comes first.
+    let config_path = args.target.config.clone().or_else(user_config_path);
+    let mut environments: Vec<EnvSpec> = config_path
+        .as_deref()
+        .and_then(|p| AgentConfig::load(p).ok())
+        .map(|c| {
+            c.environments
+                .iter()
+                .map(|e| EnvSpec::from_config(e, args.target.ca_file.as_ref()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let initial = match &target.name {
+        Some(n) => n.clone(),
+        None => {
+            let name = gangway_agent::keychain::namespace_for(&target.relay);
+            environments.retain(|e| e.name != name);
+            environments.insert(
+                0,
+                EnvSpec {
+                    name: name.clone(),
+                    relay: target.relay.clone(),
+                    ca_file: target.ca_file.clone(),
+                    ports: BTreeMap::new(),
+                    login_hint: target.login_hint.clone(),
+                },
+            );
+            name
+        }
+    };
+    let agent = Agent::start(AgentOptions {
+        config_path,
+        ca_override: args.target.ca_file.clone(),
+        environments,
+        initial: Some(initial),
+        tokens,
+        listen,
+        connect_wait: Duration::from_secs(args.connect_wait),
+        backoff: Backoff::default(),
+        browser: std::env::var("BROWSER").ok(),
+        unreachable_notice_after: gangway_agent::notices::UNREACHABLE_NOTICE_AFTER,
+        frontend: Frontend::Cli,
+    });
     let stop = CancellationToken::new();
-    let running = up::start(
-        UpOptions {
-            relay: relay.clone(),
-            tls,
-            tokens,
-            ports,
-            listen,
-            connect_wait: Duration::from_secs(args.connect_wait),
-            backoff: Backoff::default(),
-        },
-        stop.clone(),
-    )
-    .await?;
-    println!(
-        "Signed in to {relay} as {} — {} service(s):",
-        running.catalog.subject,
-        running.listening.len()
-    );
-    for (svc, addr) in &running.listening {
-        let kind = match svc.kind {
-            gangway_agent::relay_api::ServiceKind::Http => "http",
-            gangway_agent::relay_api::ServiceKind::Tcp => "tcp",
-        };
-        println!(
-            "  listening  {:<16} {addr}  ({}, {kind})",
-            svc.name, svc.display_name
-        );
+    let handler = Arc::new(AgentControl(agent.clone()));
+    match gangway_agent::agent::serve_control(handler, stop.clone()).await {
+        Ok(Some((path, _))) => tracing::info!("control API on {}", path.display()),
+        Ok(None) => eprintln!(
+            "note: another Gangway agent already serves the control API at {}; \
+             `gangway status` will not see this one",
+            control::socket_path().display()
+        ),
+        Err(e) => eprintln!("note: no control API: {e}"),
     }
-    for f in &running.failed {
-        println!("  not listening  {f}");
+    let snap = agent.settled().await;
+    match &snap.phase {
+        Phase::SignInNeeded { reason } if snap.interactive => bail!("sign-in needed: {reason}"),
+        Phase::SignInNeeded { reason } => bail!("{reason}"),
+        Phase::Failed { reason } => bail!("{reason}"),
+        Phase::SignedOut => bail!(
+            "signed out; run `{}`",
+            snap.login_hint.as_deref().unwrap_or("gangway login")
+        ),
+        _ => {}
     }
-    if running.listening.is_empty() {
+    print_listening(&snap);
+    if !snap.services.iter().any(|s| s.local_addr.is_some()) {
         bail!("no service could be served");
     }
+    // Later switches (`gangway env use`) are printed too.
+    let follower = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut rx = agent.changes();
+            let mut shown = (snap.environment.clone(), listening_of(&snap));
+            while rx.changed().await.is_ok() {
+                let now = agent.snapshot();
+                let key = (now.environment.clone(), listening_of(&now));
+                if key != shown && !key.1.is_empty() {
+                    print_listening(&now);
+                    shown = key;
+                }
+            }
+        })
+    };
     tokio::signal::ctrl_c().await?;
+    follower.abort();
+    agent.shutdown().await;
     stop.cancel();
     Ok(())
+}
+
+fn listening_of(s: &Snapshot) -> Vec<String> {
+    s.services
+        .iter()
+        .filter_map(|x| x.local_addr.clone())
+        .collect()
+}
+
+fn print_listening(snap: &Snapshot) {
+    println!(
+        "Signed in to {} as {} — {} service(s):",
+        snap.relay.as_deref().unwrap_or("-"),
+        snap.user.as_deref().unwrap_or("(unknown user)"),
+        snap.services
+            .iter()
+            .filter(|s| s.local_addr.is_some())
+            .count()
+    );
+    for s in &snap.services {
+        match &s.local_addr {
+            Some(addr) => println!(
+                "  listening  {:<16} {addr}  ({}, {})",
+                s.name, s.display_name, s.kind
+            ),
+            None => println!(
+                "  not listening  {}: {}",
+                s.display_name,
+                s.error.as_deref().unwrap_or("-")
+            ),
+        }
+    }
+}
+
+// ------------------------------------------------------- the running agent
+
+/// The running agent (tray app or `gangway up`), if it serves the
+/// environment `args` names (any, when none is named).
+async fn agent_for(args: &TargetArgs) -> Option<(Client, Snapshot)> {
+    let client = Client::default_path();
+    let value = match client.request(&Request::Status, |_, _| {}).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return None,
+        Err(e) => {
+            eprintln!("note: cannot ask the running Gangway agent ({e}); going on without it");
+            return None;
+        }
+    };
+    let snap: Snapshot = serde_json::from_value(value).ok()?;
+    if args.relay.is_none() && args.environment.is_none() {
+        return Some((client, snap));
+    }
+    let target = Target::resolve(args).ok()?;
+    let relay = gangway_agent::keychain::namespace_for(&target.relay);
+    (snap.relay.as_deref() == Some(relay.as_str())).then_some((client, snap))
+}
+
+/// "prod (https://…)", or just the URL for an environment given by URL.
+fn agent_label(snap: &Snapshot) -> String {
+    match (&snap.environment, &snap.relay) {
+        (Some(e), Some(r)) if e != r => format!("{e} ({r})"),
+        (_, Some(r)) => r.clone(),
+        (Some(e), None) => e.clone(),
+        _ => "(no environment)".into(),
+    }
+}
+
+fn frontend_name(f: Frontend) -> &'static str {
+    match f {
+        Frontend::Tray => "the tray app",
+        Frontend::Cli => "gangway up",
+    }
+}
+
+async fn login_through(client: &Client, snap: &Snapshot, timeout: u64) -> anyhow::Result<ExitCode> {
+    let label = agent_label(snap);
+    eprintln!(
+        "Signing in to {label} in your browser (through {}, pid {}).",
+        frontend_name(snap.frontend),
+        snap.pid
+    );
+    let reply = client
+        .request(
+            &Request::Login {
+                timeout_secs: Some(timeout),
+            },
+            |_, url| {
+                if let Some(url) = url {
+                    eprintln!("If no browser opens, open this page:");
+                    eprintln!("  {url}");
+                    eprintln!("Waiting up to {timeout} s for the sign-in to finish…");
+                }
+            },
+        )
+        .await;
+    let done: SignedIn = match reply {
+        Ok(Some(v)) => serde_json::from_value(v).context("the agent's answer")?,
+        Ok(None) => bail!("the running agent went away"),
+        Err(e) => bail!("{e}"),
+    };
+    if let Some(w) = &done.warning {
+        println!("Signed in to {label} as {}.", done.subject);
+        eprintln!("warning: {w}");
+    } else {
+        println!(
+            "Signed in to {label} as {} — {} service(s) available.",
+            done.subject, done.services
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn logout_through(client: &Client, snap: &Snapshot) -> anyhow::Result<ExitCode> {
+    let label = agent_label(snap);
+    let done: SignedOut = match client.request(&Request::Logout, |_, _| {}).await {
+        Ok(Some(v)) => serde_json::from_value(v).context("the agent's answer")?,
+        Ok(None) => bail!("the running agent went away"),
+        Err(e) => bail!("{e}"),
+    };
+    if !done.was_signed_in {
+        println!("Not signed in to {label}; nothing to do.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    match done.revocation.as_str() {
+        "revoked" => println!("Refresh token revoked at the identity provider."),
+        "not_offered" => println!(
+            "The identity provider offers no revocation; the refresh token was deleted here only."
+        ),
+        "none" => {}
+        failed => eprintln!(
+            "warning: could not revoke the refresh token at the identity provider: {}",
+            failed.trim_start_matches("failed: ")
+        ),
+    }
+    println!(
+        "Signed out of {label}: tokens deleted from the OS keychain; {} stopped its listeners.",
+        frontend_name(snap.frontend)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gangway status` as the running agent sees it.
+fn print_agent_status(snap: &Snapshot) -> ExitCode {
+    println!("Environment: {}", agent_label(snap));
+    println!(
+        "Agent: {} (pid {}): {}",
+        frontend_name(snap.frontend),
+        snap.pid,
+        snap.status_line
+    );
+    let hint = snap.login_hint.as_deref().unwrap_or("gangway login");
+    let ok = match &snap.phase {
+        Phase::NoEnvironment => {
+            println!("No environment configured. Add one: gangway env add NAME https://RELAY");
+            false
+        }
+        Phase::SignInNeeded { reason } => {
+            println!("Sign-in needed: {reason}");
+            println!("Run: {hint}");
+            false
+        }
+        Phase::SignedOut => {
+            println!("Not signed in. Run: {hint}");
+            false
+        }
+        Phase::Failed { reason } => {
+            println!("Not working: {reason}");
+            false
+        }
+        _ => true,
+    };
+    if ok {
+        if let Some(u) = &snap.user {
+            if snap.groups.is_empty() {
+                println!("Signed in as {u}");
+            } else {
+                println!("Signed in as {u} (groups: {})", snap.groups.join(", "));
+            }
+        }
+        if let Some(exp) = snap.token_expires_at {
+            println!(
+                "Access token: expires {} ({}); read from the token, not verified",
+                format_time(exp),
+                relative(exp)
+            );
+        }
+        if snap.interactive {
+            if snap.refreshable {
+                println!("Refresh token: stored in the OS keychain; renewed automatically");
+            } else if snap.token_expires_at.is_some() {
+                println!("Refresh token: none; run `{hint}` when the access token expires");
+            }
+        }
+    }
+    if !snap.services.is_empty() {
+        println!("Services:");
+        for s in &snap.services {
+            let rtt = s
+                .stats
+                .open_rtt_ms
+                .map(|r| format!(", round trip {r:.1} ms"))
+                .unwrap_or_default();
+            println!(
+                "  {:<16} {:<4} {:<21} {:<13} {} active, {} total, up {}, down {}{rtt}{}",
+                s.name,
+                s.kind,
+                s.local_addr.as_deref().unwrap_or("-"),
+                s.state,
+                s.stats.active_streams,
+                s.stats.total_streams,
+                gangway_agent::status::bytes(s.stats.bytes_up),
+                gangway_agent::status::bytes(s.stats.bytes_down),
+                s.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if let Some(u) = &snap.links.clone_http {
+        println!("Clone over HTTP: git clone {u}PROJECT/REPO.git");
+    }
+    if let Some(u) = &snap.links.clone_ssh {
+        println!("Clone over SSH:  git clone {u}PROJECT/REPO.git");
+    }
+    if let Some(u) = &snap.links.confluence {
+        println!("Confluence: {u}");
+    }
+    if !snap.problems.is_empty() {
+        println!("Problems:");
+        for p in &snap.problems {
+            println!("  {}  {}", gangway_agent::status::clock(p.at), p.text);
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+// ------------------------------------------------------------ gangway env
+
+async fn env_command(cmd: EnvCommand) -> anyhow::Result<ExitCode> {
+    let agent = || async {
+        match Client::default_path()
+            .request(&Request::Status, |_, _| {})
+            .await
+        {
+            Ok(Some(v)) => serde_json::from_value::<Snapshot>(v).ok(),
+            _ => None,
+        }
+    };
+    let reload = || async {
+        if let Err(e) = Client::default_path()
+            .request(&Request::Reload, |_, _| {})
+            .await
+        {
+            eprintln!("note: the running agent did not reload its config: {e}");
+        }
+    };
+    match cmd {
+        EnvCommand::List(c) => {
+            let path = c.path()?;
+            let config = AgentConfig::load(&path)?;
+            let running = agent().await;
+            if config.environments.is_empty() {
+                println!(
+                    "No environments in {}. Add one: gangway env add NAME https://RELAY",
+                    path.display()
+                );
+            }
+            for e in &config.environments {
+                let default = config.default_environment.as_deref() == Some(e.name.as_str());
+                let mut line = format!(
+                    "{} {:<14} {}",
+                    if default { "*" } else { " " },
+                    e.name,
+                    gangway_agent::keychain::namespace_for(&e.relay)
+                );
+                if let Some(s) = running
+                    .as_ref()
+                    .filter(|s| s.environment.as_deref() == Some(e.name.as_str()))
+                {
+                    line += &format!(
+                        "   running in {}: {}",
+                        frontend_name(s.frontend),
+                        s.status_line
+                    );
+                }
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        EnvCommand::Use { name, config } => {
+            let path = config.path()?;
+            let known = AgentConfig::load(&path)?;
+            if let Some(snap) = agent().await {
+                if snap.environments.iter().any(|e| e.name == name) {
+                    eprintln!("Switching {} to {name}…", frontend_name(snap.frontend));
+                    let v = Client::default_path()
+                        .request(
+                            &Request::Use {
+                                environment: name.clone(),
+                            },
+                            |_, _| {},
+                        )
+                        .await
+                        .map_err(|e| anyhow!("{e}"))?
+                        .context("the running agent went away")?;
+                    let now: Snapshot = serde_json::from_value(v)?;
+                    println!("Now using {name}: {}", now.status_line);
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            known.environment(Some(&name))?;
+            gangway_agent::envs::set_default(&path, &name)?;
+            println!(
+                "Default environment is now {name} (the tray app and `gangway up` start with it)."
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        EnvCommand::Add {
+            name,
+            relay,
+            ca_file,
+            default,
+            config,
+        } => {
+            let path = config.path()?;
+            let c = gangway_agent::envs::add(&path, &name, &relay, ca_file.as_deref(), default)?;
+            let env = c.environment(Some(&name))?;
+            println!(
+                "Added {name} ({}) to {}.",
+                gangway_agent::keychain::namespace_for(&env.relay),
+                path.display()
+            );
+            if c.default_environment.as_deref() == Some(name.as_str()) {
+                println!("It is the default environment.");
+            }
+            if agent().await.is_some() {
+                reload().await;
+                println!("Switch the running agent to it with: gangway env use {name}");
+            } else {
+                println!("Sign in with: gangway login --env {name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        EnvCommand::Remove { name, config } => {
+            let path = config.path()?;
+            if let Some(snap) = agent().await {
+                if snap.environment.as_deref() == Some(name.as_str()) {
+                    bail!(
+                        "{name} is in use by {}; switch to another environment first (gangway env use OTHER)",
+                        frontend_name(snap.frontend)
+                    );
+                }
+            }
+            let before = AgentConfig::load(&path)?;
+            let relay = before
+                .environment(Some(&name))
+                .map(|e| gangway_agent::keychain::namespace_for(&e.relay))?;
+            gangway_agent::envs::remove(&path, &name)?;
+            println!("Removed {name} from {}.", path.display());
+            println!(
+                "Its sign-in, if any, stays in the OS keychain; `gangway logout --relay {relay}` removes it."
+            );
+            if agent().await.is_some() {
+                reload().await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

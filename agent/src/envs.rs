@@ -1,0 +1,196 @@
+//! Editing the environments in the user's config file (`gangway env
+//! add|remove|use`, and the tray's environment menu): the file is edited in
+//! place with its comments and layout kept, checked with the same rules as
+//! when it is loaded, and replaced atomically.
+
+use std::path::{Path, PathBuf};
+
+use toml_edit::{value, ArrayOfTables, DocumentMut, Item, Table};
+
+use crate::config::{parse_relay_url, AgentConfig};
+use crate::AgentError;
+
+fn read(path: &Path) -> Result<(String, DocumentMut), AgentError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(AgentError::Config(format!("{}: {e}", path.display()))),
+    };
+    // Load first: a broken file is reported with the loader's words.
+    AgentConfig::parse(path, &text)?;
+    let doc = text
+        .parse::<DocumentMut>()
+        .map_err(|e| AgentError::Config(format!("{}: {e}", path.display())))?;
+    Ok((text, doc))
+}
+
+fn write(path: &Path, doc: &DocumentMut) -> Result<AgentConfig, AgentError> {
+    let text = doc.to_string();
+    let config = AgentConfig::parse(path, &text)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let fail = |e: std::io::Error| AgentError::Config(format!("{}: {e}", path.display()));
+    std::fs::create_dir_all(&dir).map_err(fail)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(fail)?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(fail)?;
+    tmp.persist(path).map_err(|e| fail(e.error))?;
+    Ok(config)
+}
+
+fn environments<'a>(
+    doc: &'a mut DocumentMut,
+    path: &Path,
+) -> Result<&'a mut ArrayOfTables, AgentError> {
+    if doc.get("environment").is_none() {
+        doc.insert("environment", Item::ArrayOfTables(ArrayOfTables::new()));
+    }
+    doc.get_mut("environment")
+        .and_then(Item::as_array_of_tables_mut)
+        .ok_or_else(|| {
+            AgentError::Config(format!(
+                "{}: environment: expected [[environment]] tables",
+                path.display()
+            ))
+        })
+}
+
+fn position(envs: &ArrayOfTables, name: &str) -> Option<usize> {
+    envs.iter()
+        .position(|t| t.get("name").and_then(Item::as_str) == Some(name))
+}
+
+/// Adds environment `name` at `relay`; with `make_default` (or when it is
+/// the first one) it becomes the default.
+pub fn add(
+    path: &Path,
+    name: &str,
+    relay: &str,
+    ca_file: Option<&Path>,
+    make_default: bool,
+) -> Result<AgentConfig, AgentError> {
+    let relay = parse_relay_url(relay).map_err(AgentError::Config)?;
+    let (_, mut doc) = read(path)?;
+    let envs = environments(&mut doc, path)?;
+    if position(envs, name).is_some() {
+        return Err(AgentError::Config(format!(
+            "{}: an environment named {name:?} already exists",
+            path.display()
+        )));
+    }
+    let first = envs.is_empty();
+    let mut t = Table::new();
+    t["name"] = value(name);
+    t["relay"] = value(crate::keychain::namespace_for(&relay));
+    if let Some(ca) = ca_file {
+        t["ca_file"] = value(ca.to_string_lossy().as_ref());
+    }
+    envs.push(t);
+    if make_default || first {
+        doc["default_environment"] = value(name);
+    }
+    write(path, &doc)
+}
+
+/// Removes environment `name` (and the default, if it was the default).
+pub fn remove(path: &Path, name: &str) -> Result<AgentConfig, AgentError> {
+    let (_, mut doc) = read(path)?;
+    let envs = environments(&mut doc, path)?;
+    let Some(i) = position(envs, name) else {
+        return Err(AgentError::Config(format!(
+            "{}: no environment named {name:?}",
+            path.display()
+        )));
+    };
+    envs.remove(i);
+    if doc.get("default_environment").and_then(Item::as_str) == Some(name) {
+        doc.remove("default_environment");
+    }
+    write(path, &doc)
+}
+
+/// Makes `name` the default environment.
+pub fn set_default(path: &Path, name: &str) -> Result<AgentConfig, AgentError> {
+    let (_, mut doc) = read(path)?;
+    let envs = environments(&mut doc, path)?;
+    if position(envs, name).is_none() {
+        return Err(AgentError::Config(format!(
+            "{}: no environment named {name:?}",
+            path.display()
+        )));
+    }
+    doc["default_environment"] = value(name);
+    write(path, &doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_use_remove_keep_comments_and_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gangway/config.toml");
+        let c = add(&path, "prod", "https://gangway.example.com/", None, false).unwrap();
+        assert_eq!(c.default_environment.as_deref(), Some("prod"));
+        // A comment the user wrote survives every edit.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("[[environment]]", "# the company relay\n[[environment]]"),
+        )
+        .unwrap();
+
+        let c = add(
+            &path,
+            "staging",
+            "https://gangway.staging.example.com:8443",
+            Some(Path::new("/etc/ca.pem")),
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.environments.len(), 2);
+        assert_eq!(c.default_environment.as_deref(), Some("prod"));
+        let c = set_default(&path, "staging").unwrap();
+        assert_eq!(c.environment(None).unwrap().name, "staging");
+        assert_eq!(
+            c.environment(None).unwrap().ca_file.as_deref(),
+            Some(Path::new("/etc/ca.pem"))
+        );
+
+        let e = add(&path, "prod", "https://x.example", None, false).unwrap_err();
+        assert!(e.to_string().contains("already exists"), "{e}");
+        let e = add(&path, "dev", "http://relay.example", None, false).unwrap_err();
+        assert!(e.to_string().contains("use https"), "{e}");
+        let e = set_default(&path, "nope").unwrap_err();
+        assert!(
+            e.to_string().contains("no environment named \"nope\""),
+            "{e}"
+        );
+
+        let c = remove(&path, "staging").unwrap();
+        assert_eq!(c.default_environment, None);
+        assert_eq!(c.environments.len(), 1);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("# the company relay\n[[environment]]"),
+            "{text}"
+        );
+        assert!(AgentConfig::load(&path).is_ok());
+    }
+
+    #[test]
+    fn a_broken_file_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "[[environment]]\nnme = 1\n").unwrap();
+        let e = add(&path, "prod", "https://x.example", None, false).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "[[environment]]\nnme = 1\n"
+        );
+    }
+}

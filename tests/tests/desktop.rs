@@ -1,0 +1,311 @@
+//! The tray app end to end: the real `gangway-desktop` under Xvfb with
+//! trayer as the tray host, a real OIDC provider and relays on loopback,
+//! GNOME Keyring as the keychain and headless Chromium as the sign-in
+//! browser. The tray menu's state is read through the control API (the
+//! same model the native menu is built from), the real GTK menu is opened
+//! with a click, and screenshots land in the target dir
+//! (`desktop-status.png`, `desktop-tray-menu.png`).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use gangway_agent::control::Request;
+use gangway_agent::status::{Frontend, NoticeKind, Phase};
+use gangway_tests::gangway::bin_path;
+use gangway_tests::peers::browser::Browser;
+use gangway_tests::peers::desktop::{check_png, Display};
+use serde_json::Value;
+use support::{addr_of, assert_success, target_dir, Proc, World};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The menu entry `id` (searching submenus).
+fn entry<'a>(menu: &'a Value, id: &str) -> Option<&'a Value> {
+    menu.as_array()?.iter().find_map(|e| {
+        if e["id"] == id {
+            Some(e)
+        } else if e["type"] == "submenu" {
+            entry(&e["items"], id)
+        } else {
+            None
+        }
+    })
+}
+
+async fn menu(w: &World) -> Result<Value> {
+    w.control()
+        .request(&Request::Menu, |_, _| {})
+        .await?
+        .context("no agent")
+}
+
+async fn activate(w: &World, id: &str) -> Result<()> {
+    w.control()
+        .request(&Request::Activate { id: id.into() }, |_, _| {})
+        .await?
+        .context("no agent")?;
+    Ok(())
+}
+
+fn app_command(w: &World, display: &Display) -> Result<tokio::process::Command> {
+    let mut cmd = tokio::process::Command::new(bin_path("gangway-desktop")?);
+    cmd.envs(w.env())
+        .envs(display.env())
+        .env("RUST_LOG", "info")
+        .env_remove("GANGWAY_CONTROL_SOCKET")
+        .env_remove("WAYLAND_DISPLAY");
+    Ok(cmd)
+}
+
+async fn http_get(addr: std::net::SocketAddr) -> Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await??;
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()> {
+    let mut w = World::start(&["Production", "Staging"]).await?;
+    // Another program holds the port the echo service wants: a problem
+    // the window must put in plain words.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let busy_port = busy.local_addr()?.port();
+    w.write_config(&[("echo", busy_port)])?;
+    let mut display = Display::start(1280, 1024)?;
+    display.start_tray_host(&w.env())?;
+    let t0 = Instant::now();
+    let mut app = Proc::spawn("gangway-desktop", app_command(&w, &display)?)?;
+
+    // Not signed in yet: the tray says so, and the window opens by itself.
+    let s = w
+        .wait_status("sign-in needed", Duration::from_secs(60), |s| {
+            matches!(s.phase, Phase::SignInNeeded { .. })
+        })
+        .await?;
+    eprintln!("app up and answering in {:?}", t0.elapsed());
+    assert_eq!(s.frontend, Frontend::Tray);
+    assert_eq!(s.status_line, "Production — sign-in needed");
+    assert!(
+        s.notices.iter().any(|n| n.kind == NoticeKind::SignInNeeded),
+        "{:?}",
+        s.notices
+    );
+    let m = menu(&w).await?;
+    assert_eq!(
+        entry(&m, "status").unwrap()["text"],
+        "Production — sign-in needed"
+    );
+    assert_eq!(entry(&m, "sign-in").unwrap()["text"], "Sign in…");
+    assert_eq!(entry(&m, "env:Production").unwrap()["checked"], true);
+    assert_eq!(entry(&m, "env:Staging").unwrap()["checked"], false);
+    assert_eq!(entry(&m, "open-confluence").unwrap()["enabled"], false);
+    let window = display.wait_for_window("^Gangway", Duration::from_secs(30))?;
+
+    // `gangway login` in a terminal signs in through the running app.
+    let browser = Browser::start().await?;
+    let login = Proc::spawn("gangway login", w.gangway(&["login", "--timeout", "90"])?)?;
+    let url = w.next_browser_url(Duration::from_secs(20)).await?;
+    let page = browser.sign_in(&url, "alice", "alice-pw").await?;
+    assert_eq!(page.selector, "#gangway-result", "{page:?}");
+    let done = login.finish(Duration::from_secs(60)).await?;
+    assert_success("login", &done);
+    assert!(
+        done.stderr.contains("through the tray app"),
+        "{}",
+        done.stderr
+    );
+    assert!(
+        done.stdout.contains(&format!(
+            "Signed in to Production ({}) as alice — 4 service(s) available.",
+            w.relay("Production").url()
+        )),
+        "{}",
+        done.stdout
+    );
+    let s = w
+        .wait_status("connected", Duration::from_secs(30), |s| {
+            s.phase == Phase::Connected && s.services.len() == 4
+        })
+        .await?;
+    let echo = s.services.iter().find(|x| x.name == "echo").unwrap();
+    assert_eq!(echo.state, "not listening");
+    assert_eq!(
+        echo.error.as_deref(),
+        Some(format!("port {busy_port} is used by another program").as_str())
+    );
+    let problem = format!("port {busy_port} is used by another program, so echo is not available");
+    assert!(
+        s.problems.iter().any(|p| p.text == problem),
+        "{:?}",
+        s.problems
+    );
+    assert_eq!(s.status_line, "alice @ Production — connected");
+    assert_eq!(s.user.as_deref(), Some("alice"));
+    assert!(s.groups.iter().any(|g| g == "developers"), "{s:?}");
+    let m = menu(&w).await?;
+    assert_eq!(
+        entry(&m, "status").unwrap()["text"],
+        "alice @ Production — connected"
+    );
+    assert!(entry(&m, "sign-in").is_none());
+    assert_eq!(entry(&m, "sign-out").unwrap()["text"], "Sign out");
+    assert_eq!(entry(&m, "open-confluence").unwrap()["enabled"], true);
+    let http = addr_of(&s, "bitbucket").context("bitbucket")?;
+    let ssh = addr_of(&s, "bitbucket-ssh").context("bitbucket-ssh")?;
+    let confluence = addr_of(&s, "confluence").context("confluence")?;
+    assert_eq!(
+        entry(&m, "copy-clone:http").unwrap()["text"],
+        format!("HTTP  http://{http}/scm/")
+    );
+    assert_eq!(
+        entry(&m, "copy-clone:ssh").unwrap()["text"],
+        format!("SSH  ssh://git@{ssh}/")
+    );
+
+    // Traffic, so the window has numbers to show.
+    let page = http_get(confluence).await?;
+    assert!(page.contains("Engineering space"), "{page}");
+    let mut e = tokio::net::TcpStream::connect(ssh).await?;
+    e.write_all(&vec![7u8; 256 * 1024]).await?;
+    let mut back = vec![0u8; 256 * 1024];
+    e.read_exact(&mut back).await?;
+
+    // Open Confluence and Copy git clone URL, as the menu items do.
+    activate(&w, "open-confluence").await?;
+    let opened = w.next_browser_url(Duration::from_secs(10)).await?;
+    assert_eq!(opened, format!("http://{confluence}/"));
+    activate(&w, "copy-clone:http").await?;
+    assert_eq!(display.clipboard()?, format!("http://{http}/scm/"));
+    activate(&w, "copy-clone:ssh").await?;
+    assert_eq!(display.clipboard()?, format!("ssh://git@{ssh}/"));
+
+    // Start at login: an XDG autostart entry, and a checked menu item.
+    let autostart = w.keychain.home().join(".config/autostart/gangway.desktop");
+    activate(&w, "autostart").await?;
+    assert!(autostart.is_file());
+    assert!(std::fs::read_to_string(&autostart)?.contains("--autostart"));
+    assert_eq!(
+        entry(&menu(&w).await?, "autostart").unwrap()["checked"],
+        true
+    );
+    activate(&w, "autostart").await?;
+    assert!(!autostart.exists());
+    assert_eq!(
+        entry(&menu(&w).await?, "autostart").unwrap()["checked"],
+        false
+    );
+
+    // The status window, with an open stream in it.
+    w.control().request(&Request::Show, |_, _| {}).await?;
+    w.wait_status("token expiry", Duration::from_secs(30), |s| {
+        s.token_expires_at.is_some()
+    })
+    .await?;
+    // Tall enough to show every section at once.
+    display.xdotool(&["windowmove", &window.to_string(), "300", "20"])?;
+    display.xdotool(&["windowsize", &window.to_string(), "680", "820"])?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let shot = target_dir().join("desktop-status.png");
+    display.screenshot(Some(window), &shot)?;
+    check_png(&shot, 500, 450)?;
+    eprintln!("status window: {}", shot.display());
+
+    // The real tray menu: a click on the icon opens it.
+    let before = display.visible_windows(".*")?.len();
+    let (x, y) = display.tray_icon_center();
+    display.click(x, y, 1)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while display.visible_windows(".*")?.len() <= before {
+        ensure!(Instant::now() < deadline, "no menu opened on a tray click");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let menu_shot = target_dir().join("desktop-tray-menu.png");
+    display.screenshot(None, &menu_shot)?;
+    check_png(&menu_shot, 1000, 800)?;
+    display.xdotool(&["key", "Escape"])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while display.visible_windows(".*")?.len() > before {
+        ensure!(Instant::now() < deadline, "the tray menu did not close");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(e);
+
+    // Closing the window (as a window manager's close button does) keeps
+    // the app, the tray and the tunnels.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut sent = Instant::now() - Duration::from_secs(60);
+    while display.visible_windows("^Gangway")?.contains(&window) {
+        ensure!(Instant::now() < deadline, "the window did not close");
+        if sent.elapsed() > Duration::from_secs(3) {
+            display.close_window(window)?;
+            sent = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(app.alive(), "closing the window quit the app");
+    assert!(http_get(confluence).await?.contains("Engineering space"));
+
+    // One instance per user: a second start shows the first one's window.
+    let second = Proc::spawn("gangway-desktop (2nd)", app_command(&w, &display)?)?
+        .finish(Duration::from_secs(20))
+        .await?;
+    assert_success("second instance", &second);
+    assert!(
+        second.stderr.contains("already running"),
+        "{}",
+        second.stderr
+    );
+    display.wait_for_window("^Gangway", Duration::from_secs(10))?;
+    assert_eq!(w.status().await?.pid, s.pid);
+
+    // Switch to Staging from the tray menu: no sign-in there yet.
+    activate(&w, "env:Staging").await?;
+    let st = w
+        .wait_status("staging sign-in needed", Duration::from_secs(30), |s| {
+            s.environment.as_deref() == Some("Staging")
+                && matches!(s.phase, Phase::SignInNeeded { .. })
+        })
+        .await?;
+    assert!(st.services.is_empty(), "{st:?}");
+    let m = menu(&w).await?;
+    assert_eq!(
+        entry(&m, "status").unwrap()["text"],
+        "Staging — sign-in needed"
+    );
+    assert_eq!(entry(&m, "env:Staging").unwrap()["checked"], true);
+    assert!(
+        tokio::net::TcpStream::connect(confluence).await.is_err(),
+        "Production's listener is still open"
+    );
+    // Production's tokens stayed in the keychain.
+    let prod = w.run(&["status", "--env", "Production"]).await?;
+    assert_success("status --env Production", &prod);
+    assert!(
+        prod.stdout.contains("Signed in as alice"),
+        "{}",
+        prod.stdout
+    );
+
+    // Back to Production: connected again without a sign-in.
+    activate(&w, "env:Production").await?;
+    w.wait_status("production again", Duration::from_secs(30), |s| {
+        s.environment.as_deref() == Some("Production") && s.phase == Phase::Connected
+    })
+    .await?;
+
+    // Quit from the menu: the app exits and releases its socket.
+    activate(&w, "quit").await?;
+    let status = tokio::time::timeout(Duration::from_secs(20), app.child.wait())
+        .await
+        .context("the app did not quit")??;
+    assert!(status.success(), "{status}");
+    assert!(!w.runtime_dir().join("gangway/agent.sock").exists());
+    drop(browser);
+    drop(busy);
+    Ok(())
+}

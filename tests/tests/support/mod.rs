@@ -1,0 +1,418 @@
+//! What the control-API and desktop tests share: a "world" of real peers
+//! (GNOME Keyring on a private bus, the OIDC provider, one `gangway-relay`
+//! per environment, an echo and an HTTP backend), the user config naming
+//! those environments, a `BROWSER` that records the URLs it is asked to
+//! open, and a runner for `gangway` commands that collects their output.
+#![allow(dead_code)]
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use gangway_agent::control::{Client, Request};
+use gangway_agent::status::Snapshot;
+use gangway_tests::gangway::{
+    bin_path, write_relay_config, IdentitySpec, RelayProcess, ServiceSpec, TestCert,
+};
+use gangway_tests::peers::browser::Browser;
+use gangway_tests::peers::desktop::{EchoServer, HttpStub};
+use gangway_tests::peers::keychain::SecretService;
+use gangway_tests::peers::oidc::{OidcProvider, DEFAULT_AUDIENCE};
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+pub const DEV: &[&str] = &["developers"];
+
+/// A running command whose output lines are collected.
+pub struct Proc {
+    pub name: String,
+    pub child: tokio::process::Child,
+    out: Arc<Mutex<Vec<String>>>,
+}
+
+/// A finished command.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: tokio::process::Command) -> Result<Self> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        let out = Arc::new(Mutex::new(Vec::new()));
+        for (r, tag) in [
+            (
+                Box::new(child.stdout.take().context("stdout")?)
+                    as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                name.to_string(),
+            ),
+            (
+                Box::new(child.stderr.take().context("stderr")?),
+                format!("{name}!"),
+            ),
+        ] {
+            let sink = out.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[{tag}] {line}");
+                    sink.lock().unwrap().push(format!("{tag}\t{line}"));
+                }
+            });
+        }
+        Ok(Proc {
+            name: name.into(),
+            child,
+            out,
+        })
+    }
+
+    fn lines(&self, stderr: bool) -> Vec<String> {
+        let tag = if stderr {
+            format!("{}!\t", self.name)
+        } else {
+            format!("{}\t", self.name)
+        };
+        self.out
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l.strip_prefix(&tag).map(str::to_string))
+            .collect()
+    }
+
+    pub fn stdout(&self) -> Vec<String> {
+        self.lines(false)
+    }
+
+    pub fn stderr(&self) -> Vec<String> {
+        self.lines(true)
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for an output line that satisfies `f`.
+    pub async fn wait_line(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self
+                .stdout()
+                .into_iter()
+                .chain(self.stderr())
+                .find(|l| f(l))
+            {
+                return Ok(l);
+            }
+            if !self.alive() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                bail!(
+                    "{} exited while waiting for {what}:\n{}\n{}",
+                    self.name,
+                    self.stdout().join("\n"),
+                    self.stderr().join("\n")
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for {what} from {}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the command to exit (killing it after `timeout`).
+    pub async fn finish(mut self, timeout: Duration) -> Result<Finished> {
+        let status = match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(s) => s?,
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!("{} did not finish within {timeout:?}", self.name);
+            }
+        };
+        // Let the readers drain.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(Finished {
+            status,
+            stdout: self.stdout().join("\n"),
+            stderr: self.stderr().join("\n"),
+        })
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+pub fn assert_success(what: &str, f: &Finished) {
+    assert!(
+        f.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        f.status,
+        f.stdout,
+        f.stderr
+    );
+}
+
+/// The peers, and one environment (a relay) per name.
+pub struct World {
+    pub keychain: SecretService,
+    pub idp: OidcProvider,
+    pub cert: TestCert,
+    /// (environment name, its relay), in the order given.
+    pub relays: Vec<(String, RelayProcess)>,
+    pub echo: EchoServer,
+    pub web: HttpStub,
+    pub dir: TempDir,
+    browser_script: PathBuf,
+    urls: PathBuf,
+    urls_seen: usize,
+}
+
+impl World {
+    /// Starts everything; each environment's relay offers `echo` (tcp),
+    /// `bitbucket` and `confluence` (http) and `bitbucket-ssh` (tcp).
+    pub async fn start(environments: &[&str]) -> Result<Self> {
+        let keychain = SecretService::start()?;
+        let cert = TestCert::new()?;
+        let dir = tempfile::tempdir()?;
+        let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
+        let echo = EchoServer::start()?;
+        let web = HttpStub::start(
+            "<!doctype html><title>Confluence</title><h1 id=\"space\">Engineering space</h1>",
+        )?;
+        let mut relays = Vec::new();
+        for name in environments {
+            let rdir = dir.path().join(format!("relay-{name}"));
+            std::fs::create_dir_all(&rdir)?;
+            let config = write_relay_config(
+                &rdir,
+                "127.0.0.1:0".parse()?,
+                &cert,
+                &IdentitySpec {
+                    issuer: idp.issuer(),
+                    audience: DEFAULT_AUDIENCE,
+                    leeway_secs: 0,
+                    jwks_file: None,
+                },
+                &[
+                    ServiceSpec {
+                        name: "bitbucket",
+                        kind: "http",
+                        backends: vec![web.addr.to_string()],
+                        allow_groups: Some(DEV),
+                    },
+                    ServiceSpec {
+                        name: "bitbucket-ssh",
+                        kind: "tcp",
+                        backends: vec![echo.addr.to_string()],
+                        allow_groups: Some(DEV),
+                    },
+                    ServiceSpec {
+                        name: "confluence",
+                        kind: "http",
+                        backends: vec![web.addr.to_string()],
+                        allow_groups: None,
+                    },
+                    ServiceSpec {
+                        name: "echo",
+                        kind: "tcp",
+                        backends: vec![echo.addr.to_string()],
+                        allow_groups: Some(DEV),
+                    },
+                ],
+            )?;
+            relays.push((name.to_string(), RelayProcess::start(&config)?));
+        }
+        let urls = dir.path().join("browser-urls.txt");
+        let browser_script = dir.path().join("open-browser.sh");
+        std::fs::write(
+            &browser_script,
+            format!("#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\n", urls.display()),
+        )?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&browser_script, std::fs::Permissions::from_mode(0o755))?;
+        }
+        Ok(World {
+            keychain,
+            idp,
+            cert,
+            relays,
+            echo,
+            web,
+            dir,
+            browser_script,
+            urls,
+            urls_seen: 0,
+        })
+    }
+
+    pub fn relay(&self, env: &str) -> &RelayProcess {
+        &self.relays.iter().find(|(n, _)| n == env).expect("env").1
+    }
+
+    /// Writes the user config: every environment, the first the default,
+    /// with `ports` (service → local port) for each.
+    pub fn write_config(&self, ports: &[(&str, u16)]) -> Result<PathBuf> {
+        let dir = self.keychain.home().join(".config/gangway");
+        std::fs::create_dir_all(&dir)?;
+        let mut t = format!("default_environment = {:?}\n", self.relays[0].0);
+        for (name, relay) in &self.relays {
+            t += &format!(
+                "\n# {name}\n[[environment]]\nname = {name:?}\nrelay = {:?}\nca_file = {:?}\n",
+                relay.url(),
+                self.cert.cert.to_str().unwrap()
+            );
+            if !ports.is_empty() {
+                t += "[environment.ports]\n";
+                for (svc, port) in ports {
+                    t += &format!("{svc:?} = {port}\n");
+                }
+            }
+        }
+        let path = dir.join("config.toml");
+        std::fs::write(&path, t)?;
+        Ok(path)
+    }
+
+    /// Environment for Gangway's processes: the keychain, the browser mailbox.
+    pub fn env(&self) -> Vec<(&'static str, OsString)> {
+        let mut e = self.keychain.env();
+        e.push(("BROWSER", self.browser_script.clone().into()));
+        e
+    }
+
+    /// The runtime dir (XDG_RUNTIME_DIR) Gangway's processes get.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.keychain
+            .env()
+            .into_iter()
+            .find(|(k, _)| *k == "XDG_RUNTIME_DIR")
+            .map(|(_, v)| PathBuf::from(v))
+            .expect("runtime dir")
+    }
+
+    /// The control socket Gangway's agent serves there.
+    pub fn control(&self) -> Client {
+        Client::new(&self.runtime_dir().join("gangway/agent.sock"))
+    }
+
+    /// `gangway ARGS…` with the world's environment.
+    pub fn gangway(&self, args: &[&str]) -> Result<tokio::process::Command> {
+        let mut cmd = tokio::process::Command::new(bin_path("gangway")?);
+        cmd.args(args)
+            .envs(self.env())
+            .env("RUST_LOG", "info")
+            .env_remove("GANGWAY_TOKEN")
+            .env_remove("GANGWAY_CONTROL_SOCKET")
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY");
+        Ok(cmd)
+    }
+
+    pub async fn run(&self, args: &[&str]) -> Result<Finished> {
+        Proc::spawn(&format!("gangway {}", args[0]), self.gangway(args)?)?
+            .finish(Duration::from_secs(60))
+            .await
+    }
+
+    /// The next URL "the browser" was asked to open.
+    pub async fn next_browser_url(&mut self, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&self.urls).unwrap_or_default();
+            if let Some(url) = text.lines().nth(self.urls_seen) {
+                self.urls_seen += 1;
+                return Ok(url.to_string());
+            }
+            if Instant::now() > deadline {
+                bail!("nothing opened a browser within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `gangway login --env ENV` completed in `browser` as alice.
+    pub async fn login(&mut self, browser: &Browser, env: &str) -> Result<Finished> {
+        let login = Proc::spawn(
+            "gangway login",
+            self.gangway(&["login", "--env", env, "--timeout", "90"])?,
+        )?;
+        let url = self.next_browser_url(Duration::from_secs(20)).await?;
+        let page = browser.sign_in(&url, "alice", "alice-pw").await?;
+        anyhow::ensure!(page.selector == "#gangway-result", "{page:?}");
+        let done = login.finish(Duration::from_secs(60)).await?;
+        assert_success(&format!("login --env {env}"), &done);
+        Ok(done)
+    }
+
+    /// The running agent's state, through the control API.
+    pub async fn status(&self) -> Result<Snapshot> {
+        let v = self
+            .control()
+            .request(&Request::Status, |_, _| {})
+            .await?
+            .context("no agent serves the control socket")?;
+        Ok(serde_json::from_value(v)?)
+    }
+
+    /// Polls the agent's state until `f` holds.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&Snapshot) -> bool,
+    ) -> Result<Snapshot> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(s) = self.status().await {
+                if f(&s) {
+                    return Ok(s);
+                }
+                if Instant::now() > deadline {
+                    bail!("timed out waiting for {what}; last state: {s:#?}");
+                }
+            } else if Instant::now() > deadline {
+                bail!("timed out waiting for {what}; the agent does not answer");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The local address of `service` in `s`.
+pub fn addr_of(s: &Snapshot, service: &str) -> Option<std::net::SocketAddr> {
+    s.services
+        .iter()
+        .find(|x| x.name == service)
+        .and_then(|x| x.local_addr.as_deref())
+        .and_then(|a| a.parse().ok())
+}
+
+/// Where the test binaries put their artifacts: `$CARGO_TARGET_DIR` (or the
+/// target dir the test executable lives in).
+pub fn target_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("test executable");
+    exe.ancestors()
+        .find(|p| p.join("debug").is_dir() || p.join("release").is_dir())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir)
+}
