@@ -26,6 +26,7 @@ pub mod error;
 pub mod keychain;
 pub mod listener;
 pub mod notices;
+pub mod pipelined;
 pub mod relay_api;
 pub mod session;
 pub mod signin;

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gangway_wire::RefusalCode;
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::pipelined::OnAnswer;
 use crate::relay_api::{Service, ServiceKind};
 use crate::tunnel::Tunnel;
 use crate::AgentError;
@@ -278,10 +279,20 @@ async fn carry(
     service: &Service,
     tunnel: &Tunnel,
     connect_wait: Duration,
-    stats: &ServiceStats,
+    stats: &Arc<ServiceStats>,
     stop: &CancellationToken,
 ) -> Result<(), AgentError> {
     let _active = ActiveGuard::new(stats);
+    let on_answer = || -> Option<OnAnswer> {
+        let stats = stats.clone();
+        Some(Box::new(move |took: Duration| {
+            let micros = took.as_micros().clamp(1, u64::MAX as u128) as u64;
+            stats.last_open_micros.store(micros, Ordering::Relaxed);
+        }))
+    };
+    // The open header goes out with the client's first bytes: no round trip
+    // to the relay before data flows. The answer is read before any byte
+    // goes back to the client.
     let opened = async {
         let session = tokio::select! {
             s = tunnel.session(connect_wait) => s?,
@@ -289,13 +300,7 @@ async fn carry(
                 return Err(AgentError::Unreachable("the environment was stopped".into()))
             }
         };
-        let started = Instant::now();
-        match session.open(&service.name).await {
-            Ok(o) => {
-                let micros = started.elapsed().as_micros().clamp(1, u64::MAX as u128) as u64;
-                stats.last_open_micros.store(micros, Ordering::Relaxed);
-                Ok(o)
-            }
+        match session.open_pipelined(&service.name, on_answer()).await {
             // The session died under us (e.g. the relay restarted and we
             // have not noticed yet): wait for the next one, once.
             Err(AgentError::Unreachable(e)) => {
@@ -304,7 +309,7 @@ async fn carry(
                         tunnel
                             .session(connect_wait)
                             .await?
-                            .open(&service.name)
+                            .open_pipelined(&service.name, on_answer())
                             .await
                     }
                     Err(_) => Err(AgentError::Unreachable(e)),
@@ -314,11 +319,11 @@ async fn carry(
         }
     }
     .await;
-    let mut opened = match opened {
-        Ok(o) => o,
+    let mut stream = match opened {
+        Ok(s) => s,
         Err(e) => {
             if service.kind == ServiceKind::Http {
-                http_error(&mut tcp, &e).await;
+                http_error(&mut tcp, &e, true).await;
             }
             return Err(e);
         }
@@ -327,18 +332,20 @@ async fn carry(
         inner: &mut tcp,
         stats,
     };
-    if !opened.early.is_empty() {
-        counted
-            .write_all(&opened.early)
-            .await
-            .map_err(|e| AgentError::Unreachable(e.to_string()))?;
-    }
     tokio::select! {
-        r = gangway_transport::duplex::splice(&mut counted, &mut opened.stream) => {
+        r = gangway_transport::duplex::splice(&mut counted, &mut stream) => {
+            if let Some(refusal) = stream.refusal().cloned() {
+                let e = AgentError::Refused(refusal);
+                if service.kind == ServiceKind::Http {
+                    // The request went out with the header already.
+                    http_error(&mut tcp, &e, false).await;
+                }
+                return Err(e);
+            }
             r.map_err(|e| AgentError::Unreachable(format!("stream broke: {e}")))?;
         }
         _ = stop.cancelled() => {
-            drop(opened);
+            drop(stream);
             close_cleanly(&mut tcp).await;
         }
     }
@@ -362,7 +369,7 @@ async fn close_cleanly(tcp: &mut TcpStream) {
 }
 
 /// Answers an HTTP client with a short error page naming the reason.
-async fn http_error(tcp: &mut TcpStream, e: &AgentError) {
+async fn http_error(tcp: &mut TcpStream, e: &AgentError, read_request: bool) {
     let (status, text) = match e {
         AgentError::Refused(r) => match r.code {
             RefusalCode::Forbidden => ("403 Forbidden", r.to_string()),
@@ -376,8 +383,11 @@ async fn http_error(tcp: &mut TcpStream, e: &AgentError) {
     };
     // Read (part of) the request first, so closing doesn't reset the
     // connection before the client has read our answer.
+    // When the request already went out with a pipelined open, only take
+    // what may still be arriving.
+    let wait = Duration::from_millis(if read_request { 500 } else { 20 });
     let mut buf = [0u8; 16 * 1024];
-    let _ = tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut buf)).await;
+    let _ = tokio::time::timeout(wait, tcp.read(&mut buf)).await;
     let body = format!("Gangway: {text}\n");
     let resp = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\nX-Gangway-Error: {}\r\n\r\n{body}",

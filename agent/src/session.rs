@@ -15,7 +15,7 @@ use gangway_wire::{
     Control, Hello, HelloReply, OpenResult, OpenStream, Refusal, RefusalCode, Token,
     PROTOCOL_VERSION,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use url::Url;
 
+use crate::pipelined::{OnAnswer, PipelinedStream};
 use crate::AgentError;
 
 /// Anything the WebSocket can run over (TLS, or plain TCP for loopback tests).
@@ -260,6 +261,30 @@ impl Session {
             Some(OpenResult::Refused(r)) => Err(AgentError::Refused(r)),
             None => Err(AgentError::Unreachable("relay closed the stream".into())),
         }
+    }
+
+    /// Opens a stream to `service` and sends the header without waiting for
+    /// the relay's answer; the answer is read before any byte comes back
+    /// (see [`PipelinedStream`]). Fails only when the session cannot take a
+    /// new stream.
+    pub async fn open_pipelined(
+        &self,
+        service: &str,
+        on_answer: Option<OnAnswer>,
+    ) -> Result<PipelinedStream<Stream>, AgentError> {
+        let header = OpenStream::new(service).map_err(|e| AgentError::Config(e.to_string()))?;
+        let mut stream = self
+            .opener
+            .open()
+            .await
+            .map_err(|e| AgentError::Unreachable(e.to_string()))?;
+        let mut buf = BytesMut::new();
+        header.encode(&mut buf);
+        stream
+            .write_all(&buf)
+            .await
+            .map_err(|e| AgentError::Unreachable(e.to_string()))?;
+        Ok(PipelinedStream::new(stream, on_answer))
     }
 
     /// Sends a fresh access token in-band; open streams are not disturbed.

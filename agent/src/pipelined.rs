@@ -1,0 +1,191 @@
+//! A stream opened without waiting for the relay's answer.
+//!
+//! The open header and the client's first bytes travel together; the
+//! relay's [`OpenResult`] is read before any byte goes back to the client.
+//! A new connection so costs no agent↔relay round trip before its data.
+//! A refusal surfaces as a read error, and [`PipelinedStream::refusal`]
+//! then says why.
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use gangway_wire::{OpenResult, Refusal};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Called once with the time from open to the relay's answer.
+pub type OnAnswer = Box<dyn FnOnce(Duration) + Send>;
+
+enum Answer {
+    /// Bytes received so far, not yet a whole `OpenResult`.
+    Waiting(BytesMut),
+    /// Accepted; bytes after the answer still to hand out.
+    Passing(BytesMut),
+    Refused(Refusal),
+}
+
+/// See the module docs.
+pub struct PipelinedStream<S> {
+    inner: S,
+    answer: Answer,
+    opened: Instant,
+    on_answer: Option<OnAnswer>,
+}
+
+impl<S> PipelinedStream<S> {
+    /// `inner` has had its open header written already.
+    pub fn new(inner: S, on_answer: Option<OnAnswer>) -> Self {
+        Self {
+            inner,
+            answer: Answer::Waiting(BytesMut::new()),
+            opened: Instant::now(),
+            on_answer,
+        }
+    }
+
+    /// The relay's refusal, once one was read.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match &self.answer {
+            Answer::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn answered(&mut self) {
+        if let Some(f) = self.on_answer.take() {
+            f(self.opened.elapsed());
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for PipelinedStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            let this = &mut *self;
+            match &mut this.answer {
+                Answer::Refused(r) => {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        r.to_string(),
+                    )))
+                }
+                Answer::Passing(rest) if !rest.is_empty() => {
+                    let n = rest.len().min(buf.remaining());
+                    buf.put_slice(&rest[..n]);
+                    rest.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Answer::Passing(_) => return Pin::new(&mut this.inner).poll_read(cx, buf),
+                Answer::Waiting(pending) => {
+                    let decoded = OpenResult::decode(pending).map_err(|e| {
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+                    })?;
+                    match decoded {
+                        Some(OpenResult::Accepted) => {
+                            let rest = std::mem::take(pending);
+                            this.answer = Answer::Passing(rest);
+                            this.answered();
+                        }
+                        Some(OpenResult::Refused(r)) => {
+                            this.answer = Answer::Refused(r);
+                            this.answered();
+                        }
+                        None => {
+                            let mut chunk = [0u8; 1024];
+                            let mut rb = ReadBuf::new(&mut chunk);
+                            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+                            if rb.filled().is_empty() {
+                                return Poll::Ready(Err(std::io::Error::new(
+                                    std::io::ErrorKind::UnexpectedEof,
+                                    "relay closed the stream before answering",
+                                )));
+                            }
+                            pending.extend_from_slice(rb.filled());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for PipelinedStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gangway_wire::RefusalCode;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn accepted_then_data_split_across_reads() {
+        let mut wire = BytesMut::new();
+        OpenResult::Accepted.encode(&mut wire);
+        wire.extend_from_slice(b"SSH-2.0-OpenSSH\r\n");
+        let seen = Arc::new(AtomicBool::new(false));
+        let s = seen.clone();
+        let mock = tokio_test::io::Builder::new()
+            .read(&wire[..1])
+            .read(&wire[1..5])
+            .read(&wire[5..])
+            .build();
+        let mut p = PipelinedStream::new(
+            mock,
+            Some(Box::new(move |_| s.store(true, Ordering::SeqCst))),
+        );
+        let mut out = Vec::new();
+        p.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"SSH-2.0-OpenSSH\r\n");
+        assert!(seen.load(Ordering::SeqCst));
+        assert!(p.refusal().is_none());
+    }
+
+    #[tokio::test]
+    async fn refusal_is_an_error_with_the_reason() {
+        let mut wire = BytesMut::new();
+        OpenResult::Refused(Refusal {
+            code: RefusalCode::Forbidden,
+            message: "bob may not use bitbucket".into(),
+        })
+        .encode(&mut wire);
+        let mock = tokio_test::io::Builder::new().read(&wire).build();
+        let mut p = PipelinedStream::new(mock, None);
+        let mut out = Vec::new();
+        let err = p.read_to_end(&mut out).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("bob may not use bitbucket"));
+        assert_eq!(p.refusal().unwrap().code, RefusalCode::Forbidden);
+        assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn eof_before_answer_is_an_error() {
+        let mock = tokio_test::io::Builder::new().build();
+        let mut p = PipelinedStream::new(mock, None);
+        let mut out = Vec::new();
+        assert!(p.read_to_end(&mut out).await.is_err());
+    }
+}
