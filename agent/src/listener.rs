@@ -333,7 +333,19 @@ async fn carry(
         stats,
     };
     tokio::select! {
+        // Stopping the environment also ends its session, which breaks the
+        // stream: when both are ready, the stop (a clean close) wins.
+        biased;
+        _ = stop.cancelled() => {
+            drop(stream);
+            close_cleanly(&mut tcp).await;
+        }
         r = gangway_transport::duplex::splice(&mut counted, &mut stream) => {
+            if r.is_err() && stop.is_cancelled() {
+                drop(stream);
+                close_cleanly(&mut tcp).await;
+                return Ok(());
+            }
             if let Some(refusal) = stream.refusal().cloned() {
                 let e = AgentError::Refused(refusal);
                 if service.kind == ServiceKind::Http {
@@ -343,10 +355,6 @@ async fn carry(
                 return Err(e);
             }
             r.map_err(|e| AgentError::Unreachable(format!("stream broke: {e}")))?;
-        }
-        _ = stop.cancelled() => {
-            drop(stream);
-            close_cleanly(&mut tcp).await;
         }
     }
     Ok(())
