@@ -37,9 +37,10 @@ pub async fn run() -> anyhow::Result<()> {
     let repos = dir.path().join("repos");
     make_demo_repo(&git, &repos).await?;
     let daemon_port = free_port()?;
-    let mut daemon = tokio::process::Command::new(&git)
+    // Run git-daemon itself: `git daemon` is a wrapper that forks it, and
+    // killing the wrapper would leave the daemon running.
+    let mut daemon = tokio::process::Command::new(git_daemon_path(&git)?)
         .args([
-            "daemon",
             "--reuseaddr",
             "--listen=127.0.0.1",
             &format!("--port={daemon_port}"),
@@ -296,6 +297,17 @@ async fn serve_page(listener: TcpListener, stop: CancellationToken) {
                 .await;
         });
     }
+}
+
+/// `git-daemon` in git's exec path.
+fn git_daemon_path(git: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let out = std::process::Command::new(git).arg("--exec-path").output()?;
+    let exec_path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let daemon = Path::new(&exec_path).join("git-daemon");
+    if !daemon.is_file() {
+        bail!("git-daemon not found in {exec_path} (install git's daemon: apt-get install git)");
+    }
+    Ok(daemon)
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {
