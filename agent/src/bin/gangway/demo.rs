@@ -301,7 +301,9 @@ async fn serve_page(listener: TcpListener, stop: CancellationToken) {
 
 /// `git-daemon` in git's exec path.
 fn git_daemon_path(git: &Path) -> anyhow::Result<std::path::PathBuf> {
-    let out = std::process::Command::new(git).arg("--exec-path").output()?;
+    let out = std::process::Command::new(git)
+        .arg("--exec-path")
+        .output()?;
     let exec_path = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let daemon = Path::new(&exec_path).join("git-daemon");
     if !daemon.is_file() {
