@@ -52,6 +52,28 @@ impl<S> PipelinedStream<S> {
         }
     }
 
+    /// Waits for the relay's answer without taking any data byte: `Ok` once
+    /// accepted, an error once refused (see [`Self::refusal`]) or closed.
+    pub async fn answer(&mut self) -> std::io::Result<()>
+    where
+        S: AsyncRead + Unpin,
+    {
+        while matches!(self.answer, Answer::Waiting(_)) {
+            // An empty read buffer: the answer is decoded, no data consumed.
+            std::future::poll_fn(|cx| {
+                Pin::new(&mut *self).poll_read(cx, &mut ReadBuf::new(&mut []))
+            })
+            .await?;
+        }
+        match &self.answer {
+            Answer::Refused(r) => Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                r.to_string(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn answered(&mut self) {
         if let Some(f) = self.on_answer.take() {
             f(self.opened.elapsed());
@@ -179,6 +201,22 @@ mod tests {
         assert!(err.to_string().contains("bob may not use bitbucket"));
         assert_eq!(p.refusal().unwrap().code, RefusalCode::Forbidden);
         assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn answer_waits_without_taking_data() {
+        let mut wire = BytesMut::new();
+        OpenResult::Accepted.encode(&mut wire);
+        wire.extend_from_slice(b"hello");
+        let mock = tokio_test::io::Builder::new()
+            .read(&wire[..2])
+            .read(&wire[2..])
+            .build();
+        let mut p = PipelinedStream::new(mock, None);
+        p.answer().await.unwrap();
+        let mut out = Vec::new();
+        p.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"hello");
     }
 
     #[tokio::test]

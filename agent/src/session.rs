@@ -8,12 +8,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use gangway_transport::control::{self, ControlReader, ControlWriter};
-use gangway_transport::framed::FramedIo;
 use gangway_transport::mux::{self, Mode};
 use gangway_transport::{Opener, Stream, WsByteStream};
 use gangway_wire::{
-    Control, Hello, HelloReply, OpenResult, OpenStream, Refusal, RefusalCode, Token,
-    PROTOCOL_VERSION,
+    Control, Hello, HelloReply, OpenStream, Refusal, RefusalCode, Token, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -56,12 +54,6 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session").field("id", &self.id).finish()
     }
-}
-
-/// An opened, accepted stream and any bytes the backend already sent.
-pub struct OpenedStream {
-    pub stream: Stream,
-    pub early: BytesMut,
 }
 
 impl Session {
@@ -236,31 +228,19 @@ impl Session {
         })
     }
 
-    /// Opens a stream to `service`; the relay accepts or refuses with a reason.
-    pub async fn open(&self, service: &str) -> Result<OpenedStream, AgentError> {
-        let header = OpenStream::new(service).map_err(|e| AgentError::Config(e.to_string()))?;
-        let stream = self
-            .opener
-            .open()
-            .await
-            .map_err(|e| AgentError::Unreachable(e.to_string()))?;
-        let mut framed = FramedIo::new(stream);
-        framed
-            .write(|b| header.encode(b))
-            .await
-            .map_err(|e| AgentError::Unreachable(e.to_string()))?;
-        let result = tokio::time::timeout(Duration::from_secs(30), framed.read(OpenResult::decode))
+    /// Opens a stream to `service` and waits for the relay's answer:
+    /// accepted, or refused with its reason. The listeners use
+    /// [`Session::open_pipelined`], which does not wait.
+    pub async fn open(&self, service: &str) -> Result<PipelinedStream<Stream>, AgentError> {
+        let mut stream = self.open_pipelined(service, None).await?;
+        tokio::time::timeout(Duration::from_secs(30), stream.answer())
             .await
             .map_err(|_| AgentError::Unreachable("relay did not answer the stream open".into()))?
-            .map_err(|e| AgentError::Unreachable(e.to_string()))?;
-        match result {
-            Some(OpenResult::Accepted) => {
-                let (stream, early) = framed.into_parts();
-                Ok(OpenedStream { stream, early })
-            }
-            Some(OpenResult::Refused(r)) => Err(AgentError::Refused(r)),
-            None => Err(AgentError::Unreachable("relay closed the stream".into())),
-        }
+            .map_err(|e| match stream.refusal() {
+                Some(r) => AgentError::Refused(r.clone()),
+                None => AgentError::Unreachable(e.to_string()),
+            })?;
+        Ok(stream)
     }
 
     /// Opens a stream to `service` and sends the header without waiting for

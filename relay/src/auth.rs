@@ -184,26 +184,32 @@ impl Verifier {
     }
 
     async fn key_for(&self, kid: Option<&str>) -> Result<Jwk, AuthError> {
-        let mut cache = self.cache.lock().await;
-        if let Some(k) = cache.find(kid) {
-            return Ok(k);
+        let unknown = || AuthError::UnknownKey(kid.unwrap_or("").into());
+        {
+            let mut cache = self.cache.lock().await;
+            if let Some(k) = cache.find(kid) {
+                return Ok(k);
+            }
+            let may_fetch = matches!(self.source, KeySource::Discovery(_))
+                && cache
+                    .last_fetch
+                    .is_none_or(|t| t.elapsed() >= self.cfg.jwks_min_refetch);
+            if !may_fetch {
+                return Err(unknown());
+            }
+            // Claimed before the fetch, so concurrent misses don't all fetch.
+            cache.last_fetch = Some(Instant::now());
         }
         let KeySource::Discovery(http) = &self.source else {
-            return Err(AuthError::UnknownKey(kid.unwrap_or("").into()));
+            return Err(unknown());
         };
-        let may_fetch = cache
-            .last_fetch
-            .is_none_or(|t| t.elapsed() >= self.cfg.jwks_min_refetch);
-        if !may_fetch {
-            return Err(AuthError::UnknownKey(kid.unwrap_or("").into()));
-        }
-        cache.last_fetch = Some(Instant::now());
+        // The lock is not held during the fetch: tokens with known keys
+        // keep being verified meanwhile.
         let set = fetch_jwks(http, &self.cfg.issuer).await?;
         tracing::info!(keys = set.keys.len(), issuer = %self.cfg.issuer, "fetched JWKS");
+        let mut cache = self.cache.lock().await;
         cache.load(set);
-        cache
-            .find(kid)
-            .ok_or_else(|| AuthError::UnknownKey(kid.unwrap_or("").into()))
+        cache.find(kid).ok_or_else(unknown)
     }
 }
 

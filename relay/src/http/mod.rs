@@ -323,7 +323,13 @@ async fn proxy(
             None => unreachable!("a consumed body is never retried"),
         };
         let guard = Pool::start_request(&backend);
-        let upstream_req = Request::from_parts(parts.clone(), this_body);
+        // Only a request that may be retried keeps a copy of its head.
+        let head = if replayable {
+            parts.clone()
+        } else {
+            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+        };
+        let upstream_req = Request::from_parts(head, this_body);
         match sender.send_request(upstream_req).await {
             Ok(mut resp) => {
                 if !upgrade {
@@ -393,7 +399,9 @@ async fn upstream(
     timeout: std::time::Duration,
     upgrade: bool,
 ) -> std::io::Result<SendRequest<ProxyBody>> {
-    if let Some((kept_addr, mut sender)) = reuse.lock().await.take() {
+    // Take the kept connection out; the lock is not held while waiting.
+    let kept = reuse.lock().await.take();
+    if let Some((kept_addr, mut sender)) = kept {
         if kept_addr == addr && !upgrade && sender.ready().await.is_ok() {
             return Ok(sender);
         }
