@@ -1,18 +1,18 @@
 //! Backend choice and connection for `tcp`-forwarded streams.
 //!
-//! Round robin over the service's backends; a backend that refuses is
-//! skipped for this stream and the next one is tried.
-
-use std::sync::atomic::{AtomicUsize, Ordering};
+//! The same backend pool as http services ([`crate::http::balancer`]):
+//! round robin over nodes that are not ejected; a node that refuses a
+//! connection is skipped for a while and the next one is tried.
 
 use tokio::net::TcpStream;
 
-use crate::config::ServiceConfig;
+use crate::config::{Balance, ServiceConfig};
+use crate::http::balancer::{self, Pool as Balancer};
 
-/// Round-robin cursor for one service.
-#[derive(Debug, Default)]
+/// The nodes of one tcp service.
+#[derive(Debug)]
 pub struct Pool {
-    next: AtomicUsize,
+    nodes: Balancer,
 }
 
 /// Why no backend could be reached.
@@ -25,24 +25,33 @@ pub struct ConnectError {
 }
 
 impl Pool {
-    /// Connects to the next backend in turn, trying each at most once.
+    pub fn new(svc: &ServiceConfig) -> Self {
+        Self {
+            nodes: Balancer::new(&svc.backends, Balance::RoundRobin),
+        }
+    }
+
+    /// Connects to the next available backend, trying each at most once.
     pub async fn connect(&self, svc: &ServiceConfig) -> Result<(TcpStream, String), ConnectError> {
-        let n = svc.backends.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut last = (String::new(), String::new());
-        for i in 0..n {
-            let backend = &svc.backends[(start + i) % n];
-            match tokio::time::timeout(svc.connect_timeout, TcpStream::connect(backend.as_str()))
-                .await
+        let mut tried: Vec<String> = Vec::new();
+        let mut last = (String::new(), "every backend is marked down".to_string());
+        while let Some(pick) = self.nodes.pick(None, &tried) {
+            let backend = pick.backend;
+            tried.push(backend.addr.clone());
+            match tokio::time::timeout(
+                svc.connect_timeout,
+                TcpStream::connect(backend.addr.as_str()),
+            )
+            .await
             {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    return Ok((stream, backend.clone()));
+                    return Ok((stream, backend.addr.clone()));
                 }
-                Ok(Err(e)) => last = (backend.clone(), e.to_string()),
-                Err(_) => last = (backend.clone(), "connect timed out".into()),
+                Ok(Err(e)) => last = (backend.addr.clone(), e.to_string()),
+                Err(_) => last = (backend.addr.clone(), "connect timed out".into()),
             }
-            tracing::warn!(service = %svc.name, backend = %last.0, error = %last.1, "backend unreachable");
+            backend.eject(balancer::PASSIVE_EJECT);
         }
         Err(ConnectError {
             service: svc.name.clone(),

@@ -82,7 +82,7 @@ impl Relay {
         let pools = config
             .services
             .iter()
-            .map(|s| (s.name.clone(), forward::Pool::default()))
+            .map(|s| (s.name.clone(), forward::Pool::new(s)))
             .collect();
         let http_services = config
             .services
