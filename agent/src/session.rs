@@ -101,10 +101,13 @@ impl Session {
             let name =
                 rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
                     .map_err(|e| AgentError::Config(format!("relay host {host}: {e}")))?;
-            let tls = tokio_rustls::TlsConnector::from(tls)
-                .connect(name, tcp)
+            let mut tls = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, gangway_transport::socket::buffered(tcp))
                 .await
                 .map_err(|e| AgentError::Unreachable(format!("{relay}: TLS: {e}")))?;
+            tls.get_mut()
+                .1
+                .set_buffer_limit(Some(gangway_transport::socket::TLS_BUFFER_LIMIT));
             Box::new(tls)
         } else {
             Box::new(tcp)

@@ -12,8 +12,9 @@
 //!   ```
 //!
 //!   Upstreams are real: nginx (a small static file, for wrk), an iperf3
-//!   server (bulk), and an in-process echo server (connection rate, held
-//!   connections).
+//!   server (bulk), an in-process echo server (connection rate, held
+//!   connections), and lighttpd running `git http-backend` over a
+//!   generated 200 MiB repository of random blobs (`git clone`).
 //! - `muxbench` compares the two multiplexers the design allows (yamux and
 //!   h2) over one real TLS loopback connection carrying a WebSocket used as
 //!   a byte stream, exactly as agent and relay do.
@@ -22,6 +23,7 @@
 //! process it starts is owned by a [`procs::Proc`] that stops it on drop.
 #![forbid(unsafe_code)]
 
+pub mod git;
 pub mod load;
 pub mod machine;
 pub mod mux;

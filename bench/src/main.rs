@@ -2,20 +2,30 @@
 //!
 //! ```text
 //! cargo run --release -p gangway-bench -- --rounds 3
+//! cargo run --release -p gangway-bench -- --rounds 1 --only git --paths direct,gangway
 //! ```
 //!
-//! Needs nginx, iperf3 and wrk on PATH, and wstunnel on PATH or in
-//! ~/.cargo/bin (the wstunnel column is left out, with the reason, if it is
-//! missing; `--paths direct,gangway` leaves it out on purpose). Builds the release `gangway` and `gangway-relay` binaries first
-//! unless `--bin-dir` names them. Prints a markdown report on stdout and
-//! progress on stderr; every process it starts is stopped when it ends, also
-//! on Ctrl-C or SIGTERM.
+//! Figure groups (`--only`, default all): `bulk` (iperf3 up and down),
+//! `http` (wrk, 1 and 32 connections, plain TCP and Gangway's
+//! `kind = "http"`), `conns` (new connections per second), `rss` (memory
+//! idle, with connections held, after the load) and `git` (`git clone
+//! --bare` of a generated 200 MiB repository over smart HTTP, wall time and
+//! tunnel CPU). Skipped groups are absent from the tables.
+//!
+//! Needs nginx and iperf3 on PATH, wrk for `http`, git and lighttpd for
+//! `git`, and wstunnel on PATH or in ~/.cargo/bin (the wstunnel column is
+//! left out, with the reason, if it is missing; `--paths direct,gangway`
+//! leaves it out on purpose). Builds the release `gangway` and
+//! `gangway-relay` binaries first unless `--bin-dir` names them. Prints a
+//! markdown report on stdout and progress on stderr; every process it
+//! starts is stopped when it ends, also on Ctrl-C or SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use gangway_bench::git::{self, GitRepo};
 use gangway_bench::load;
 use gangway_bench::machine::{self, version_of, which};
 use gangway_bench::paths::{self, GangwayBins, PathKind, RunningPath};
@@ -25,7 +35,7 @@ use gangway_bench::upstream::{Upstreams, SMALL_FILE_BYTES, SMALL_FILE_PATH};
 
 #[derive(Parser, Debug)]
 #[command(
-    about = "Direct vs Gangway vs wstunnel on loopback: throughput, HTTP, connection rate, memory"
+    about = "Direct vs Gangway vs wstunnel on loopback: throughput, HTTP, connection rate, memory, git clone"
 )]
 struct Args {
     /// Rounds; each figure is the median over rounds.
@@ -56,12 +66,42 @@ struct Args {
     /// Paths to measure, comma-separated (direct, gangway, wstunnel).
     #[arg(long, value_delimiter = ',', default_value = "direct,gangway,wstunnel")]
     paths: Vec<String>,
+    /// Figure groups to measure, comma-separated; the others are skipped
+    /// (and `git` skipped means no repository is generated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "bulk,http,conns,rss,git"
+    )]
+    only: Vec<Group>,
     /// Also write the report to this file.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Keep the run's directory (configs, logs, audit lines) and print its path.
     #[arg(long)]
     keep: bool,
+}
+
+/// A group of figures, measured together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Group {
+    /// iperf3 upload and download, and tunnel CPU per GB.
+    Bulk,
+    /// wrk with 1 and 32 connections, and tunnel CPU per request.
+    Http,
+    /// new connections per second, 1 at a time and in parallel.
+    Conns,
+    /// tunnel memory: idle, with `--held` connections open, after the load.
+    Rss,
+    /// `git clone --bare` of a generated 200 MiB repository over smart HTTP.
+    Git,
+}
+
+impl Args {
+    fn runs(&self, group: Group) -> bool {
+        self.only.contains(&group)
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -110,9 +150,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: gangway-bench is a debug build; its echo server and connection loop will be slow (use --release)");
     }
-    for tool in ["nginx", "iperf3", "wrk"] {
+    let mut tools = vec!["nginx", "iperf3"];
+    if args.runs(Group::Http) {
+        tools.push("wrk");
+    }
+    for tool in tools {
         if which(tool).is_none() {
-            bail!("{tool} not found on PATH; install it: apt-get install -y nginx iperf3 wrk");
+            bail!("{tool} not found on PATH; install it: apt-get install -y {tool}");
         }
     }
     let mut paths_run = Vec::new();
@@ -162,13 +206,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     versions.push(("nginx", version_of(Path::new("nginx"), &["-v"])));
     versions.push(("iperf3", version_of(Path::new("iperf3"), &["--version"])));
-    versions.push(("wrk", version_of(Path::new("wrk"), &["--version"])));
+    if args.runs(Group::Http) {
+        versions.push(("wrk", version_of(Path::new("wrk"), &["--version"])));
+    }
+    if args.runs(Group::Git) {
+        versions.push(("git", version_of(Path::new("git"), &["--version"])));
+        let lighttpd = which("lighttpd").unwrap_or_else(|| "/usr/sbin/lighttpd".into());
+        versions.push(("lighttpd", version_of(&lighttpd, &["-v"])));
+    }
 
     eprintln!(
-        "starting upstreams (nginx, iperf3 -s, echo) in {}",
+        "starting upstreams (nginx, iperf3 -s, echo{}) in {}",
+        if args.runs(Group::Git) {
+            ", a generated git repository behind lighttpd"
+        } else {
+            ""
+        },
         dir.path().display()
     );
-    let upstreams = Upstreams::start(dir.path()).await?;
+    let upstreams = Upstreams::start(dir.path(), args.runs(Group::Git)).await?;
+    let git_repo = upstreams.git.as_ref().map(|g| g.repo.clone());
+    if let Some(r) = &git_repo {
+        eprintln!(
+            "git repository: {} commits, {} objects, one {:.1} MiB pack, generated in {:.1} s",
+            git::COMMITS,
+            r.objects,
+            r.pack_bytes as f64 / (1024.0 * 1024.0),
+            r.generated_in.as_secs_f64()
+        );
+    }
     let started = Instant::now();
     let mut results = Results::default();
     for round in 0..args.rounds {
@@ -192,7 +258,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
             };
             match path {
-                Ok(mut path) => measure(&mut path, &args, &mut results).await,
+                Ok(mut path) => {
+                    measure(&mut path, &args, git_repo.as_ref(), &rdir, &mut results).await
+                }
                 Err(e) => results.error(kind, format!("round {}: did not start: {e:#}", round + 1)),
             }
             // The path (and its processes) is dropped, so stopped, here.
@@ -214,15 +282,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for (k, v) in versions {
         report.push_str(&format!("- {k}: {v}\n"));
     }
+    let mut setup = vec![format!("{} round(s)", args.rounds)];
+    if args.runs(Group::Bulk) || args.runs(Group::Http) {
+        setup.push(format!("{} s per iperf3/wrk run", args.secs));
+    }
+    if args.runs(Group::Conns) {
+        setup.push(format!(
+            "{} s per connection-rate run (at most {} connections)",
+            args.conn_secs, args.max_conns
+        ));
+    }
+    if args.runs(Group::Http) {
+        setup.push(format!(
+            "{SMALL_FILE_BYTES}-byte static file from nginx ({SMALL_FILE_PATH})"
+        ));
+    }
+    if let Some(r) = &git_repo {
+        setup.push(format!(
+            "git clone of a bare repository of {} commits each adding a {} MiB random file \
+({} objects, one {:.1} MiB pack, generated in {:.1} s) from lighttpd + git http-backend, \
+through Gangway as a `kind = \"http\"` service",
+            git::COMMITS,
+            git::FILE_BYTES / (1024 * 1024),
+            r.objects,
+            r.pack_bytes as f64 / (1024.0 * 1024.0),
+            r.generated_in.as_secs_f64()
+        ));
+    }
     report.push_str(&format!(
-        "\n## Figures\n\n{} round(s), {} s per iperf3/wrk run, {} s per connection-rate run (at most {} connections), \
-{}-byte static file from nginx ({SMALL_FILE_PATH}); whole run took {:.0} s. \
-Ratios divide the medians: above 1 is more for throughput and rates, and worse for latency and memory.\n\n",
-        args.rounds,
-        args.secs,
-        args.conn_secs,
-        args.max_conns,
-        SMALL_FILE_BYTES,
+        "\n## Figures\n\n{}; whole run took {:.0} s. \
+Ratios divide the medians: above 1 is more for throughput and rates, and worse for latency, \
+clone time and memory.\n\n",
+        setup.join(", "),
         started.elapsed().as_secs_f64()
     ));
     report.push_str(&results.table(&paths_run, labels));
@@ -249,23 +340,65 @@ Ratios divide the medians: above 1 is more for throughput and rates, and worse f
     Ok(())
 }
 
-/// Runs every workload against one path, recording figures and errors.
-async fn measure(path: &mut RunningPath, args: &Args, results: &mut Results) {
-    let kind = path.kind;
-    let a = path.addrs;
-    // Let start-up settle before reading idle memory.
+/// Runs the selected workloads against one path, recording figures and
+/// errors. `scratch` is this round's directory (git clones go there).
+async fn measure(
+    path: &mut RunningPath,
+    args: &Args,
+    git_repo: Option<&GitRepo>,
+    scratch: &Path,
+    results: &mut Results,
+) {
+    // Let start-up settle before reading idle memory or measuring.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    record_rss(path, results, Figure::RssIdleClient, Figure::RssIdleServer);
+    if args.runs(Group::Rss) {
+        measure_rss_idle_and_held(path, args, results).await;
+    }
+    if args.runs(Group::Bulk) {
+        measure_bulk(path, args, results).await;
+    }
+    if args.runs(Group::Http) {
+        measure_http(path, args, results).await;
+    }
+    if args.runs(Group::Conns) {
+        measure_conns(path, args, results).await;
+    }
+    if let Some(repo) = git_repo {
+        measure_git(path, repo, scratch, results).await;
+    }
+    if args.runs(Group::Rss) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        record_rss(
+            path,
+            results,
+            Figure::RssAfterClient,
+            Figure::RssAfterServer,
+        );
+    }
+    if let Err(e) = path.check_alive() {
+        results.error(path.kind, format!("{e:#}"));
+    }
+}
 
-    match load::hold(a.echo, args.held).await {
+async fn measure_rss_idle_and_held(path: &RunningPath, args: &Args, results: &mut Results) {
+    record_rss(path, results, Figure::RssIdleClient, Figure::RssIdleServer);
+    match load::hold(path.addrs.echo, args.held).await {
         Ok(held) => {
             tokio::time::sleep(Duration::from_millis(300)).await;
             record_rss(path, results, Figure::RssHeldClient, Figure::RssHeldServer);
             drop(held);
         }
-        Err(e) => results.error(kind, format!("holding {} connections: {e:#}", args.held)),
+        Err(e) => results.error(
+            path.kind,
+            format!("holding {} connections: {e:#}", args.held),
+        ),
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+async fn measure_bulk(path: &RunningPath, args: &Args, results: &mut Results) {
+    let kind = path.kind;
+    let a = path.addrs;
 
     for (figure, cpu, reverse) in [
         (Figure::Upload, Figure::CpuUpload, false),
@@ -291,7 +424,11 @@ async fn measure(path: &mut RunningPath, args: &Args, results: &mut Results) {
             Err(e) => results.error(kind, format!("{figure:?}: {e:#}")),
         }
     }
+}
 
+async fn measure_http(path: &RunningPath, args: &Args, results: &mut Results) {
+    let kind = path.kind;
+    let a = path.addrs;
     let mut runs = vec![
         (
             a.web,
@@ -367,7 +504,11 @@ async fn measure(path: &mut RunningPath, args: &Args, results: &mut Results) {
             Err(e) => results.error(kind, format!("wrk -c{conns}{what}: {e:#}")),
         }
     }
+}
 
+async fn measure_conns(path: &RunningPath, args: &Args, results: &mut Results) {
+    let kind = path.kind;
+    let a = path.addrs;
     let limit = Duration::from_secs(args.conn_secs);
     for (workers, figure, cpu) in [
         (1, Figure::ConnSeq, Figure::CpuConnSeq),
@@ -400,16 +541,33 @@ async fn measure(path: &mut RunningPath, args: &Args, results: &mut Results) {
             Err(e) => results.error(kind, format!("new conns x{workers}: {e:#}")),
         }
     }
+}
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    record_rss(
-        path,
-        results,
-        Figure::RssAfterClient,
-        Figure::RssAfterServer,
-    );
-    if let Err(e) = path.check_alive() {
-        results.error(kind, format!("{e:#}"));
+/// One `git clone --bare` through the path: wall time and tunnel CPU.
+async fn measure_git(path: &RunningPath, repo: &GitRepo, scratch: &Path, results: &mut Results) {
+    let kind = path.kind;
+    let Some(addr) = path.addrs.git else {
+        results.error(kind, "git clone: no git service on this path".into());
+        return;
+    };
+    let cpu0 = tunnel_cpu(path, results);
+    match git::clone(repo, addr, scratch).await {
+        Ok(took) => {
+            let secs = took.as_secs_f64();
+            let cpu = cpu_used(path, results, cpu0);
+            eprintln!(
+                "  {:<9} git clone: {secs:.2} s ({:.0} MiB/s){}",
+                kind.label(),
+                repo.pack_bytes as f64 / (1024.0 * 1024.0) / secs,
+                cpu.map(|c| format!(", tunnel CPU {c:.2} s"))
+                    .unwrap_or_default()
+            );
+            results.add(Figure::GitClone, kind, secs);
+            if let Some(c) = cpu {
+                results.add(Figure::CpuGitClone, kind, c);
+            }
+        }
+        Err(e) => results.error(kind, format!("git clone: {e:#}")),
     }
 }
 

@@ -86,14 +86,15 @@ pub struct GangwayBins {
 
 /// Starts `gangway-relay` (TLS from the self-signed cert, keys from
 /// `identity.jwks_file`, audit lines to a file) and `gangway up` with one
-/// `--listen` per service, each on port 0.
+/// `--listen` per service, each on port 0. The git server, if any, is a
+/// `kind = "http"` service, as Bitbucket is carried.
 pub async fn start_gangway(
     bins: &GangwayBins,
     creds: &Credentials,
     upstream: Endpoints,
     dir: &Path,
 ) -> anyhow::Result<RunningPath> {
-    let config = format!(
+    let mut config = format!(
         r#"listen = "127.0.0.1:0"
 
 [tls]
@@ -142,6 +143,17 @@ backends = ["{echo}"]
         iperf = upstream.iperf,
         echo = upstream.echo,
     );
+    if let Some(git) = upstream.git {
+        config.push_str(&format!(
+            r#"
+[[service]]
+name = "git"
+kind = "http"
+local_port = 7990
+backends = ["{git}"]
+"#
+        ));
+    }
     let config_path = dir.join("relay.toml");
     std::fs::write(&config_path, config)?;
 
@@ -172,6 +184,9 @@ backends = ["{echo}"]
         .args(["--listen", "iperf=127.0.0.1:0"])
         .args(["--listen", "echo=127.0.0.1:0"])
         .env("RUST_LOG", "info");
+    if upstream.git.is_some() {
+        cmd.args(["--listen", "git=127.0.0.1:0"]);
+    }
     let mut agent = Proc::spawn("gangway-agent", cmd, dir)?;
     let addrs = agent
         .wait_for(START_LIMIT, |out, err| {
@@ -191,6 +206,10 @@ backends = ["{echo}"]
                 web_http: Some(find("web-http")?),
                 iperf: find("iperf")?,
                 echo: find("echo")?,
+                git: match upstream.git {
+                    Some(_) => Some(find("git")?),
+                    None => None,
+                },
             })
         })
         .await
@@ -204,7 +223,8 @@ backends = ["{echo}"]
 }
 
 /// Starts `wstunnel server wss://127.0.0.1:P` with the self-signed cert, and
-/// `wstunnel client` with one `-L tcp://...` per service. wstunnel cannot
+/// `wstunnel client` with one `-L tcp://...` per service (git too: smart
+/// HTTP carried as plain TCP). wstunnel cannot
 /// report a port-0 bind, so ports are picked free just before.
 pub async fn start_wstunnel(
     wstunnel: &Path,
@@ -225,13 +245,14 @@ pub async fn start_wstunnel(
     let mut server = Proc::spawn("wstunnel-server", cmd, dir)?;
     server.wait_listening(server_port, START_LIMIT).await?;
 
-    let ports = free_ports(3)?;
+    let targets: Vec<SocketAddr> = [upstream.web, upstream.iperf, upstream.echo]
+        .into_iter()
+        .chain(upstream.git)
+        .collect();
+    let ports = free_ports(targets.len())?;
     let mut cmd = Command::new(wstunnel);
     cmd.env("RUST_LOG", "INFO").arg("--no-color").arg("client");
-    for (port, to) in ports
-        .iter()
-        .zip([upstream.web, upstream.iperf, upstream.echo])
-    {
+    for (port, to) in ports.iter().zip(targets) {
         cmd.arg("-L").arg(format!("tcp://127.0.0.1:{port}:{to}"));
     }
     cmd.arg(format!("wss://127.0.0.1:{server_port}"));
@@ -246,6 +267,7 @@ pub async fn start_wstunnel(
             web_http: None,
             iperf: localhost(ports[1]),
             echo: localhost(ports[2]),
+            git: ports.get(3).copied().map(localhost),
         },
         client: Some(client),
         server: Some(server),

@@ -24,6 +24,7 @@ pub enum Figure {
     ProxyP99x32,
     ConnSeq,
     ConnPar,
+    GitClone,
     CpuUpload,
     CpuDownload,
     CpuReq1,
@@ -32,6 +33,7 @@ pub enum Figure {
     CpuProxyReq32,
     CpuConnSeq,
     CpuConnPar,
+    CpuGitClone,
     RssIdleClient,
     RssIdleServer,
     RssHeldClient,
@@ -41,7 +43,7 @@ pub enum Figure {
 }
 
 impl Figure {
-    pub const ALL: [Figure; 30] = [
+    pub const ALL: [Figure; 32] = [
         Figure::Upload,
         Figure::Download,
         Figure::Rps1,
@@ -58,6 +60,7 @@ impl Figure {
         Figure::ProxyP99x32,
         Figure::ConnSeq,
         Figure::ConnPar,
+        Figure::GitClone,
         Figure::CpuUpload,
         Figure::CpuDownload,
         Figure::CpuReq1,
@@ -66,6 +69,7 @@ impl Figure {
         Figure::CpuProxyReq32,
         Figure::CpuConnSeq,
         Figure::CpuConnPar,
+        Figure::CpuGitClone,
         Figure::RssIdleClient,
         Figure::RssIdleServer,
         Figure::RssHeldClient,
@@ -95,12 +99,14 @@ impl Figure {
             Figure::P99x32 => "HTTP p99 latency, 32 conns (ms)".into(),
             Figure::ConnSeq => "new TCP conns/s, 1 at a time".into(),
             Figure::ConnPar => format!("new TCP conns/s, {} in parallel", l.par),
+            Figure::GitClone => "git clone --bare over smart HTTP (s)".into(),
             Figure::CpuUpload => "tunnel CPU per GB uploaded (s)".into(),
             Figure::CpuDownload => "tunnel CPU per GB downloaded (s)".into(),
             Figure::CpuReq1 => "tunnel CPU per HTTP request, 1 conn (µs)".into(),
             Figure::CpuReq32 => "tunnel CPU per HTTP request, 32 conns (µs)".into(),
             Figure::CpuConnSeq => "tunnel CPU per new conn, 1 at a time (µs)".into(),
             Figure::CpuConnPar => format!("tunnel CPU per new conn, {} in parallel (µs)", l.par),
+            Figure::CpuGitClone => "tunnel CPU per git clone (s)".into(),
             Figure::RssIdleClient => "RSS idle, client side: agent / wstunnel client (MiB)".into(),
             Figure::RssIdleServer => "RSS idle, server side: relay / wstunnel server (MiB)".into(),
             Figure::RssHeldClient => format!("RSS {} open conns, client side (MiB)", l.held),
@@ -118,7 +124,12 @@ impl Figure {
             | Figure::ProxyRps32
             | Figure::ConnSeq
             | Figure::ConnPar => 0,
-            Figure::Upload | Figure::Download | Figure::CpuUpload | Figure::CpuDownload => 2,
+            Figure::Upload
+            | Figure::Download
+            | Figure::CpuUpload
+            | Figure::CpuDownload
+            | Figure::GitClone
+            | Figure::CpuGitClone => 2,
             Figure::CpuReq1
             | Figure::CpuReq32
             | Figure::CpuProxyReq1
@@ -158,6 +169,7 @@ impl Figure {
                     | Figure::CpuReq32
                     | Figure::CpuConnSeq
                     | Figure::CpuConnPar
+                    | Figure::CpuGitClone
                     | Figure::RssIdleClient
                     | Figure::RssIdleServer
                     | Figure::RssHeldClient

@@ -1,5 +1,7 @@
 //! The servers every path ends at: nginx serving a small static file, an
-//! iperf3 server, and an in-process echo server.
+//! iperf3 server, an in-process echo server and, when the git figures are
+//! measured, lighttpd serving a generated repository over smart HTTP
+//! ([`crate::git`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,6 +12,7 @@ use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::git::GitServer;
 use crate::procs::{free_port, localhost, Proc};
 
 /// Size of the static file wrk fetches.
@@ -17,7 +20,7 @@ pub const SMALL_FILE_BYTES: usize = 1024;
 /// Path of that file on nginx.
 pub const SMALL_FILE_PATH: &str = "/small.html";
 
-/// Where each workload connects: the same three services on every path.
+/// Where each workload connects: the same services on every path.
 #[derive(Debug, Clone, Copy)]
 pub struct Endpoints {
     /// HTTP (nginx, or a tunnel to it), carried as plain TCP.
@@ -30,11 +33,18 @@ pub struct Endpoints {
     pub iperf: SocketAddr,
     /// Echo server, or a tunnel to it.
     pub echo: SocketAddr,
+    /// lighttpd + `git http-backend`, or a tunnel to it (through Gangway a
+    /// `kind = "http"` service, as Bitbucket is carried). None when the git
+    /// figures are not measured.
+    pub git: Option<SocketAddr>,
 }
 
 /// The upstream servers; stopped on drop.
 pub struct Upstreams {
     pub addrs: Endpoints,
+    /// The generated repository and its server, if the git figures are
+    /// measured.
+    pub git: Option<GitServer>,
     _nginx: Proc,
     _iperf: Proc,
     echo: tokio::task::JoinHandle<()>,
@@ -47,9 +57,10 @@ impl Drop for Upstreams {
 }
 
 impl Upstreams {
-    /// Starts nginx and iperf3 (from PATH) and the echo server, with their
-    /// files and logs under `dir`.
-    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+    /// Starts nginx and iperf3 (from PATH) and the echo server, and with
+    /// `with_git` generates the git repository and starts lighttpd; their
+    /// files and logs are under `dir`.
+    pub async fn start(dir: &Path, with_git: bool) -> anyhow::Result<Self> {
         let echo_listener = tokio::net::TcpListener::bind(localhost(0)).await?;
         let echo_addr = echo_listener.local_addr()?;
         let echo = tokio::spawn(echo_server(echo_listener));
@@ -68,13 +79,21 @@ impl Upstreams {
             .wait_listening(iperf_port, Duration::from_secs(10))
             .await?;
 
+        let git = if with_git {
+            Some(GitServer::start(dir).await?)
+        } else {
+            None
+        };
+
         Ok(Self {
             addrs: Endpoints {
                 web: localhost(nginx_port),
                 web_http: None,
                 iperf: localhost(iperf_port),
                 echo: echo_addr,
+                git: git.as_ref().map(|g| g.addr),
             },
+            git,
             _nginx: nginx,
             _iperf: iperf,
             echo,

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gangway_transport::socket;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -185,8 +186,11 @@ pub async fn run(
             };
             let http = hyper::server::conn::http1::Builder::new();
             let result = match acceptor {
-                Some(acceptor) => match acceptor.accept(tcp).await {
-                    Ok(tls) => {
+                Some(acceptor) => match acceptor.accept(socket::buffered(tcp)).await {
+                    Ok(mut tls) => {
+                        tls.get_mut()
+                            .1
+                            .set_buffer_limit(Some(socket::TLS_BUFFER_LIMIT));
                         http.serve_connection(TokioIo::new(tls), svc)
                             .with_upgrades()
                             .await

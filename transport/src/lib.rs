@@ -15,6 +15,7 @@ pub mod duplex;
 pub mod framed;
 pub mod mux;
 pub mod rewind;
+pub mod socket;
 pub mod ws;
 
 pub use mux::{MuxError, Opener, Stream};
