@@ -7,7 +7,10 @@
 //! receiver. Dropping every [`Opener`] and the receiver closes the session.
 
 use std::future::poll_fn;
-use std::task::Poll;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use futures::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
@@ -25,6 +28,8 @@ pub enum MuxError {
     Closed,
     #[error("tunnel session failed: {0}")]
     Connection(#[from] yamux::ConnectionError),
+    #[error("tunnel session failed: {0}")]
+    Io(io::Error),
 }
 
 type OpenReply = oneshot::Sender<Result<yamux::Stream, yamux::ConnectionError>>;
@@ -75,7 +80,9 @@ where
 {
     let (open_tx, mut open_rx) = mpsc::channel::<OpenReply>(64);
     let (in_tx, in_rx) = mpsc::unbounded_channel();
-    let mut conn = yamux::Connection::new(io, config(), mode);
+    let corked = Corked::new(io);
+    let socket = corked.clone();
+    let mut conn = yamux::Connection::new(corked, config(), mode);
     let driver = async move {
         let mut pending: Option<OpenReply> = None;
         let mut openers_gone = false;
@@ -112,7 +119,14 @@ where
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(MuxError::from(e))),
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        // Nothing more to do for now: send what this round
+                        // wrote, in one flush.
+                        return match socket.poll_flush_written(cx) {
+                            Poll::Ready(Err(e)) => Poll::Ready(Err(MuxError::Io(e))),
+                            _ => Poll::Pending,
+                        };
+                    }
                 }
             }
         })
@@ -120,6 +134,92 @@ where
         result
     };
     (Opener { tx: open_tx }, in_rx, driver)
+}
+
+/// The session's transport, as yamux sees it: flushes are deferred.
+///
+/// yamux flushes its transport after every frame it writes; over TLS that is
+/// one record and one `writev` per frame. Here a flush from yamux only notes
+/// that bytes are waiting, and the driver flushes once when yamux has nothing
+/// left to do in this round — so frames that several streams queued at the
+/// same moment leave in one write. Shared between yamux and the driver (one
+/// task; the lock is never contended).
+struct Corked<T> {
+    inner: Arc<Mutex<CorkedInner<T>>>,
+}
+
+struct CorkedInner<T> {
+    io: T,
+    /// Bytes written since the last real flush.
+    written: bool,
+}
+
+impl<T> Clone for Corked<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Corked<T> {
+    fn new(io: T) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(CorkedInner { io, written: false })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CorkedInner<T>> {
+        // A panic while holding the lock ends the session's task anyway.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The real flush, if anything was written since the last one.
+    fn poll_flush_written(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut inner = self.lock();
+        if !inner.written {
+            return Poll::Ready(Ok(()));
+        }
+        let r = Pin::new(&mut inner.io).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = r {
+            inner.written = false;
+        }
+        r
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Corked<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.lock().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Corked<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut inner = self.lock();
+        let r = Pin::new(&mut inner.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(_)) = r {
+            inner.written = true;
+        }
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Deferred to the driver (`poll_flush_written`).
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.lock().io).poll_close(cx)
+    }
 }
 
 #[cfg(test)]
@@ -175,5 +275,71 @@ mod tests {
         // The driver notices EOF and stops; opening then fails instead of hanging.
         let _ = driver.await;
         assert!(client.open().await.is_err());
+    }
+
+    /// Counts the flushes that reach the transport.
+    struct CountFlushes<T> {
+        io: T,
+        flushes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl<T: AsyncRead + Unpin> AsyncRead for CountFlushes<T> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl<T: AsyncWrite + Unpin> AsyncWrite for CountFlushes<T> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+        fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_close(cx)
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn frames_queued_together_leave_in_one_flush() {
+        let (a, b) = tokio::io::duplex(1024 * 1024);
+        let flushes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = CountFlushes {
+            io: a.compat(),
+            flushes: flushes.clone(),
+        };
+        let (client, _client_in, client_driver) = start(counted, Mode::Client);
+        let (_server, mut server_in, server_driver) = start(b.compat(), Mode::Server);
+        tokio::spawn(client_driver);
+        tokio::spawn(server_driver);
+
+        // 20 streams, opened and written in the same round.
+        let mut streams = Vec::new();
+        for _ in 0..20 {
+            streams.push(client.open().await.unwrap());
+        }
+        let writes = streams.iter_mut().map(|s| s.write_all(b"x"));
+        futures::future::join_all(writes).await;
+        for _ in 0..20 {
+            let mut s = server_in.recv().await.unwrap();
+            let mut one = [0u8; 1];
+            s.read_exact(&mut one).await.unwrap();
+            assert_eq!(&one, b"x");
+        }
+        // Twenty frames (each opening a stream and carrying a byte); one
+        // flush per frame would be 20.
+        let n = flushes.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(n <= 3, "{n} flushes for 20 frames queued together");
     }
 }

@@ -165,7 +165,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Runtime::new() {
+    // One thread runs the agent: it serves one person, and a single thread
+    // moves several Gbit/s through TLS, with fewer wake-ups between threads
+    // and less memory than a thread pool (BENCHMARKS.md). Blocking work
+    // (keychain, browser) still goes to tokio's blocking threads.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gangway: cannot start: {e}");
