@@ -2,5 +2,6 @@
 #![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
 
 fn main() {
+    let _ = gangway_transport::heap::tune();
     gangway_desktop::run()
 }

@@ -24,6 +24,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    let _ = gangway_transport::heap::tune();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -8,11 +8,13 @@
 //!
 //! Nothing here knows about tokens, services or policy; that lives in the
 //! agent and relay crates. Protocol bytes come from `gangway-wire`.
-#![forbid(unsafe_code)]
+// One call needs `unsafe`: `heap::tune` (mallopt); nothing else may.
+#![deny(unsafe_code)]
 
 pub mod control;
 pub mod duplex;
 pub mod framed;
+pub mod heap;
 pub mod mux;
 pub mod rewind;
 pub mod socket;

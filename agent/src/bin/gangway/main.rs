@@ -157,6 +157,7 @@ struct UpArgs {
 }
 
 fn main() -> ExitCode {
+    let _ = gangway_transport::heap::tune();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
