@@ -1,7 +1,8 @@
 //! The `git clone` workload: a bare repository of random (incompressible)
 //! blobs generated once per run with `git fast-import`, served over smart
-//! HTTP by lighttpd running `git http-backend` as CGI, and a timed
-//! `git clone --bare` of it.
+//! HTTP by lighttpd running `git http-backend` as CGI (the launcher the
+//! end-to-end tests use, [`gangway_tests::peers::git::GitHttpServer`]), and
+//! a timed `git clone --bare` of it.
 //!
 //! Every git command runs with a clean environment (`HOME` in the run's
 //! directory, `GIT_CONFIG_NOSYSTEM=1`, no proxy variables), so the user's
@@ -9,24 +10,23 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use gangway_tests::peers::git::{http_repo_url, GitHttpServer};
 use tokio::io::AsyncWriteExt;
 
 use crate::machine::which;
-use crate::procs::{free_port, localhost, run_tool, tail, Proc};
+use crate::procs::{run_tool, tail};
 
 /// Commits in the generated repository; each adds one random file.
 pub const COMMITS: usize = 40;
 /// Size of each commit's file: 40 × 5 MiB = 200 MiB of incompressible data.
 pub const FILE_BYTES: usize = 5 * 1024 * 1024;
-/// The repository's name under [`URL_PREFIX`].
-const REPO: &str = "bench.git";
-/// lighttpd hands every URL under this prefix to `git http-backend`
-/// (Bitbucket-like paths).
-const URL_PREFIX: &str = "/scm/";
+/// The repository's name: `<name>.git` on disk, `/scm/<name>.git` on
+/// lighttpd (Bitbucket-like paths).
+const REPO_NAME: &str = "bench";
 /// How long one git command (generation, repack, clone) may run.
 const GIT_LIMIT: Duration = Duration::from_secs(600);
 
@@ -67,50 +67,35 @@ fn git_command(home: &Path) -> tokio::process::Command {
 }
 
 /// The repository served by lighttpd + `git http-backend`; lighttpd is
-/// stopped on drop (the repository stays with the run's directory).
+/// stopped on drop (the repository stays with the run's directory), so the
+/// owner keeps this for the whole run.
 pub struct GitServer {
     pub addr: SocketAddr,
     pub repo: GitRepo,
-    _lighttpd: Proc,
+    _lighttpd: GitHttpServer,
 }
 
 impl GitServer {
-    /// Generates the repository under `dir/git` and starts lighttpd
-    /// serving it, its logs in `dir`.
+    /// Generates the repository under `dir/git` (generation logs in `dir`)
+    /// and starts lighttpd serving it.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
         if which("git").is_none() {
             bail!("git not found on PATH; install it: apt-get install -y git");
         }
-        let lighttpd = which("lighttpd")
-            .or_else(|| Some(PathBuf::from("/usr/sbin/lighttpd")).filter(|p| p.is_file()))
-            .context("lighttpd not found on PATH; install it: apt-get install -y lighttpd")?;
-        let backend = http_backend_path().await?;
-
         let root = dir.join("git");
         let home = root.join("home");
         let repos = root.join("repos");
-        for d in [&home, &repos, &root.join("htdocs"), &root.join("uploads")] {
+        for d in [&home, &repos] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
-        let repo = generate(&repos.join(REPO), &home, dir).await?;
+        let repo = generate(&repos.join(format!("{REPO_NAME}.git")), &home, dir).await?;
 
-        let port = free_port()?;
-        let conf = root.join("lighttpd.conf");
-        std::fs::write(&conf, lighttpd_conf(port, &root, &backend, &repos)?)?;
-        let mut cmd = Command::new(lighttpd);
-        cmd.arg("-D").arg("-f").arg(&conf);
-        let mut lighttpd = Proc::spawn("lighttpd", cmd, dir)?;
-        lighttpd
-            .wait_listening(port, Duration::from_secs(10))
-            .await
-            .with_context(|| {
-                format!(
-                    "starting lighttpd + git http-backend; error log:\n{}",
-                    tail(&root.join("error.log"), 20)
-                )
-            })?;
+        // The launcher polls (blocking) until lighttpd listens.
+        let lighttpd = tokio::task::spawn_blocking(move || GitHttpServer::start(&repos))
+            .await?
+            .context("serving the git repository (needs lighttpd: apt-get install -y lighttpd)")?;
         Ok(Self {
-            addr: localhost(port),
+            addr: lighttpd.addr(),
             repo,
             _lighttpd: lighttpd,
         })
@@ -119,7 +104,7 @@ impl GitServer {
 
 /// The clone URL of the repository behind `addr` (lighttpd, or a path to it).
 pub fn repo_url(addr: SocketAddr) -> String {
-    format!("http://{addr}{URL_PREFIX}{REPO}")
+    http_repo_url(addr, REPO_NAME)
 }
 
 /// `git init --bare`, then [`COMMITS`] commits streamed into
@@ -242,7 +227,7 @@ pub async fn clone(repo: &GitRepo, addr: SocketAddr, scratch: &Path) -> anyhow::
     let dir = tempfile::Builder::new()
         .prefix("clone-")
         .tempdir_in(scratch)?;
-    let dest = dir.path().join(REPO);
+    let dest = dir.path().join(format!("{REPO_NAME}.git"));
     let mut cmd = repo.git();
     cmd.args(["clone", "--bare", "--quiet"])
         .arg(repo_url(addr))
@@ -273,69 +258,6 @@ pub async fn clone(repo: &GitRepo, addr: SocketAddr, scratch: &Path) -> anyhow::
     dir.close()
         .with_context(|| format!("deleting the clone {}", dest.display()))?;
     Ok(took)
-}
-
-/// lighttpd with one CGI alias, [`URL_PREFIX`] → `git http-backend`, and
-/// response bodies streamed to the client as the backend writes them
-/// (`stream-response-body = 2`: no buffering of the whole pack first, and a
-/// slow client slows the backend, as behind a proxy).
-fn lighttpd_conf(port: u16, dir: &Path, backend: &Path, repos: &Path) -> anyhow::Result<String> {
-    let q = |p: &Path| -> anyhow::Result<String> {
-        let s = p
-            .to_str()
-            .with_context(|| format!("path {} is not UTF-8", p.display()))?;
-        if s.contains('"') || s.contains('\\') {
-            bail!("path {s} cannot be quoted in lighttpd.conf");
-        }
-        Ok(format!("\"{s}\""))
-    };
-    Ok(format!(
-        r#"# Written by gangway-bench (git.rs).
-server.modules = ("mod_alias", "mod_cgi", "mod_setenv")
-server.bind = "127.0.0.1"
-server.port = {port}
-server.document-root = {htdocs}
-server.errorlog = {errorlog}
-server.upload-dirs = ({uploads})
-server.stream-response-body = 2
-alias.url = ("{URL_PREFIX}" => {backend})
-$HTTP["url"] =~ "^{URL_PREFIX}" {{
-    cgi.assign = ("" => "")
-    setenv.set-environment = (
-        "GIT_PROJECT_ROOT" => {repos},
-        "GIT_HTTP_EXPORT_ALL" => "1",
-        "GIT_CONFIG_NOSYSTEM" => "1",
-        "GIT_CONFIG_PARAMETERS" => "'safe.directory'='*'",
-        "HOME" => {htdocs},
-    )
-}}
-"#,
-        htdocs = q(&dir.join("htdocs"))?,
-        errorlog = q(&dir.join("error.log"))?,
-        uploads = q(&dir.join("uploads"))?,
-        // The trailing slash maps `/scm/x` to `<backend>/x`, so lighttpd
-        // runs the backend with PATH_INFO=/x.
-        backend = q(&PathBuf::from(format!("{}/", backend.display())))?,
-        repos = q(repos)?,
-    ))
-}
-
-/// `git-http-backend` of the git on PATH, else Debian's.
-async fn http_backend_path() -> anyhow::Result<PathBuf> {
-    let mut candidates = Vec::new();
-    let mut cmd = tokio::process::Command::new("git");
-    cmd.arg("--exec-path");
-    if let Ok(exec_path) = run_tool(cmd, Duration::from_secs(10)).await {
-        candidates.push(PathBuf::from(exec_path.trim()).join("git-http-backend"));
-    }
-    candidates.push(PathBuf::from("/usr/lib/git-core/git-http-backend"));
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .with_context(|| {
-            format!("git-http-backend not found (looked at {candidates:?}); install it: apt-get install -y git")
-        })
 }
 
 /// splitmix64: fast, and plenty random for data git and TLS cannot compress.

@@ -143,8 +143,11 @@ impl RepoFixture {
 
 /// lighttpd running `git http-backend` as CGI (smart HTTP) on 127.0.0.1.
 /// Repositories under the root are served at `/scm/<name>.git`
-/// (Bitbucket-like paths). Anonymous; pushes rely on `http.receivepack`.
-/// Stopped on drop.
+/// (Bitbucket-like paths, see [`http_repo_url`]). Anonymous; pushes rely
+/// on `http.receivepack`. Response bodies are streamed as the backend
+/// writes them, as a proxy would see them. Stopped on drop.
+///
+/// Also serves the repository of gangway-bench's git clone figure.
 pub struct GitHttpServer {
     child: ChildGuard,
     addr: SocketAddr,
@@ -213,7 +216,7 @@ impl GitHttpServer {
 
     /// `http://ADDR/scm/<name>.git`.
     pub fn repo_url(&self, name: &str) -> String {
-        format!("http://{}/scm/{name}.git", self.addr)
+        http_repo_url(self.addr, name)
     }
 
     /// Stops lighttpd now (also done on drop); on return the port refuses
@@ -224,7 +227,16 @@ impl GitHttpServer {
     }
 }
 
-/// The lighttpd config: one CGI alias to `git http-backend`.
+/// `http://ADDR/scm/<name>.git`: the clone URL of repository `name` of a
+/// [`GitHttpServer`] at `addr`, or of a tunnel or proxy in front of one.
+pub fn http_repo_url(addr: SocketAddr, name: &str) -> String {
+    format!("http://{addr}/scm/{name}.git")
+}
+
+/// The lighttpd config: one CGI alias to `git http-backend`, and response
+/// bodies streamed to the client as the backend writes them
+/// (`stream-response-body = 2`: no buffering of a whole pack first, and a
+/// slow client slows the backend).
 fn lighttpd_conf(port: u16, dir: &Path, backend: &Path, root: &Path) -> Result<String> {
     let q = |p: &Path| -> Result<String> {
         let s = p
@@ -243,6 +255,7 @@ server.port = {port}
 server.document-root = {htdocs}
 server.errorlog = {errorlog}
 server.upload-dirs = ({uploads})
+server.stream-response-body = 2
 alias.url = ("/scm/" => {backend})
 $HTTP["url"] =~ "^/scm/" {{
     cgi.assign = ("" => "")
