@@ -18,8 +18,19 @@ function el(tag, cls, text) {
 function bytes(n) {
   const units = ['B', 'kB', 'MB', 'GB', 'TB'];
   let v = n, i = 0;
-  while (v >= 1000 && i < units.length - 1) { v /= 1000; i++; }
-  return i === 0 ? `${n} B` : `${v.toFixed(v >= 100 ? 0 : 1)} ${units[i]}`;
+  // 999 999 B is "1.0 MB", not "1000 kB".
+  while (v >= 999.5 && i < units.length - 1) { v /= 1000; i++; }
+  return i === 0 ? `${n} B` : `${v.toFixed(v >= 99.95 ? 0 : 1)} ${units[i]}`;
+}
+
+// A line of pieces that each stay whole; the line wraps between them.
+function pieces(cls, parts) {
+  const line = el('div', cls);
+  parts.forEach((p, i) => {
+    if (i) line.appendChild(document.createTextNode(' '));
+    line.appendChild(el('span', 'nw', p));
+  });
+  return line;
 }
 
 function clock(unix) {
@@ -107,26 +118,26 @@ function render(s) {
   body.textContent = '';
   for (const t of s.services) {
     const tr = el('tr');
-    const name = el('td');
+    const name = el('td', 't-svc');
     name.appendChild(el('div', 'svc-name', t.display_name));
     name.appendChild(el('div', 'svc-kind', `${t.name} · ${t.kind}`));
     tr.appendChild(name);
-    const addr = el('td', t.local_addr ? 'mono' : null, t.local_addr || '');
+    const addr = el('td', t.local_addr ? 't-addr mono' : 't-addr', t.local_addr || '');
     if (t.error) addr.appendChild(el('div', 'err', t.error));
     tr.appendChild(addr);
-    const st = el('td');
+    const st = el('td', 't-state');
     const chipClass = t.state === 'listening' ? 'listening' : t.state === 'waiting' ? 'waiting' : 'failed';
     st.appendChild(el('span', 'chip ' + chipClass, t.state));
     tr.appendChild(st);
-    const act = el('td', 'num');
+    const act = el('td', 't-act num');
     if (t.local_addr) {
-      act.appendChild(el('div', null, `${t.active_streams} open · ${t.total_streams} total`));
-      act.appendChild(el('div', 'svc-kind', `↑ ${bytes(t.bytes_up)}  ↓ ${bytes(t.bytes_down)}`));
+      act.appendChild(pieces(null, [`${t.active_streams} open ·`, `${t.total_streams} total`]));
+      act.appendChild(pieces('svc-kind', [`↑ ${bytes(t.bytes_up)}`, `↓ ${bytes(t.bytes_down)}`]));
     } else {
       act.textContent = '—';
     }
     tr.appendChild(act);
-    tr.appendChild(el('td', 'num', t.open_rtt_ms == null ? '—' : `${t.open_rtt_ms.toFixed(1)} ms`));
+    tr.appendChild(el('td', 't-rtt num nw', t.open_rtt_ms == null ? '—' : `${t.open_rtt_ms.toFixed(1)} ms`));
     body.appendChild(tr);
   }
   $('no-tunnels').hidden = s.services.length > 0;
