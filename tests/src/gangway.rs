@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
-use crate::peers::process::ChildGuard;
+use crate::peers::process::{startup_timeout, ChildGuard};
 
 /// Path of a binary built from this workspace, next to the test executable's
 /// `deps/` directory (`cargo build --workspace` or the test command builds it).
@@ -169,7 +169,7 @@ impl Lines {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "timed out waiting for {what}; output:\n{}",
+                    "timed out after {timeout:?} waiting for {what}; output:\n{}",
                     self.snapshot().join("\n")
                 );
             }
@@ -204,7 +204,7 @@ impl RelayProcess {
         );
         let line = stderr.wait_for(
             "relay to listen",
-            Duration::from_secs(20),
+            startup_timeout(Duration::from_secs(20)),
             &mut child,
             |l| l.contains("listening on https://"),
         )?;
@@ -285,7 +285,7 @@ impl AgentProcess {
         for s in services {
             let line = stdout.wait_for(
                 &format!("agent to listen for {s}"),
-                Duration::from_secs(30),
+                startup_timeout(Duration::from_secs(30)),
                 &mut child,
                 |l| {
                     let mut w = l.split_whitespace();

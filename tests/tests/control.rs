@@ -14,7 +14,7 @@ use gangway_agent::control::{Bound, ControlServer, Failure, Handled, Handler, Pr
 use gangway_agent::status::Phase;
 use gangway_tests::gangway::bin_path;
 use gangway_tests::peers::browser::Browser;
-use gangway_tests::peers::process::{free_port, require_program};
+use gangway_tests::peers::process::{free_port, require_program, startup_timeout};
 use support::{addr_of, assert_success, Proc, World};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -215,9 +215,11 @@ async fn environment_switch_under_load() -> Result<()> {
     drop(browser);
 
     let mut up = Proc::spawn("gangway up", w.gangway(&["up", "--env", "prod"])?)?;
-    up.wait_line("echo listener", Duration::from_secs(30), |l| {
-        l.trim_start().starts_with("listening  echo")
-    })
+    up.wait_line(
+        "echo listener",
+        startup_timeout(Duration::from_secs(30)),
+        |l| l.trim_start().starts_with("listening  echo"),
+    )
     .await?;
     let s = w
         .wait_status("prod connected", Duration::from_secs(20), |s| {

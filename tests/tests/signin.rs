@@ -12,8 +12,6 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -25,150 +23,18 @@ use gangway_tests::peers::browser::Browser;
 use gangway_tests::peers::git::{self, GitDaemon, GitHttpServer, RepoFixture};
 use gangway_tests::peers::keychain::SecretService;
 use gangway_tests::peers::oidc::{OidcProvider, DEFAULT_AUDIENCE};
+use gangway_tests::peers::process::startup_timeout;
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 
-const DEV: &[&str] = &["developers"];
+mod support;
+use support::{assert_failure, assert_success, Finished, Proc, DEV};
 
 fn loopback0() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
 // ---------------------------------------------------------------- helpers
-
-/// A running `gangway` command whose output lines are collected.
-struct Proc {
-    name: String,
-    child: tokio::process::Child,
-    out: Arc<Mutex<Vec<String>>>,
-    err: Arc<Mutex<Vec<String>>>,
-    readers: Vec<tokio::task::JoinHandle<()>>,
-}
-
-/// A finished command.
-#[derive(Debug)]
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-impl Proc {
-    fn spawn(name: &str, mut cmd: tokio::process::Command) -> Result<Self> {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let err = Arc::new(Mutex::new(Vec::new()));
-        let mut readers = Vec::new();
-        let follow = |r: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-                      sink: Arc<Mutex<Vec<String>>>,
-                      tag: String| {
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(r).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    eprintln!("[{tag}] {line}");
-                    sink.lock().unwrap().push(line);
-                }
-            })
-        };
-        readers.push(follow(
-            Box::new(child.stdout.take().context("stdout")?),
-            out.clone(),
-            name.to_string(),
-        ));
-        readers.push(follow(
-            Box::new(child.stderr.take().context("stderr")?),
-            err.clone(),
-            format!("{name}!"),
-        ));
-        Ok(Proc {
-            name: name.to_string(),
-            child,
-            out,
-            err,
-            readers,
-        })
-    }
-
-    fn stdout(&self) -> Vec<String> {
-        self.out.lock().unwrap().clone()
-    }
-
-    fn stderr(&self) -> Vec<String> {
-        self.err.lock().unwrap().clone()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Waits for a line (stdout or stderr) that satisfies `f`.
-    async fn wait_line(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        f: impl Fn(&str) -> bool,
-    ) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let found = {
-                let out = self.out.lock().unwrap();
-                let err = self.err.lock().unwrap();
-                out.iter().chain(err.iter()).find(|l| f(l)).cloned()
-            };
-            if let Some(l) = found {
-                return Ok(l);
-            }
-            if !self.alive() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                bail!(
-                    "{} exited while waiting for {what}:\n{}\n{}",
-                    self.name,
-                    self.stdout().join("\n"),
-                    self.stderr().join("\n")
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("timed out waiting for {what} from {}", self.name);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits for the command to exit (killing it after `timeout`).
-    async fn finish(mut self, timeout: Duration) -> Result<Finished> {
-        let started = Instant::now();
-        let status = match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(s) => s?,
-            Err(_) => {
-                let _ = self.child.kill().await;
-                bail!(
-                    "{} did not finish within {timeout:?} (it hung):\n{}\n{}",
-                    self.name,
-                    self.stdout().join("\n"),
-                    self.stderr().join("\n")
-                );
-            }
-        };
-        for r in self.readers.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
-        }
-        Ok(Finished {
-            status,
-            stdout: self.stdout().join("\n"),
-            stderr: self.stderr().join("\n"),
-            took: started.elapsed(),
-        })
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
-}
 
 /// A relay with its identity provider, certificate and a keychain for the
 /// agent, plus the "system browser" mailbox.
@@ -329,10 +195,14 @@ impl Setup {
         let mut addrs = Vec::new();
         for s in services {
             let line = up
-                .wait_line(&format!("listener for {s}"), Duration::from_secs(30), |l| {
-                    let mut w = l.split_whitespace();
-                    w.next() == Some("listening") && w.next() == Some(s)
-                })
+                .wait_line(
+                    &format!("listener for {s}"),
+                    startup_timeout(Duration::from_secs(30)),
+                    |l| {
+                        let mut w = l.split_whitespace();
+                        w.next() == Some("listening") && w.next() == Some(s)
+                    },
+                )
                 .await?;
             addrs.push(
                 line.split_whitespace()
@@ -414,25 +284,6 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
         }
     }
     hits
-}
-
-fn assert_success(what: &str, f: &Finished) {
-    assert!(
-        f.status.success(),
-        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        f.status,
-        f.stdout,
-        f.stderr
-    );
-}
-
-fn assert_failure(what: &str, f: &Finished) {
-    assert!(
-        !f.status.success(),
-        "{what} should have failed:\nstdout:\n{}\nstderr:\n{}",
-        f.stdout,
-        f.stderr
-    );
 }
 
 // ------------------------------------------------------------------ tests

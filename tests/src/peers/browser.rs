@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use super::process::{require_program, ChildGuard};
+use super::process::{require_program, startup_timeout, ChildGuard};
 
 /// Chromium flags that work on these machines (see PEERS.md).
 pub const CHROMIUM_FLAGS: &[&str] = &[
@@ -33,6 +33,8 @@ pub const CHROMIUM_FLAGS: &[&str] = &[
     "--disable-dev-shm-usage",
 ];
 
+/// How long chromedriver may take to report its port on an idle machine
+/// (stretched by [`startup_timeout`]).
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What a page showed at the end of [`Browser::sign_in`].
@@ -87,14 +89,21 @@ impl Browser {
                 }
             }
         });
-        let deadline = Instant::now() + START_TIMEOUT;
+        let timeout = startup_timeout(START_TIMEOUT);
+        let deadline = Instant::now() + timeout;
         let port = loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(p) => break p,
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
                     driver.check_alive()?;
                 }
-                Err(_) => bail!("chromedriver did not report its port"),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    bail!("chromedriver did not report its port within {timeout:?}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    driver.check_alive()?;
+                    bail!("chromedriver closed its stdout without reporting its port")
+                }
             }
         };
         let http = reqwest::Client::builder()

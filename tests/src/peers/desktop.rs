@@ -25,8 +25,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::process::{require_program, ChildGuard};
+use super::process::{require_program, startup_timeout, ChildGuard};
 
+/// How long Xvfb and trayer may take to come up on an idle machine
+/// (stretched by [`startup_timeout`]).
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A virtual X display with a tray host.
@@ -61,9 +63,10 @@ impl Display {
             }
             for _ in lines {}
         });
-        let n = rx
-            .recv_timeout(START_TIMEOUT)
-            .context("Xvfb did not report its display number")?;
+        let timeout = startup_timeout(START_TIMEOUT);
+        let n = rx.recv_timeout(timeout).with_context(|| {
+            format!("Xvfb did not report its display number within {timeout:?}")
+        })?;
         let name = format!(":{}", n.trim());
         let d = Display {
             trayer: None,
@@ -116,13 +119,17 @@ impl Display {
     }
 
     fn wait_until(&self, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
+        let timeout = startup_timeout(START_TIMEOUT);
+        let deadline = Instant::now() + timeout;
         loop {
             if f().unwrap_or(false) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("timed out waiting for {what} on {}", self.name);
+                bail!(
+                    "timed out after {timeout:?} waiting for {what} on {}",
+                    self.name
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
-use super::process::{free_port, require_program, ChildGuard};
+use super::process::{free_port, require_program, startup_timeout, ChildGuard};
 
 /// Path, inside every fixture repository, of the ~1 MB pseudo-random file
 /// (incompressible, so packs are non-trivial). Its content is
@@ -188,7 +188,7 @@ impl GitHttpServer {
                 .stdout(Stdio::null())
                 .stderr(stderr);
             let mut child = ChildGuard::spawn("lighttpd", &mut cmd)?;
-            match child.wait_for_port(addr, START_TIMEOUT) {
+            match child.wait_for_port(addr, startup_timeout(START_TIMEOUT)) {
                 Ok(()) => {
                     return Ok(Self {
                         child,
@@ -344,7 +344,7 @@ impl GitDaemon {
                 .stdout(Stdio::null())
                 .stderr(stderr);
             let mut child = ChildGuard::spawn("git daemon", &mut cmd)?;
-            match child.wait_for_port(addr, START_TIMEOUT) {
+            match child.wait_for_port(addr, startup_timeout(START_TIMEOUT)) {
                 Ok(()) => {
                     return Ok(Self {
                         child,

@@ -19,11 +19,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
-use super::process::{require_program, ChildGuard};
+use super::process::{require_program, startup_timeout, ChildGuard};
 
 /// The keyring's unlock password.
 const PASSWORD: &str = "gangway-test-keyring";
 
+/// How long the bus and the keyring may take to come up on an idle machine
+/// (stretched by [`startup_timeout`]).
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A session bus with a Secret Service on it.
@@ -68,9 +70,10 @@ impl SecretService {
             // Keep the pipe open while the daemon lives.
             for _ in lines {}
         });
+        let timeout = startup_timeout(START_TIMEOUT);
         let address = rx
-            .recv_timeout(START_TIMEOUT)
-            .context("dbus-daemon did not print its address")?
+            .recv_timeout(timeout)
+            .with_context(|| format!("dbus-daemon did not print its address within {timeout:?}"))?
             .trim()
             .to_string();
         let mut me = SecretService {
@@ -95,7 +98,8 @@ impl SecretService {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let mut keyring = ChildGuard::spawn("gnome-keyring-daemon", &mut cmd)?;
-        let deadline = Instant::now() + START_TIMEOUT;
+        let timeout = startup_timeout(START_TIMEOUT);
+        let deadline = Instant::now() + timeout;
         loop {
             keyring.check_alive()?;
             let out = Command::new("dbus-send")
@@ -114,7 +118,7 @@ impl SecretService {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("the Secret Service did not appear on the session bus");
+                bail!("the Secret Service did not appear on the session bus within {timeout:?}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use tempfile::TempDir;
 
-use super::process::{free_port, require_program, ChildGuard};
+use super::process::{free_port, require_program, startup_timeout, ChildGuard};
 
 /// The public host name of the stand-in Confluence: used in the absolute
 /// redirect of `/redirect` and the `Domain` of the cookie set by `/login`.
@@ -117,7 +117,7 @@ impl ConfluenceNode {
                 .stderr(stderr);
             let mut child = ChildGuard::spawn("nginx", &mut cmd)?;
             let started = child
-                .wait_for_port(addr, START_TIMEOUT)
+                .wait_for_port(addr, startup_timeout(START_TIMEOUT))
                 .and_then(|()| check_identity(addr, node_id));
             match started {
                 Ok(()) => {

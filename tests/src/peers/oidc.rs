@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use super::process::{require_program, ChildGuard};
+use super::process::{require_program, startup_timeout, ChildGuard};
 
 /// The audience the provider uses when none is given (matches `server.js`).
 pub const DEFAULT_AUDIENCE: &str = "https://relay.gangway.test";
@@ -38,7 +38,8 @@ pub const CI_NOGROUPS: &str = "ci-nogroups";
 /// refresh tokens, device flow; redirect `http://127.0.0.1:<any>/callback`).
 pub const AGENT_CLIENT_ID: &str = "gangway";
 
-/// How long the provider may take to print its `LISTENING` line.
+/// How long the provider may take to print its `LISTENING` line on an idle
+/// machine (stretched by [`startup_timeout`]).
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long one request to the provider may take.
@@ -67,7 +68,7 @@ struct TokenResponse {
 
 impl OidcProvider {
     /// Starts `node tests/peers/oidc/server.js` with the given audience and
-    /// access-token lifetime, and waits (at most 20 s) for it to listen.
+    /// access-token lifetime, and waits (20 s, more on a busy machine) for it to listen.
     ///
     /// Blocks the calling thread while it waits (about a second).
     pub fn start(audience: &str, access_token_ttl_secs: u64) -> Result<Self> {
@@ -145,14 +146,15 @@ impl OidcProvider {
             })
             .context("spawning the oidc-provider stdout reader")?;
 
-        let deadline = Instant::now() + START_TIMEOUT;
+        let timeout = startup_timeout(START_TIMEOUT);
+        let deadline = Instant::now() + timeout;
         let issuer = loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(issuer) => break issuer,
                 Err(RecvTimeoutError::Timeout) => {
                     child.check_alive()?;
                     if Instant::now() > deadline {
-                        bail!("oidc-provider did not report LISTENING within {START_TIMEOUT:?}");
+                        bail!("oidc-provider did not report LISTENING within {timeout:?}");
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {

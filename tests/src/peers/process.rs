@@ -43,7 +43,7 @@ impl ChildGuard {
     }
 
     /// Waits until `addr` accepts TCP connections, or fails after `timeout`
-    /// or as soon as the process exits.
+    /// (callers pass a [`startup_timeout`]) or as soon as the process exits.
     pub fn wait_for_port(&mut self, addr: SocketAddr, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -69,6 +69,37 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The most [`startup_timeout`] stretches a base for load alone.
+const MAX_LOAD_FACTOR: f64 = 4.0;
+
+/// How long to wait for a peer (or a process we start) to come up: `base`,
+/// stretched when the machine is busy — by the 1-minute load average per
+/// CPU (`/proc/loadavg`, at least 1, at most 4×) — and by
+/// `GANGWAY_TEST_TIMEOUT_SCALE` (a factor ≥ 1, e.g. `3` on a slow CI runner).
+///
+/// Only for start-up waits, where slowness is the machine's and not a
+/// finding; never for assertions about how fast Gangway itself reacts.
+pub fn startup_timeout(base: Duration) -> Duration {
+    base.mul_f64(load_factor() * env_scale())
+}
+
+fn load_factor() -> f64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let load1 = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (load1 / cpus).clamp(1.0, MAX_LOAD_FACTOR)
+}
+
+fn env_scale() -> f64 {
+    std::env::var("GANGWAY_TEST_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|f| f.is_finite() && *f >= 1.0)
+        .unwrap_or(1.0)
 }
 
 /// Binds port 0 on loopback, returns the port and releases it. Only for peers
@@ -102,4 +133,17 @@ pub fn require_program(name: &str) -> Result<std::path::PathBuf> {
         }
     }
     bail!("{name} is not installed (run the README test command to install test peers)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_timeout_never_shrinks_and_is_capped() {
+        let base = Duration::from_secs(10);
+        let t = startup_timeout(base);
+        assert!(t >= base.mul_f64(env_scale()), "{t:?}");
+        assert!(t <= base.mul_f64(MAX_LOAD_FACTOR * env_scale()), "{t:?}");
+    }
 }

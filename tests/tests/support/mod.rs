@@ -1,8 +1,9 @@
-//! What the control-API and desktop tests share: a "world" of real peers
-//! (GNOME Keyring on a private bus, the OIDC provider, one `gangway-relay`
-//! per environment, an echo and an HTTP backend), the user config naming
-//! those environments, a `BROWSER` that records the URLs it is asked to
-//! open, and a runner for `gangway` commands that collects their output.
+//! What the control-API, desktop and sign-in tests share: [`Proc`], a
+//! command whose output lines are collected while it runs, and a "world" of
+//! real peers (GNOME Keyring on a private bus, the OIDC provider, one
+//! `gangway-relay` per environment, an echo and an HTTP backend), the user
+//! config naming those environments, a `BROWSER` that records the URLs it
+//! is asked to open, and a runner for `gangway` commands.
 #![allow(dead_code)]
 
 use std::ffi::OsString;
@@ -26,11 +27,15 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub const DEV: &[&str] = &["developers"];
 
-/// A running command whose output lines are collected.
+/// A running command whose stdout and stderr lines are collected (and echoed
+/// to the test's stderr as `[name] …` / `[name!] …` while it runs). Killed
+/// and reaped when dropped.
 pub struct Proc {
     pub name: String,
     pub child: tokio::process::Child,
     out: Arc<Mutex<Vec<String>>>,
+    err: Arc<Mutex<Vec<String>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// A finished command.
@@ -39,6 +44,8 @@ pub struct Finished {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
+    /// From [`Proc::finish`] being called to the exit.
+    pub took: Duration,
 }
 
 impl Proc {
@@ -49,60 +56,63 @@ impl Proc {
             .kill_on_drop(true);
         let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         let out = Arc::new(Mutex::new(Vec::new()));
-        for (r, tag) in [
-            (
-                Box::new(child.stdout.take().context("stdout")?)
-                    as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-                name.to_string(),
-            ),
-            (
-                Box::new(child.stderr.take().context("stderr")?),
-                format!("{name}!"),
-            ),
-        ] {
-            let sink = out.clone();
+        let err = Arc::new(Mutex::new(Vec::new()));
+        let follow = |r: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                      sink: Arc<Mutex<Vec<String>>>,
+                      tag: String| {
             tokio::spawn(async move {
                 let mut lines = BufReader::new(r).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     eprintln!("[{tag}] {line}");
-                    sink.lock().unwrap().push(format!("{tag}\t{line}"));
+                    sink.lock().unwrap().push(line);
                 }
-            });
-        }
+            })
+        };
+        let readers = vec![
+            follow(
+                Box::new(child.stdout.take().context("stdout")?),
+                out.clone(),
+                name.to_string(),
+            ),
+            follow(
+                Box::new(child.stderr.take().context("stderr")?),
+                err.clone(),
+                format!("{name}!"),
+            ),
+        ];
         Ok(Proc {
-            name: name.into(),
+            name: name.to_string(),
             child,
             out,
+            err,
+            readers,
         })
     }
 
-    fn lines(&self, stderr: bool) -> Vec<String> {
-        let tag = if stderr {
-            format!("{}!\t", self.name)
-        } else {
-            format!("{}\t", self.name)
-        };
-        self.out
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| l.strip_prefix(&tag).map(str::to_string))
-            .collect()
-    }
-
+    /// Stdout lines so far.
     pub fn stdout(&self) -> Vec<String> {
-        self.lines(false)
+        self.out.lock().unwrap().clone()
     }
 
+    /// Stderr lines so far.
     pub fn stderr(&self) -> Vec<String> {
-        self.lines(true)
+        self.err.lock().unwrap().clone()
+    }
+
+    /// Both, for error messages.
+    fn output(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout().join("\n"),
+            self.stderr().join("\n")
+        )
     }
 
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Waits for an output line that satisfies `f`.
+    /// Waits for a line (stdout or stderr) that satisfies `f`.
     pub async fn wait_line(
         &mut self,
         what: &str,
@@ -111,50 +121,79 @@ impl Proc {
     ) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(l) = self
-                .stdout()
-                .into_iter()
-                .chain(self.stderr())
-                .find(|l| f(l))
-            {
+            let found = {
+                let out = self.out.lock().unwrap();
+                let err = self.err.lock().unwrap();
+                out.iter().chain(err.iter()).find(|l| f(l)).cloned()
+            };
+            if let Some(l) = found {
                 return Ok(l);
             }
             if !self.alive() {
+                // Let the readers catch the last lines.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 bail!(
-                    "{} exited while waiting for {what}:\n{}\n{}",
+                    "{} exited while waiting for {what}:\n{}",
                     self.name,
-                    self.stdout().join("\n"),
-                    self.stderr().join("\n")
+                    self.output()
                 );
             }
             if Instant::now() > deadline {
-                bail!("timed out waiting for {what} from {}", self.name);
+                bail!(
+                    "timed out after {timeout:?} waiting for {what} from {}:\n{}",
+                    self.name,
+                    self.output()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// Waits for the command to exit (killing it after `timeout`).
+    /// Waits for the command to exit (killing it after `timeout`) and for
+    /// its output to be read to the end.
     pub async fn finish(mut self, timeout: Duration) -> Result<Finished> {
+        let started = Instant::now();
         let status = match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(s) => s?,
             Err(_) => {
                 let _ = self.child.kill().await;
-                bail!("{} did not finish within {timeout:?}", self.name);
+                bail!(
+                    "{} did not finish within {timeout:?} (it hung):\n{}",
+                    self.name,
+                    self.output()
+                );
             }
         };
-        // Let the readers drain.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let took = started.elapsed();
+        for r in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+        }
         Ok(Finished {
             status,
             stdout: self.stdout().join("\n"),
             stderr: self.stderr().join("\n"),
+            took,
         })
     }
 
+    /// Kills the command now and reaps it.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+    }
+}
+
+impl Drop for Proc {
+    /// Kills the command if it still runs and reaps it (briefly waiting), so
+    /// no test leaves a process or a zombie behind.
+    fn drop(&mut self) {
+        if !self.alive() {
+            return;
+        }
+        let _ = self.child.start_kill();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -163,6 +202,15 @@ pub fn assert_success(what: &str, f: &Finished) {
         f.status.success(),
         "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
         f.status,
+        f.stdout,
+        f.stderr
+    );
+}
+
+pub fn assert_failure(what: &str, f: &Finished) {
+    assert!(
+        !f.status.success(),
+        "{what} should have failed:\nstdout:\n{}\nstderr:\n{}",
         f.stdout,
         f.stderr
     );
