@@ -37,6 +37,9 @@ fn err(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> Config
 struct RawConfig {
     /// Address to listen on, e.g. "0.0.0.0:8443".
     listen: String,
+    /// Worker threads serving connections; default one per CPU.
+    #[serde(default)]
+    workers: Option<i64>,
     /// TLS certificate and key; required unless plaintext is allowed.
     #[serde(default)]
     tls: Option<RawTls>,
@@ -233,6 +236,8 @@ fn default_connect_timeout() -> u64 {
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     pub listen: SocketAddr,
+    /// Worker threads (each a single-threaded runtime) serving connections.
+    pub workers: usize,
     pub tls: TlsMode,
     pub identity: IdentityConfig,
     pub audit_path: Option<PathBuf>,
@@ -575,6 +580,18 @@ impl RelayConfig {
             )
         })?;
 
+        let workers = match raw.workers {
+            None => crate::workers::default_count(),
+            Some(n) if (1..=1024).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(err(
+                    path,
+                    "workers",
+                    format!("{n} is not a number of threads from 1 to 1024"),
+                ))
+            }
+        };
+
         let tls = match raw.tls {
             Some(RawTls {
                 insecure_plaintext: true,
@@ -733,6 +750,7 @@ impl RelayConfig {
         }
         Ok(RelayConfig {
             listen,
+            workers,
             tls,
             identity,
             audit_path: raw.audit.path.as_deref().map(resolve),

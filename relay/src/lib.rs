@@ -9,6 +9,8 @@
 //!
 //! [`run`] serves a pre-bound listener until `shutdown` resolves; the relay
 //! keeps no state another relay needs, so many can run behind a balancer.
+//! Accepted connections are handed to [`workers`], one single-threaded
+//! runtime per CPU, where each stays until it closes.
 #![forbid(unsafe_code)]
 
 pub mod assertion;
@@ -20,6 +22,7 @@ pub mod http;
 pub mod server;
 pub mod tls;
 pub mod tunnel;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -54,6 +57,8 @@ pub enum RelayError {
     AssertionKey(#[from] assertion::KeyError),
     #[error("listener: {0}")]
     Listener(std::io::Error),
+    #[error("cannot start worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// Shared state of a running relay.
@@ -160,6 +165,8 @@ pub async fn run(
     for svc in relay.http_services.values() {
         svc.spawn_health_checks(&relay.shutdown);
     }
+    let workers = workers::Workers::start(relay.config.workers).map_err(RelayError::Workers)?;
+    tracing::info!(workers = workers.len(), "worker threads started");
     let conns = tokio_util::task::TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
@@ -175,9 +182,24 @@ pub async fn run(
             _ = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
+        // Moves to a worker's reactor there.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand the connection to a worker");
+                continue;
+            }
+        };
         let relay = relay.clone();
         let acceptor = acceptor.clone();
-        conns.spawn(async move {
+        workers.spawn(conns.track_future(async move {
+            let tcp = match tokio::net::TcpStream::from_std(tcp) {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot register the connection");
+                    return;
+                }
+            };
             let peer = peer.to_string();
             let svc = {
                 let relay = relay.clone();
@@ -209,11 +231,14 @@ pub async fn run(
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection error");
             }
-        });
+        }));
     }
     tracing::info!("shutting down: telling sessions goodbye");
     relay.shutdown.cancel();
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), conns.wait()).await;
+    // Stops the worker threads, cancelling what is left on them (joining
+    // them blocks, so off this runtime's thread).
+    let _ = tokio::task::spawn_blocking(move || drop(workers)).await;
     Ok(())
 }

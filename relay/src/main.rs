@@ -33,7 +33,12 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
-    let rt = match tokio::runtime::Runtime::new() {
+    // This thread accepts, runs health checks and key fetches; connections
+    // are served on the worker threads (`workers` in the config).
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gangway-relay: cannot start runtime: {e}");

@@ -79,6 +79,8 @@ pub async fn run() -> anyhow::Result<()> {
     let relay_addr = relay_listener.local_addr()?;
     let config = RelayConfig {
         listen: relay_addr,
+        // One person's demo: one worker thread is plenty.
+        workers: 1,
         tls: TlsMode::Files {
             cert: cert_path.clone(),
             key: key_path,
