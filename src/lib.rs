@@ -52,7 +52,16 @@ pub fn run() {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let autostarted = std::env::args().any(|a| a == autostart::FLAG);
-    let rt = match tokio::runtime::Runtime::new() {
+    // One worker thread runs the agent, as in the `gangway` CLI: one
+    // person's traffic, no wake-ups between worker threads (BENCHMARKS.md,
+    // "the gangway CLI runs on a current-thread runtime"). The scheduler
+    // stays multi-threaded so the UI thread can hand it work and block on
+    // it; blocking work still goes to tokio's blocking threads.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gangway-desktop: cannot start: {e}");
