@@ -179,6 +179,35 @@ struct Run {
     keychain_user: Option<String>,
 }
 
+impl Run {
+    /// A run in `phase` since now, with nothing started yet.
+    fn new(
+        id: u64,
+        env: EnvSpec,
+        stop: CancellationToken,
+        nudge: Arc<Notify>,
+        phase: Phase,
+    ) -> Self {
+        Run {
+            id,
+            env,
+            stop,
+            task: None,
+            nudge,
+            phase,
+            since: now(),
+            catalog: None,
+            listening: Vec::new(),
+            failed: Vec::new(),
+            started: false,
+            unreachable_since: None,
+            token_expires_at: None,
+            refreshable: false,
+            keychain_user: None,
+        }
+    }
+}
+
 fn now() -> u64 {
     signin::now_unix()
 }
@@ -271,23 +300,13 @@ impl Agent {
             st.next_run += 1;
             let id = st.next_run;
             st.current = Some(env.name.clone());
-            st.run = Some(Run {
+            st.run = Some(Run::new(
                 id,
-                env: env.clone(),
-                stop: stop.clone(),
-                task: None,
-                nudge: nudge.clone(),
+                env.clone(),
+                stop.clone(),
+                nudge.clone(),
                 phase,
-                since: now(),
-                catalog: None,
-                listening: Vec::new(),
-                failed: Vec::new(),
-                started: false,
-                unreachable_since: None,
-                token_expires_at: None,
-                refreshable: false,
-                keychain_user: None,
-            });
+            ));
             id
         };
         let task = tokio::spawn(self.clone().run_env(id, env, stop, nudge));
@@ -546,23 +565,13 @@ impl Agent {
             let mut st = self.lock();
             st.current = Some(env.name.clone());
             st.next_run += 1;
-            st.run = Some(Run {
-                id: st.next_run,
-                env: env.clone(),
-                stop: CancellationToken::new(),
-                task: None,
-                nudge: Arc::new(Notify::new()),
-                phase: Phase::SignedOut,
-                since: now(),
-                catalog: None,
-                listening: Vec::new(),
-                failed: Vec::new(),
-                started: false,
-                unreachable_since: None,
-                token_expires_at: None,
-                refreshable: false,
-                keychain_user: None,
-            });
+            st.run = Some(Run::new(
+                st.next_run,
+                env.clone(),
+                CancellationToken::new(),
+                Arc::new(Notify::new()),
+                Phase::SignedOut,
+            ));
         }
         self.bump();
         let done = done?;

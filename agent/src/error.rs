@@ -43,3 +43,18 @@ impl AgentError {
         }
     }
 }
+
+/// An error and its sources on one line (a source already quoted by its
+/// parent's message is not repeated).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let s_msg = s.to_string();
+        if !msg.contains(&s_msg) {
+            msg = format!("{msg}: {s_msg}");
+        }
+        src = s.source();
+    }
+    msg
+}

@@ -150,7 +150,7 @@ fn unsupported() -> KeychainError {
     target_os = "windows"
 ))]
 fn map_keyring_error(e: keyring::Error) -> KeychainError {
-    let detail = error_chain(&e);
+    let detail = crate::error::error_chain(&e);
     match e {
         keyring::Error::NoStorageAccess(_) => KeychainError::Locked(detail),
         keyring::Error::PlatformFailure(_) => {
@@ -200,19 +200,6 @@ pub fn classify_platform_failure(detail: &str) -> Option<KeychainError> {
         )));
     }
     None
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let s_msg = s.to_string();
-        if !msg.contains(&s_msg) {
-            msg = format!("{msg}: {s_msg}");
-        }
-        src = s.source();
-    }
-    msg
 }
 
 /// An in-memory [`SecretStore`], for tests of code that uses the keychain.

@@ -108,7 +108,7 @@ async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()
     // `gangway login` in a terminal signs in through the running app.
     let browser = Browser::start().await?;
     let login = Proc::spawn("gangway login", w.gangway(&["login", "--timeout", "90"])?)?;
-    let url = w.next_browser_url(Duration::from_secs(20)).await?;
+    let url = w.browser.next_url(Duration::from_secs(20)).await?;
     let page = browser.sign_in(&url, "alice", "alice-pw").await?;
     assert_eq!(page.selector, "#gangway-result", "{page:?}");
     let done = login.finish(Duration::from_secs(60)).await?;
@@ -176,7 +176,7 @@ async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()
 
     // Open Confluence and Copy git clone URL, as the menu items do.
     activate(&w, "open-confluence").await?;
-    let opened = w.next_browser_url(Duration::from_secs(10)).await?;
+    let opened = w.browser.next_url(Duration::from_secs(10)).await?;
     assert_eq!(opened, format!("http://{confluence}/"));
     activate(&w, "copy-clone:http").await?;
     assert_eq!(display.clipboard()?, format!("http://{http}/scm/"));

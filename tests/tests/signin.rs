@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use gangway_tests::gangway::{
     bin_path, write_relay_config, CountingBackend, IdentitySpec, RelayProcess, ServiceSpec,
     TestCert,
@@ -28,7 +28,7 @@ use tempfile::TempDir;
 use tokio::io::AsyncReadExt;
 
 mod support;
-use support::{assert_failure, assert_success, Finished, Proc, DEV};
+use support::{assert_failure, assert_success, BrowserMailbox, Finished, Proc, DEV};
 
 fn loopback0() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -44,9 +44,7 @@ struct Setup {
     cert: TestCert,
     relay: RelayProcess,
     dir: TempDir,
-    browser_script: PathBuf,
-    urls: PathBuf,
-    urls_seen: usize,
+    browser: BrowserMailbox,
 }
 
 impl Setup {
@@ -98,16 +96,14 @@ impl Setup {
             services,
         )?;
         let relay = RelayProcess::start(&config)?;
-        let (browser_script, urls) = browser_mailbox(dir.path())?;
+        let browser = BrowserMailbox::create(dir.path())?;
         Ok(Setup {
             keychain,
             idp,
             cert,
             relay,
             dir,
-            browser_script,
-            urls,
-            urls_seen: 0,
+            browser,
         })
     }
 
@@ -133,7 +129,7 @@ impl Setup {
 
     fn environment(&self, cmd: &mut tokio::process::Command) {
         cmd.envs(self.keychain.env())
-            .env("BROWSER", &self.browser_script)
+            .env("BROWSER", &self.browser.script)
             .env("RUST_LOG", "info")
             .env_remove("GANGWAY_TOKEN")
             .env_remove("DISPLAY")
@@ -144,22 +140,6 @@ impl Setup {
         Proc::spawn(&format!("gangway {sub}"), self.gangway(sub, args)?)?
             .finish(Duration::from_secs(60))
             .await
-    }
-
-    /// The next URL the agent asked "the browser" to open.
-    async fn next_browser_url(&mut self, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = std::fs::read_to_string(&self.urls).unwrap_or_default();
-            if let Some(url) = text.lines().nth(self.urls_seen) {
-                self.urls_seen += 1;
-                return Ok(url.to_string());
-            }
-            if Instant::now() > deadline {
-                bail!("the agent did not open a browser within {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     /// `gangway login` through `browser` as `user`; returns the command's
@@ -174,7 +154,7 @@ impl Setup {
             "gangway login",
             self.gangway("login", &["--timeout", "90"])?,
         )?;
-        let url = self.next_browser_url(Duration::from_secs(20)).await?;
+        let url = self.browser.next_url(Duration::from_secs(20)).await?;
         let page = browser.sign_in(&url, user, password).await?;
         let done = login.finish(Duration::from_secs(60)).await?;
         Ok((done, page.text))
@@ -249,19 +229,6 @@ impl Setup {
     }
 }
 
-/// A `BROWSER` program that only appends the URL it is given to a file.
-fn browser_mailbox(dir: &Path) -> Result<(PathBuf, PathBuf)> {
-    use std::os::unix::fs::PermissionsExt;
-    let urls = dir.join("browser-urls.txt");
-    let script = dir.join("open-browser.sh");
-    std::fs::write(
-        &script,
-        format!("#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\n", urls.display()),
-    )?;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
-    Ok((script, urls))
-}
-
 /// Every file under `dir` that contains `needle` (the keyring's own
 /// encrypted file cannot, by construction).
 fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
@@ -316,7 +283,7 @@ async fn browser_login_then_up_clones_survives_restarts_and_logout() -> Result<(
         "gangway login",
         s.gangway_env("login", "test", &["--timeout", "90"])?,
     )?;
-    let url = s.next_browser_url(Duration::from_secs(20)).await?;
+    let url = s.browser.next_url(Duration::from_secs(20)).await?;
     assert!(url.contains("code_challenge_method=S256"), "{url}");
     assert!(url.contains("prompt=consent"), "{url}");
     assert!(url.contains("offline_access"), "{url}");
@@ -757,7 +724,7 @@ async fn wrong_password_then_cancel_is_a_clear_denial() -> Result<()> {
     let mut s = Setup::start(60, &[]).await?;
     let browser = Browser::start().await?;
     let login = Proc::spawn("gangway login", s.gangway("login", &["--timeout", "60"])?)?;
-    let url = s.next_browser_url(Duration::from_secs(20)).await?;
+    let url = s.browser.next_url(Duration::from_secs(20)).await?;
     browser.goto(&url).await?;
     browser
         .wait_for_any(&["#username"], Duration::from_secs(15))
@@ -795,7 +762,7 @@ async fn state_mismatch_is_refused() -> Result<()> {
     let mut s = Setup::start(60, &[]).await?;
     let browser = Browser::start().await?;
     let login = Proc::spawn("gangway login", s.gangway("login", &["--timeout", "60"])?)?;
-    let url = s.next_browser_url(Duration::from_secs(20)).await?;
+    let url = s.browser.next_url(Duration::from_secs(20)).await?;
     let mut forged = url::Url::parse(&url)?;
     let pairs: Vec<(String, String)> = forged
         .query_pairs()
@@ -828,7 +795,7 @@ async fn state_mismatch_is_refused() -> Result<()> {
 async fn closed_browser_times_out_clearly() -> Result<()> {
     let mut s = Setup::start(60, &[]).await?;
     let login = Proc::spawn("gangway login", s.gangway("login", &["--timeout", "3"])?)?;
-    s.next_browser_url(Duration::from_secs(20)).await?;
+    s.browser.next_url(Duration::from_secs(20)).await?;
     let done = login.finish(Duration::from_secs(30)).await?;
     assert_failure("login", &done);
     assert!(
@@ -887,7 +854,7 @@ async fn no_keychain_is_a_clear_error_and_nothing_is_written() -> Result<()> {
         cmd.args([sub, "--relay", &s.relay.url(), "--ca-file"])
             .arg(&s.cert.cert)
             .envs(env.clone())
-            .env("BROWSER", &s.browser_script)
+            .env("BROWSER", &s.browser.script)
             .env_remove("DBUS_SESSION_BUS_ADDRESS")
             .env_remove("DISPLAY")
             .env_remove("WAYLAND_DISPLAY")
@@ -909,7 +876,7 @@ async fn no_keychain_is_a_clear_error_and_nothing_is_written() -> Result<()> {
         );
     }
     // Checked before any sign-in: no browser was opened, no file written.
-    assert!(!s.urls.exists(), "a browser was opened");
+    assert!(!s.browser.opened_any(), "a browser was opened");
     let mut written = Vec::new();
     for e in walk(root.path()) {
         if e.is_file() {

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use url::Url;
 
 use super::tokens::{Secret, TokenSet};
-use super::{error_chain, now_unix, SignInError};
+use super::{now_unix, SignInError};
+use crate::error::error_chain;
 use crate::relay_api::{Discovery, RelayApi};
 
 /// How long one request to the provider may take.

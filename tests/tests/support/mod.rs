@@ -226,9 +226,7 @@ pub struct World {
     pub echo: EchoServer,
     pub web: HttpStub,
     pub dir: TempDir,
-    browser_script: PathBuf,
-    urls: PathBuf,
-    urls_seen: usize,
+    pub browser: BrowserMailbox,
 }
 
 impl World {
@@ -286,16 +284,7 @@ impl World {
             )?;
             relays.push((name.to_string(), RelayProcess::start(&config)?));
         }
-        let urls = dir.path().join("browser-urls.txt");
-        let browser_script = dir.path().join("open-browser.sh");
-        std::fs::write(
-            &browser_script,
-            format!("#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\n", urls.display()),
-        )?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&browser_script, std::fs::Permissions::from_mode(0o755))?;
-        }
+        let browser = BrowserMailbox::create(dir.path())?;
         Ok(World {
             keychain,
             idp,
@@ -304,9 +293,7 @@ impl World {
             echo,
             web,
             dir,
-            browser_script,
-            urls,
-            urls_seen: 0,
+            browser,
         })
     }
 
@@ -341,7 +328,7 @@ impl World {
     /// Environment for Gangway's processes: the keychain, the browser mailbox.
     pub fn env(&self) -> Vec<(&'static str, OsString)> {
         let mut e = self.keychain.env();
-        e.push(("BROWSER", self.browser_script.clone().into()));
+        e.push(("BROWSER", self.browser.script.clone().into()));
         e
     }
 
@@ -379,29 +366,13 @@ impl World {
             .await
     }
 
-    /// The next URL "the browser" was asked to open.
-    pub async fn next_browser_url(&mut self, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = std::fs::read_to_string(&self.urls).unwrap_or_default();
-            if let Some(url) = text.lines().nth(self.urls_seen) {
-                self.urls_seen += 1;
-                return Ok(url.to_string());
-            }
-            if Instant::now() > deadline {
-                bail!("nothing opened a browser within {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
     /// `gangway login --env ENV` completed in `browser` as alice.
     pub async fn login(&mut self, browser: &Browser, env: &str) -> Result<Finished> {
         let login = Proc::spawn(
             "gangway login",
             self.gangway(&["login", "--env", env, "--timeout", "90"])?,
         )?;
-        let url = self.next_browser_url(Duration::from_secs(20)).await?;
+        let url = self.browser.next_url(Duration::from_secs(20)).await?;
         let page = browser.sign_in(&url, "alice", "alice-pw").await?;
         anyhow::ensure!(page.selector == "#gangway-result", "{page:?}");
         let done = login.finish(Duration::from_secs(60)).await?;
@@ -463,4 +434,52 @@ pub fn target_dir() -> PathBuf {
         .find(|p| p.join("debug").is_dir() || p.join("release").is_dir())
         .map(Path::to_path_buf)
         .unwrap_or_else(std::env::temp_dir)
+}
+
+/// "The system browser" for tests: a script, given as `$BROWSER`, that
+/// appends every URL it is asked to open to a file the test reads.
+pub struct BrowserMailbox {
+    pub script: PathBuf,
+    urls: PathBuf,
+    seen: usize,
+}
+
+impl BrowserMailbox {
+    /// Writes the script and names its file under `dir`.
+    pub fn create(dir: &Path) -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let urls = dir.join("browser-urls.txt");
+        let script = dir.join("open-browser.sh");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\n", urls.display()),
+        )?;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        Ok(Self {
+            script,
+            urls,
+            seen: 0,
+        })
+    }
+
+    /// Whether anything was ever opened.
+    pub fn opened_any(&self) -> bool {
+        self.urls.exists()
+    }
+
+    /// The next URL "the browser" was asked to open.
+    pub async fn next_url(&mut self, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&self.urls).unwrap_or_default();
+            if let Some(url) = text.lines().nth(self.seen) {
+                self.seen += 1;
+                return Ok(url.to_string());
+            }
+            if Instant::now() > deadline {
+                bail!("no browser was opened within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
