@@ -256,6 +256,7 @@ fn follow_agent<R: Runtime>(app: &tauri::AppHandle<R>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gangway_agent::agent::EnvSource;
     use gangway_agent::keychain::MemoryStore;
     use tauri::ipc::{CallbackFn, InvokeBody};
     use tauri::test::{get_ipc_response, mock_builder, mock_context, noop_assets, INVOKE_KEY};
@@ -313,6 +314,7 @@ mod tests {
                     ca_file: None,
                     ports: BTreeMap::new(),
                     login_hint: "gangway login --env Production".into(),
+                    source: EnvSource::ConfigFile,
                 },
                 EnvSpec {
                     name: "Staging".into(),
@@ -320,6 +322,7 @@ mod tests {
                     ca_file: None,
                     ports: BTreeMap::new(),
                     login_hint: "gangway login --env Staging".into(),
+                    source: EnvSource::ConfigFile,
                 },
             ];
             (agent(envs.clone()), envs)

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use gangway_agent::agent::{handle_agent_request, Agent};
+use gangway_agent::agent::Agent;
+use gangway_agent::control::handle_agent_request;
 use gangway_agent::control::{ErrorCode, Failure, Handled, Handler, Progress, Request};
 use gangway_agent::status::Snapshot;
 use serde::Serialize;

@@ -151,20 +151,12 @@ impl AgentConfig {
                 .environments
                 .iter()
                 .find(|e| e.name == n)
-                .ok_or_else(|| {
-                    AgentError::Config(format!(
-                        "no environment named {n:?} (known: {})",
-                        self.environments
-                            .iter()
-                            .map(|e| e.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
+                .ok_or_else(|| AgentError::UnknownEnvironment {
+                    name: n.to_string(),
+                    known: self.environments.iter().map(|e| e.name.clone()).collect(),
                 }),
             None if self.environments.len() == 1 => Ok(&self.environments[0]),
-            None if self.environments.is_empty() => Err(AgentError::Config(
-                "no environment configured: pass --relay URL or add one to the config file".into(),
-            )),
+            None if self.environments.is_empty() => Err(AgentError::NoEnvironment),
             None => Err(AgentError::Config(
                 "several environments configured: pick one with --env NAME".into(),
             )),

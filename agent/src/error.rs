@@ -20,9 +20,34 @@ pub enum AgentError {
     /// The relay refused to open a stream, with its reason.
     #[error("{0}")]
     Refused(Refusal),
-    /// Local configuration is wrong.
+    /// Local configuration is wrong (a config file: it names the file, key
+    /// and reason).
     #[error("{0}")]
     Config(String),
+    /// An environment was asked for by a name nobody knows.
+    #[error("no environment named {name:?} (known: {})", known.join(", "))]
+    UnknownEnvironment { name: String, known: Vec<String> },
+    /// There is no environment at all yet.
+    #[error(
+        "no environment configured: add one with `gangway env add NAME URL` (or pass --relay URL)"
+    )]
+    NoEnvironment,
+    /// A browser sign-in already waits for the user at `url` (the browser
+    /// was shown it again).
+    #[error("a sign-in is already waiting for the browser: {url}")]
+    SignInInProgress { url: String },
+    /// The agent runs on a fixed token, so there is no sign-in to manage.
+    #[error(
+        "this agent uses a fixed token (GANGWAY_TOKEN or --token-file); \
+         there is nothing to sign in to or out of"
+    )]
+    FixedToken,
+    /// The identity provider signed the user in, but the relay refuses the
+    /// token it issued (wrong audience, group or issuer at the relay).
+    #[error(
+        "signed in as {subject} at the identity provider, but the relay refuses the token: {reason}"
+    )]
+    SignedInButRefused { subject: String, reason: String },
     /// TLS setup (e.g. the CA file) failed.
     #[error("TLS: {0}")]
     Tls(String),
@@ -44,9 +69,21 @@ impl AgentError {
     }
 }
 
+impl AgentError {
+    /// Whether only a new sign-in can fix this; the reason to show (without
+    /// a "sign-in needed:" prefix).
+    pub fn sign_in_reason(&self) -> Option<String> {
+        match self {
+            AgentError::Unauthorized(_) | AgentError::NoToken(_) => Some(self.to_string()),
+            AgentError::SignIn(crate::signin::SignInError::SignInNeeded(m)) => Some(m.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// An error and its sources on one line (a source already quoted by its
 /// parent's message is not repeated).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {

@@ -13,9 +13,11 @@
 //!
 //! [`agent::Agent`] is the running agent (one environment at a time,
 //! switched on request, with a [`status::Snapshot`] of everything it does);
-//! the CLI (`gangway up`) and the tray app both drive one, and the local
-//! control API ([`control`]) lets `gangway status|login|env use` act on
-//! whichever runs. Both front ends are thin over this library.
+//! the CLI (`gangway up`, in the `gangway-cli` crate) and the tray app both
+//! drive one, and the local control API ([`control`]) lets
+//! `gangway status|login|env use` act on whichever runs. Both front ends
+//! are thin over this library, which has no server, CLI parser or logging
+//! setup of its own.
 #![forbid(unsafe_code)]
 
 pub mod agent;

@@ -193,7 +193,7 @@ pub fn plain_problem(display_name: &str, e: &AgentError) -> Option<String> {
 }
 
 /// A port that could not be bound, with the reason in plain words.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot listen for {service} on {addr}: {reason}")]
 pub struct BindError {
     pub service: String,

@@ -27,6 +27,15 @@ pub enum ServiceKind {
     Tcp,
 }
 
+impl std::fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServiceKind::Http => "http",
+            ServiceKind::Tcp => "tcp",
+        })
+    }
+}
+
 /// One service the caller may reach.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Service {

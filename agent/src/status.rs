@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::listener::StatsSnapshot;
+use crate::relay_api::ServiceKind;
 
 /// Where the agent is, in one word plus what the user needs to know.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,8 +101,7 @@ pub struct EnvironmentEntry {
 pub struct ServiceStatus {
     pub name: String,
     pub display_name: String,
-    /// `http` or `tcp`.
-    pub kind: String,
+    pub kind: ServiceKind,
     /// Where it listens, when it does.
     pub local_addr: Option<String>,
     /// `listening`, `waiting` (tunnel not up) or `not listening`.
@@ -206,14 +206,14 @@ pub fn links(services: &[ServiceStatus]) -> Links {
     for s in services {
         let Some(addr) = &s.local_addr else { continue };
         let name = s.name.to_ascii_lowercase();
-        match s.kind.as_str() {
-            "http" if name.starts_with("confluence") && l.confluence.is_none() => {
+        match s.kind {
+            ServiceKind::Http if name.starts_with("confluence") && l.confluence.is_none() => {
                 l.confluence = Some(format!("http://{addr}/"));
             }
-            "http" if name.starts_with("bitbucket") && l.clone_http.is_none() => {
+            ServiceKind::Http if name.starts_with("bitbucket") && l.clone_http.is_none() => {
                 l.clone_http = Some(format!("http://{addr}/scm/"));
             }
-            "tcp" if name.contains("ssh") && l.clone_ssh.is_none() => {
+            ServiceKind::Tcp if name.contains("ssh") && l.clone_ssh.is_none() => {
                 l.clone_ssh = Some(format!("ssh://git@{addr}/"));
             }
             _ => {}
@@ -354,7 +354,7 @@ mod tests {
         ServiceStatus {
             name: name.into(),
             display_name: name.into(),
-            kind: kind.into(),
+            kind: serde_json::from_value(serde_json::json!(kind)).unwrap(),
             local_addr: addr.map(str::to_string),
             state: "listening".into(),
             error: None,

@@ -1,4 +1,6 @@
-//! `gangway up`: the tunnel plus one listener per service in the catalog.
+//! One environment up: the tunnel plus one listener per service of the
+//! catalog it is given (the caller fetched it, and decides what to do while
+//! the relay cannot be reached or a sign-in is needed).
 //!
 //! [`start`] brings one environment up; [`Running::stopped`] waits until,
 //! after its stop token was cancelled, every listener has let go of its
@@ -16,10 +18,9 @@ use tokio_util::task::TaskTracker;
 use url::Url;
 
 use crate::listener::{self, BindError, ServiceStats};
-use crate::relay_api::{Catalog, RelayApi, Service};
+use crate::relay_api::{Catalog, Service};
 use crate::token::TokenSource;
 use crate::tunnel::{Backoff, Tunnel};
-use crate::AgentError;
 
 /// Everything `up` needs, passed in (tests pass their own).
 pub struct UpOptions {
@@ -34,16 +35,23 @@ pub struct UpOptions {
     pub backoff: Backoff,
 }
 
-/// A running agent.
+/// One service being served.
+#[derive(Clone)]
+pub struct Serving {
+    pub service: Service,
+    /// Where it listens (the bound address: port 0 resolved).
+    pub addr: SocketAddr,
+    pub stats: Arc<ServiceStats>,
+}
+
+/// A running environment.
 pub struct Running {
     pub tunnel: Tunnel,
     pub catalog: Catalog,
     /// Services being served and where.
-    pub listening: Vec<(Service, SocketAddr)>,
+    pub listening: Vec<Serving>,
     /// Services whose port could not be bound.
     pub failed: Vec<BindError>,
-    /// Counters per service, in the order of `listening`.
-    pub stats: Vec<Arc<ServiceStats>>,
     listeners: Vec<JoinHandle<()>>,
     streams: TaskTracker,
 }
@@ -64,27 +72,10 @@ impl Running {
     }
 }
 
-/// Fetches the catalog (retrying while the relay is unreachable), starts
-/// the tunnel and binds the listeners. Everything stops with `stop`.
-pub async fn start(opts: UpOptions, stop: CancellationToken) -> Result<Running, AgentError> {
-    let api = RelayApi::new(opts.relay.clone(), opts.tls.clone())?;
-    let mut attempt = 0;
-    let catalog = loop {
-        let token = opts.tokens.current().await?;
-        match api.catalog(&token).await {
-            Ok(c) => break c,
-            Err(e) if e.retryable() => {
-                let delay = opts.backoff.delay(attempt, &mut rand::thread_rng());
-                tracing::warn!("cannot fetch the catalog: {e}; retrying in {delay:?}");
-                attempt += 1;
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.cancelled() => return Err(AgentError::Unreachable(e.to_string())),
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    };
+/// Starts the tunnel and binds a listener per service of `catalog`.
+/// Everything stops with `stop`. A port that cannot be bound is reported in
+/// [`Running::failed`]; the other services are served all the same.
+pub async fn start(opts: UpOptions, catalog: Catalog, stop: CancellationToken) -> Running {
     let tunnel = Tunnel::start(
         opts.relay.clone(),
         opts.tls.clone(),
@@ -94,7 +85,6 @@ pub async fn start(opts: UpOptions, stop: CancellationToken) -> Result<Running, 
     );
     let mut listening = Vec::new();
     let mut failed = Vec::new();
-    let mut stats = Vec::new();
     let mut listeners = Vec::new();
     let streams = TaskTracker::new();
     for svc in &catalog.services {
@@ -104,10 +94,12 @@ pub async fn start(opts: UpOptions, stop: CancellationToken) -> Result<Running, 
         });
         match listener::bind(svc.clone(), addr).await {
             Ok(l) => {
-                let bound = l.local_addr();
-                listening.push((svc.clone(), bound));
                 let counters = Arc::new(ServiceStats::default());
-                stats.push(counters.clone());
+                listening.push(Serving {
+                    service: svc.clone(),
+                    addr: l.local_addr(),
+                    stats: counters.clone(),
+                });
                 listeners.push(tokio::spawn(l.serve_with(
                     tunnel.clone(),
                     opts.connect_wait,
@@ -122,13 +114,12 @@ pub async fn start(opts: UpOptions, stop: CancellationToken) -> Result<Running, 
             }
         }
     }
-    Ok(Running {
+    Running {
         tunnel,
         catalog,
         listening,
         failed,
-        stats,
         listeners,
         streams,
-    })
+    }
 }

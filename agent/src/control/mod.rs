@@ -20,6 +20,7 @@
 //! then the API reports [`ControlError::Unsupported`] there.
 
 pub mod client;
+pub mod handler;
 pub mod server;
 
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use client::Client;
+pub use handler::{handle_agent_request, serve_control, AgentControl};
 pub use server::{Bound, ControlServer, Handled, Handler, Progress};
 
 /// Environment variable naming the control socket's path.

@@ -7,6 +7,7 @@
 //!   browser: authorization code + PKCE, loopback redirect           (loopback.rs, browser.rs)
 //!   headless: device authorization grant                            (device.rs)
 //!   tokens ─▶ OS keychain; refreshed ahead of expiry                (credentials.rs)
+//!   the whole sign-in / sign-out of one environment                 (flow.rs)
 //! ```
 //!
 //! The OAuth protocol itself is the `oauth2` crate's; this module chooses
@@ -17,6 +18,7 @@
 mod browser;
 mod credentials;
 mod device;
+mod flow;
 mod loopback;
 mod provider;
 mod tokens;
@@ -24,6 +26,7 @@ mod tokens;
 pub use browser::{browser_commands, open_browser};
 pub use credentials::{forget, remember, status, Credentials, SignInStatus};
 pub use device::{device_code, DevicePrompt};
+pub use flow::{sign_in, sign_out, Method, Revocation, SignedIn, SignedOut};
 pub use loopback::authorization_code;
 pub use provider::{IdentityProvider, OpenIdConfiguration};
 pub use tokens::{Secret, TokenSet, UnverifiedClaims};

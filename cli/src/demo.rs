@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use base64::Engine;
 use bytes::Bytes;
+use gangway_agent::relay_api::RelayApi;
 use gangway_agent::token::TokenSource;
 use gangway_agent::tunnel::Backoff;
 use gangway_agent::up::{self, UpOptions};
@@ -148,26 +149,32 @@ pub async fn run() -> anyhow::Result<()> {
         }
     }
     let relay_url = url::Url::parse(&format!("https://127.0.0.1:{}", relay_addr.port()))?;
+    let tls = gangway_agent::tls::client_config(Some(&cert_path))?;
+    let token = Token::new(token);
+    let catalog = RelayApi::new(relay_url.clone(), tls.clone())?
+        .catalog(&token)
+        .await?;
     let running = up::start(
         UpOptions {
             relay: relay_url.clone(),
-            tls: gangway_agent::tls::client_config(Some(&cert_path))?,
-            tokens: TokenSource::Static(Token::new(token)),
+            tls,
+            tokens: TokenSource::Static(token),
             ports: BTreeMap::new(),
             listen,
             connect_wait: Duration::from_secs(10),
             backoff: Backoff::default(),
         },
+        catalog,
         stop.clone(),
     )
-    .await?;
+    .await;
 
     let addr_of = |name: &str| {
         running
             .listening
             .iter()
-            .find(|(s, _)| s.name == name)
-            .map(|(_, a)| *a)
+            .find(|s| s.service.name == name)
+            .map(|s| s.addr)
     };
     let (Some(git_addr), Some(web_local)) = (addr_of("git"), addr_of("confluence")) else {
         bail!("the demo agent could not bind its listeners");

@@ -1,0 +1,136 @@
+//! The command line, as clap parses it.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gangway_agent::config::user_config_path;
+
+/// Gangway: reach Bitbucket and Confluence from your laptop without a VPN.
+#[derive(Parser)]
+#[command(name = "gangway", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Sign in through the browser (or with a code: --device); tokens go to
+    /// the OS keychain.
+    Login(LoginArgs),
+    /// Sign out: revoke the refresh token at the identity provider and
+    /// delete this environment's tokens from the OS keychain.
+    Logout(TargetArgs),
+    /// Who is signed in to an environment, and until when.
+    Status(TargetArgs),
+    /// Print a current access token (refreshed if needed), for scripts.
+    Token(TargetArgs),
+    /// Connect to the relay and serve local listeners until Ctrl-C (the
+    /// same agent as the tray app, without the tray; serves the control API).
+    Up(UpArgs),
+    /// List, choose, add or remove environments in the user config file.
+    #[command(subcommand)]
+    Env(EnvCommand),
+    /// Run a self-contained demo on this machine (relay, git repo, agent).
+    #[cfg(feature = "demo")]
+    Demo,
+}
+
+#[derive(Subcommand)]
+pub enum EnvCommand {
+    /// List the environments; `*` marks the default, `running` the one the
+    /// running agent (tray app or `gangway up`) serves.
+    List(ConfigArgs),
+    /// Make NAME the default; a running agent switches to it at once.
+    Use {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Add an environment.
+    Add {
+        name: String,
+        /// The relay's https:// URL.
+        relay: String,
+        /// Extra CA certificate (PEM) to trust for this relay.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Make it the default environment.
+        #[arg(long)]
+        default: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Remove an environment (its tokens stay until `gangway logout`).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct ConfigArgs {
+    /// Config file (default: the user config file).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    pub fn path(&self) -> anyhow::Result<PathBuf> {
+        self.config
+            .clone()
+            .or_else(user_config_path)
+            .context("no config directory on this system; pass --config")
+    }
+}
+
+/// Which environment a command is about.
+#[derive(clap::Args)]
+pub struct TargetArgs {
+    /// Environment from the config file.
+    #[arg(long = "env", conflicts_with = "relay")]
+    pub environment: Option<String>,
+    /// Relay URL (instead of an environment from the config file).
+    #[arg(long)]
+    pub relay: Option<String>,
+    /// Extra CA certificate (PEM) to trust for the relay and the identity provider.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Config file (default: the user config file).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Sign in with a code on another device (no browser needed here).
+    #[arg(long)]
+    pub device: bool,
+    /// Seconds to wait for the browser sign-in to finish.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// Don't start a browser; only print the URL to open.
+    #[arg(long)]
+    pub no_browser: bool,
+}
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// File holding the access token, re-read on every connect. Without it
+    /// (and without GANGWAY_TOKEN), the signed-in tokens in the OS keychain
+    /// are used (see `gangway login`).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Local address for a service, e.g. bitbucket=127.0.0.1:17990 (repeatable).
+    #[arg(long = "listen", value_name = "SERVICE=ADDR")]
+    pub listen: Vec<String>,
+    /// Seconds a new connection waits for the tunnel before it is refused.
+    #[arg(long, default_value_t = 20)]
+    pub connect_wait: u64,
+}

@@ -1,0 +1,90 @@
+//! `gangway login`: sign in through the browser (or the device flow). A
+//! running agent on the same environment signs in itself, so it resumes at
+//! once and its tray shows the progress.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use gangway_agent::control::{Client, Request};
+use gangway_agent::signin::{self, Method, SignedIn};
+use gangway_agent::status::Snapshot;
+
+use crate::args::LoginArgs;
+use crate::output::{agent_label, frontend_name, print_signed_in};
+use crate::running::{agent_for, ask};
+use crate::target::Target;
+
+pub async fn run(args: LoginArgs) -> anyhow::Result<ExitCode> {
+    if !args.device && !args.no_browser {
+        if let Some((client, snap)) = agent_for(&args.target).await {
+            if snap.interactive {
+                return through_agent(&client, &snap, args.timeout).await;
+            }
+        }
+    }
+    let target = Target::resolve(&args.target)?;
+    let tls = target.tls()?;
+    // Before anyone types a password: can the tokens be kept at all?
+    let keychain = target.keychain().await?;
+    let label = target.label();
+    let method = if args.device {
+        Method::Device {
+            show: Box::new(|p: &signin::DevicePrompt| {
+                let url = p
+                    .verification_uri_complete
+                    .as_deref()
+                    .unwrap_or(&p.verification_uri);
+                eprintln!("To sign in to {label}, open this page on any device:");
+                eprintln!("  {url}");
+                eprintln!("and check that it shows the code: {}", p.user_code);
+                eprintln!(
+                    "(The code is valid for {} minutes.) Waiting for approval…",
+                    p.expires_in.as_secs().div_ceil(60)
+                );
+            }),
+        }
+    } else {
+        let browser = std::env::var("BROWSER").ok();
+        let (timeout, open) = (args.timeout, !args.no_browser);
+        Method::Browser {
+            timeout: Duration::from_secs(timeout),
+            show: Box::new(move |url: &url::Url| {
+                eprintln!("Signing in to {label} in your browser.");
+                eprintln!("If no browser opens, open this page:");
+                eprintln!("  {url}");
+                if open {
+                    if let Err(e) = signin::open_browser(url.as_str(), browser.as_deref()) {
+                        eprintln!("({e})");
+                    }
+                }
+                eprintln!("Waiting up to {timeout} s for the sign-in to finish…");
+            }),
+        }
+    };
+    let done = signin::sign_in(&target.name(), &target.relay, tls, &keychain, method).await?;
+    print_signed_in(&target.label(), &done);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Has the running agent sign in; prints what it reports.
+async fn through_agent(client: &Client, snap: &Snapshot, timeout: u64) -> anyhow::Result<ExitCode> {
+    let label = agent_label(snap);
+    eprintln!(
+        "Signing in to {label} in your browser (through {}, pid {}).",
+        frontend_name(snap.frontend),
+        snap.pid
+    );
+    let request = Request::Login {
+        timeout_secs: Some(timeout),
+    };
+    let done: SignedIn = ask(client, &request, |_, url| {
+        if let Some(url) = url {
+            eprintln!("If no browser opens, open this page:");
+            eprintln!("  {url}");
+            eprintln!("Waiting up to {timeout} s for the sign-in to finish…");
+        }
+    })
+    .await?;
+    print_signed_in(&label, &done);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,49 @@
+//! `gangway status`: what the running agent reports, or else what the
+//! keychain holds for the environment (read only, nothing verified).
+
+use std::process::ExitCode;
+
+use gangway_agent::signin::{self, SignInStatus};
+
+use crate::args::TargetArgs;
+use crate::output::{print_agent_status, print_expiry, print_refresh};
+use crate::running::agent_for;
+use crate::target::Target;
+
+pub async fn run(args: TargetArgs) -> anyhow::Result<ExitCode> {
+    if let Some((_, snap)) = agent_for(&args).await {
+        return Ok(print_agent_status(&snap));
+    }
+    let target = Target::resolve(&args)?;
+    let keychain = target.keychain().await?;
+    println!("Environment: {}", target.label());
+    match signin::status(&keychain).await? {
+        SignInStatus::SignedIn {
+            subject,
+            issuer,
+            expires_at,
+            refreshable,
+        } => {
+            let who = subject.unwrap_or_else(|| "(unknown user)".into());
+            if issuer.is_empty() {
+                println!("Signed in as {who}");
+            } else {
+                println!("Signed in as {who} (identity provider {issuer})");
+            }
+            if let Some(exp) = expires_at {
+                print_expiry(exp);
+            }
+            print_refresh(refreshable, &target.login_hint);
+            Ok(ExitCode::SUCCESS)
+        }
+        SignInStatus::SignInNeeded(why) => {
+            println!("Sign-in needed: {why}");
+            println!("Run: {}", target.login_hint);
+            Ok(ExitCode::FAILURE)
+        }
+        SignInStatus::NotSignedIn => {
+            println!("Not signed in. Run: {}", target.login_hint);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
