@@ -16,6 +16,7 @@
 pub mod assertion;
 pub mod audit;
 pub mod auth;
+pub mod backends;
 pub mod config;
 pub mod forward;
 pub mod http;

@@ -9,8 +9,6 @@
 //! `Location` and cookies → audit. WebSocket upgrades are passed through
 //! both ways once the backend agrees.
 
-pub mod balancer;
-pub mod health;
 pub mod rewrite;
 
 use std::convert::Infallible;
@@ -27,11 +25,10 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
-use self::balancer::{InFlight, Pool};
+use crate::backends::{self, health, InFlight, Pool};
 use crate::audit::Event;
 use crate::auth::{now_unix, Identity};
 use crate::config::ServiceConfig;
@@ -312,7 +309,7 @@ async fn proxy(
                 Ok(s) => s,
                 Err(e) => {
                     // Nothing was sent: any request may go to another node.
-                    backend.eject(balancer::PASSIVE_EJECT);
+                    backend.eject(backends::PASSIVE_EJECT);
                     last_error = Some(format!("{}: {e}", backend.addr));
                     continue;
                 }
@@ -406,10 +403,7 @@ async fn upstream(
             return Ok(sender);
         }
     }
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    let _ = tcp.set_nodelay(true);
+    let tcp = backends::connect(addr, timeout).await?;
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(tcp))
         .await
