@@ -342,23 +342,6 @@ pub struct RuleConfig {
     pub reason: String,
 }
 
-impl RuleConfig {
-    /// Whether this rule applies to a request.
-    pub fn matches(&self, method: &str, path_and_query: &str) -> bool {
-        self.methods
-            .as_ref()
-            .is_none_or(|m| m.iter().any(|m| m.eq_ignore_ascii_case(method)))
-            && self
-                .path_prefix
-                .as_ref()
-                .is_none_or(|p| path_and_query.starts_with(p.as_str()))
-            && self
-                .path_contains
-                .as_ref()
-                .is_none_or(|c| path_and_query.contains(c.as_str()))
-    }
-}
-
 /// Settings of the signed identity assertion.
 #[derive(Debug, Clone)]
 pub struct AssertionConfig {
@@ -373,16 +356,6 @@ impl Default for AssertionConfig {
             key_file: None,
             issuer: "gangway-relay".into(),
             ttl: Duration::from_secs(60),
-        }
-    }
-}
-
-impl ServiceConfig {
-    /// Whether a caller with `groups` may use this service.
-    pub fn allows(&self, groups: &[String]) -> bool {
-        match &self.allow_groups {
-            None => true,
-            Some(allowed) => groups.iter().any(|g| allowed.contains(g)),
         }
     }
 }

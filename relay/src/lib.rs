@@ -20,6 +20,7 @@ pub mod backends;
 pub mod config;
 pub mod forward;
 pub mod http;
+pub mod policy;
 pub mod server;
 pub mod tls;
 pub mod tunnel;

@@ -16,7 +16,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::audit::Event;
 use crate::auth::{bearer, AuthError, Identity};
 use crate::config::ServiceKind;
-use crate::{tunnel, Relay};
+use crate::{policy, tunnel, Relay};
 
 type Body = Full<Bytes>;
 
@@ -101,7 +101,7 @@ fn catalog(relay: &Relay, id: &Identity) -> Response<Body> {
         .config
         .services
         .iter()
-        .filter(|s| s.allows(&id.groups))
+        .filter(|s| policy::may_use(s, &id.groups))
         .map(|s| CatalogEntry {
             name: &s.name,
             kind: s.kind,

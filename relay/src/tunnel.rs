@@ -23,6 +23,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::audit::Event;
 use crate::auth::{now_unix, Identity};
+use crate::policy::{self, ServiceDenial};
 use crate::Relay;
 
 /// How long an agent has to send its hello, control stream, or open header.
@@ -132,7 +133,7 @@ pub async fn serve<S>(
                 "relay is shutting down; reconnect to another relay".to_string(),
             ))),
             _ = tokio::time::sleep(until_expiry) => {
-                if identity_rx.borrow().expires_at + grace.as_secs() <= now_unix() {
+                if policy::token_expired(&identity_rx.borrow(), grace, now_unix()) {
                     break ("token expired", Some((
                         RefusalCode::Unauthenticated,
                         "access token expired without renewal; sign in again".to_string(),
@@ -394,14 +395,14 @@ fn authorize<'r>(
             message: format!("the relay has no service named {service:?}"),
         });
     };
-    if identity.expires_at + relay.config.identity.leeway.as_secs() <= now_unix() {
-        return Err(Refusal {
+    let leeway = relay.config.identity.leeway;
+    match policy::authorize_service(svc, identity, leeway, now_unix()) {
+        Ok(()) => Ok(svc),
+        Err(ServiceDenial::Expired) => Err(Refusal {
             code: RefusalCode::Unauthenticated,
             message: "access token expired; sign in again".into(),
-        });
-    }
-    if !svc.allows(&identity.groups) {
-        return Err(Refusal {
+        }),
+        Err(ServiceDenial::NotInGroups) => Err(Refusal {
             code: RefusalCode::Forbidden,
             message: format!(
                 "{} may not use {} (needs one of the groups: {})",
@@ -409,9 +410,8 @@ fn authorize<'r>(
                 svc.display_name,
                 svc.allow_groups.as_deref().unwrap_or_default().join(", ")
             ),
-        });
+        }),
     }
-    Ok(svc)
 }
 
 fn code_name(code: RefusalCode) -> &'static str {
