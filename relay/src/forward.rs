@@ -6,8 +6,8 @@
 
 use tokio::net::TcpStream;
 
-use crate::config::{Balance, ServiceConfig};
 use crate::backends::{self, Pool as Balancer};
+use crate::config::{Balance, ServiceConfig};
 
 /// The nodes of one tcp service.
 #[derive(Debug)]

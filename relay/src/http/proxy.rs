@@ -248,7 +248,8 @@ async fn send_with_retry(
         up.head
             .headers
             .insert(header::HOST, upstream_host(cfg, &backend.addr));
-        let connecting = upstream::connection(reuse, &backend.addr, cfg.connect_timeout, up.upgrade);
+        let connecting =
+            upstream::connection(reuse, &backend.addr, cfg.connect_timeout, up.upgrade);
         let mut sender = match connecting.await {
             Ok(s) => s,
             Err(e) => {
