@@ -5,11 +5,11 @@
 //! - this file: an http service's runtime side ([`HttpService`]: a backend
 //!   pool per route) and the HTTP/1.1 server on one tunnel stream
 //!   ([`serve`]);
-//! - [`proxy`]: one request through the named phases (authorize, prepare
+//! - `proxy.rs`: one request through the named phases (authorize, prepare
 //!   the upstream request, send with retry, rewrite the response, audit);
-//! - [`upstream`]: connections to the nodes, kept alive per stream;
+//! - `upstream.rs`: connections to the nodes, kept alive per stream;
 //! - [`rewrite`]: the header work at both edges, as pure functions;
-//! - [`body`]: the bodies answered with, and the relay's error page.
+//! - `body.rs`: the bodies answered with, and the relay's error page.
 //!
 //! The allow/deny decisions are [`crate::policy`]'s, the nodes
 //! [`crate::backends`]'.
