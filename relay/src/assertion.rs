@@ -81,7 +81,7 @@ impl Signer {
         })?;
         let public = pair.public_key().as_ref();
         let public_x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public);
-        let kid = crate::http::balancer::affinity_id(&public_x);
+        let kid = crate::backends::balancer::affinity_id(&public_x);
         Ok(Self {
             cache: Default::default(),
             encoding: EncodingKey::from_ed_der(&pkcs8),

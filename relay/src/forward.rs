@@ -1,13 +1,13 @@
 //! Backend choice and connection for `tcp`-forwarded streams.
 //!
-//! The same backend pool as http services ([`crate::http::balancer`]):
+//! The same backend pool as http services ([`crate::backends`]):
 //! round robin over nodes that are not ejected; a node that refuses a
 //! connection is skipped for a while and the next one is tried.
 
 use tokio::net::TcpStream;
 
+use crate::backends::{self, Pool as Balancer};
 use crate::config::{Balance, ServiceConfig};
-use crate::http::balancer::{self, Pool as Balancer};
 
 /// The nodes of one tcp service.
 #[derive(Debug)]
@@ -38,20 +38,11 @@ impl Pool {
         while let Some(pick) = self.nodes.pick(None, &tried) {
             let backend = pick.backend;
             tried.push(backend.addr.clone());
-            match tokio::time::timeout(
-                svc.connect_timeout,
-                TcpStream::connect(backend.addr.as_str()),
-            )
-            .await
-            {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    return Ok((stream, backend.addr.clone()));
-                }
-                Ok(Err(e)) => last = (backend.addr.clone(), e.to_string()),
-                Err(_) => last = (backend.addr.clone(), "connect timed out".into()),
+            match backends::connect(&backend.addr, svc.connect_timeout).await {
+                Ok(stream) => return Ok((stream, backend.addr.clone())),
+                Err(e) => last = (backend.addr.clone(), e.to_string()),
             }
-            backend.eject(balancer::PASSIVE_EJECT);
+            backend.eject(backends::PASSIVE_EJECT);
         }
         Err(ConnectError {
             service: svc.name.clone(),

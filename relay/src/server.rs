@@ -1,223 +1,142 @@
-//! The relay's HTTP surface: discovery, catalog, health, and the tunnel
-//! upgrade. Everything else is 404.
+//! The accept loop, apart from the state it serves (mini-redis's
+//! `server::run` with its per-connection `Handler`): accept on a pre-bound
+//! listener, hand each connection to a worker thread, where a `Handler`
+//! does TLS and serves HTTP/1.1 ([`crate::endpoints`]); on shutdown, tell
+//! sessions goodbye and drain.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use gangway_transport::socket;
+use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
 
-use crate::audit::Event;
-use crate::auth::{bearer, AuthError, Identity};
-use crate::config::ServiceKind;
-use crate::{tunnel, Relay};
+use crate::config::TlsMode;
+use crate::workers::Workers;
+use crate::{endpoints, tls, Relay, RelayError};
 
-type Body = Full<Bytes>;
-
-/// Routes one request.
-pub async fn handle(
+/// Serves `listener` until `shutdown` resolves, then tells every session
+/// goodbye and waits briefly for them to go.
+pub async fn run(
+    listener: TcpListener,
     relay: Arc<Relay>,
-    peer: String,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, std::convert::Infallible> {
-    let resp = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/.well-known/gangway") => discovery(&relay),
-        (&Method::GET, "/.well-known/jwks.json") => json(&relay.signer.jwks()),
-        (&Method::GET, "/v1/catalog") => {
-            match authenticate(&relay, &req, &peer, "/v1/catalog").await {
-                Ok(id) => catalog(&relay, &id),
-                Err(resp) => resp,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RelayError> {
+    let acceptor = match &relay.config.tls {
+        TlsMode::Files { cert, key } => Some(TlsAcceptor::from(tls::server_config(cert, key)?)),
+        TlsMode::Plaintext => None,
+    };
+    relay.spawn_health_checks();
+    let workers = Workers::start(relay.config.workers).map_err(RelayError::Workers)?;
+    tracing::info!(workers = workers.len(), "worker threads started");
+    let conns = TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = accept(&listener) => accepted,
+            _ = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        // Moves to a worker's reactor there.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand the connection to a worker");
+                continue;
             }
-        }
-        (&Method::GET, "/v1/tunnel") => tunnel_upgrade(relay, peer, req).await,
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
-    };
-    Ok(resp)
-}
-
-fn text(status: StatusCode, body: &str) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("static response")
-}
-
-fn json(value: &impl Serialize) -> Response<Body> {
-    let body = serde_json::to_vec(value).unwrap_or_default();
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CACHE_CONTROL, "no-store")
-        .body(Full::new(Bytes::from(body)))
-        .expect("static response")
-}
-
-/// What an agent needs to sign in, from the relay URL alone.
-#[derive(Serialize)]
-struct Discovery<'a> {
-    issuer: &'a str,
-    client_id: &'a str,
-    audience: &'a str,
-    scopes: &'a [String],
-    protocol_version: u8,
-}
-
-fn discovery(relay: &Relay) -> Response<Body> {
-    let id = &relay.config.identity;
-    json(&Discovery {
-        issuer: &id.issuer,
-        client_id: &id.client_id,
-        audience: &id.audience,
-        scopes: &id.scopes,
-        protocol_version: gangway_wire::PROTOCOL_VERSION,
-    })
-}
-
-#[derive(Serialize)]
-struct Catalog<'a> {
-    subject: &'a str,
-    groups: &'a [String],
-    services: Vec<CatalogEntry<'a>>,
-}
-
-#[derive(Serialize)]
-struct CatalogEntry<'a> {
-    name: &'a str,
-    kind: ServiceKind,
-    display_name: &'a str,
-    local_port: u16,
-}
-
-fn catalog(relay: &Relay, id: &Identity) -> Response<Body> {
-    let services = relay
-        .config
-        .services
-        .iter()
-        .filter(|s| s.allows(&id.groups))
-        .map(|s| CatalogEntry {
-            name: &s.name,
-            kind: s.kind,
-            display_name: &s.display_name,
-            local_port: s.local_port,
-        })
-        .collect();
-    json(&Catalog {
-        subject: &id.subject,
-        groups: &id.groups,
-        services,
-    })
-}
-
-/// Authenticates a request; on failure returns the 401 (or 503) to send,
-/// after writing the audit line.
-async fn authenticate(
-    relay: &Relay,
-    req: &Request<Incoming>,
-    peer: &str,
-    what: &str,
-) -> Result<Identity, Response<Body>> {
-    let result = match bearer(req.headers().get(header::AUTHORIZATION)) {
-        Ok(token) => relay.verifier.verify(token).await,
-        Err(e) => Err(e),
-    };
-    result.map_err(|e| {
-        relay.audit.record(&Event {
-            event: "auth_failed",
-            peer: Some(peer.to_string()),
-            service: Some(what),
-            code: Some(e.code()),
-            reason: Some(e.to_string()),
-            ..Default::default()
-        });
-        tracing::info!(%peer, reason = %e, "refused request to {what}");
-        unauthorized(&e)
-    })
-}
-
-fn unauthorized(e: &AuthError) -> Response<Body> {
-    if e.is_server_side() {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("cannot check tokens now: {e}\n"),
-        );
+        };
+        let handler = Handler {
+            relay: relay.clone(),
+            acceptor: acceptor.clone(),
+            peer: peer.to_string(),
+        };
+        workers.spawn(conns.track_future(handler.run(tcp)));
     }
-    let description = e.to_string().replace('"', "'");
-    Response::builder()
-        .status(StatusCode::UNAUTHORIZED)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .header(
-            header::WWW_AUTHENTICATE,
-            format!("Bearer error=\"invalid_token\", error_description=\"{description}\""),
-        )
-        .body(Full::new(Bytes::from(format!("invalid token: {e}\n"))))
-        .expect("static response")
+    drain(&relay, conns, workers).await;
+    Ok(())
 }
 
-/// `GET /v1/tunnel`: authenticate, then upgrade to a WebSocket and hand the
-/// connection to [`tunnel::serve`].
-async fn tunnel_upgrade(
-    relay: Arc<Relay>,
-    peer: String,
-    mut req: Request<Incoming>,
-) -> Response<Body> {
-    let identity = match authenticate(&relay, &req, &peer, "/v1/tunnel").await {
-        Ok(id) => id,
-        Err(resp) => return resp,
-    };
-    let headers = req.headers();
-    let is_upgrade = headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let version_ok = headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_some_and(|v| v == "13");
-    let Some(key) = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .filter(|_| is_upgrade && version_ok)
-    else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "expected a WebSocket upgrade (version 13)\n",
-        );
-    };
-    let accept = derive_accept_key(key.as_bytes());
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config()),
-                )
-                .await;
-                tunnel::serve(relay, ws, identity, peer).await;
+/// The next connection; a failed accept (e.g. out of file descriptors) is
+/// logged and retried after a pause.
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
-    });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .body(Full::new(Bytes::new()))
-        .expect("static response")
+    }
 }
 
-/// WebSocket limits for tunnel connections.
-pub fn ws_config() -> WebSocketConfig {
-    let mut c = WebSocketConfig::default();
-    c.max_message_size = Some(4 << 20);
-    c.max_frame_size = Some(4 << 20);
-    c
+/// Tells sessions goodbye, gives connections a few seconds to close, then
+/// stops the worker threads.
+async fn drain(relay: &Relay, conns: TaskTracker, workers: Workers) {
+    tracing::info!("shutting down: telling sessions goodbye");
+    relay.shutdown().cancel();
+    conns.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conns.wait()).await;
+    // Stops the worker threads, cancelling what is left on them (joining
+    // them blocks, so off this runtime's thread).
+    let _ = tokio::task::spawn_blocking(move || drop(workers)).await;
+}
+
+/// One accepted connection, served on a worker thread until it closes.
+struct Handler {
+    relay: Arc<Relay>,
+    acceptor: Option<TlsAcceptor>,
+    peer: String,
+}
+
+impl Handler {
+    /// TLS (unless plaintext), then HTTP/1.1 with upgrades.
+    async fn run(self, tcp: std::net::TcpStream) {
+        let tcp = match TcpStream::from_std(tcp) {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register the connection");
+                return;
+            }
+        };
+        let Handler {
+            relay,
+            acceptor,
+            peer,
+        } = self;
+        let svc = {
+            let peer = peer.clone();
+            service_fn(move |req| endpoints::handle(relay.clone(), peer.clone(), req))
+        };
+        let http = hyper::server::conn::http1::Builder::new();
+        let result = match acceptor {
+            Some(acceptor) => match acceptor.accept(socket::buffered(tcp)).await {
+                Ok(mut tls) => {
+                    tls.get_mut()
+                        .1
+                        .set_buffer_limit(Some(socket::TLS_BUFFER_LIMIT));
+                    http.serve_connection(TokioIo::new(tls), svc)
+                        .with_upgrades()
+                        .await
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            },
+            None => {
+                http.serve_connection(TokioIo::new(tcp), svc)
+                    .with_upgrades()
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection error");
+        }
+    }
 }

@@ -1,8 +1,14 @@
 //! One agent's session: handshake, control channel, and its data streams.
 //!
-//! Each data stream goes through the relay's phases in order:
-//! read the open header → authorize (service known, token still valid,
-//! group allowed) → pick and connect a backend → answer → copy → audit.
+//! A session runs in phases: the versioned `handshake` → the mux and
+//! its control stream (`start_control`) → data streams until something
+//! ends the session (`accept_streams`) → goodbye and the audit line.
+//!
+//! Each data stream goes through the relay's phases in order
+//! (`serve_stream`): read the open header → authorize (service known,
+//! token still valid, group allowed: [`crate::policy`]) → for an http
+//! service, the proxy ([`crate::http`]); for a tcp one, pick and connect a
+//! backend ([`crate::forward`]) → answer → copy → audit.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,15 +20,19 @@ use gangway_transport::framed::FramedIo;
 use gangway_transport::mux::{self, Mode};
 use gangway_transport::{duplex, Stream, WsByteStream};
 use gangway_wire::{
-    Control, Hello, HelloReply, OpenResult, OpenStream, Refusal, RefusalCode, PROTOCOL_VERSION,
+    Control, Hello, HelloReply, OpenResult, OpenStream, Refusal, RefusalCode, Token,
+    PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::audit::Event;
 use crate::auth::{now_unix, Identity};
+use crate::config::ServiceConfig;
+use crate::policy::{self, ServiceDenial};
 use crate::Relay;
 
 /// How long an agent has to send its hello, control stream, or open header.
@@ -40,8 +50,68 @@ pub async fn serve<S>(
 {
     let session = relay.next_session_id();
     let started = Instant::now();
+    let Some(hello) = handshake(&mut ws, &session).await else {
+        return;
+    };
+    relay.audit.record(&Event {
+        event: "session_open",
+        subject: Some(&identity.subject),
+        session: Some(&session),
+        peer: Some(peer.clone()),
+        reason: Some(format!("agent {}", hello.agent)),
+        ..Default::default()
+    });
+    tracing::info!(%session, subject = %identity.subject, agent = %hello.agent, "session open");
 
-    // Phase 1: versioned handshake, one binary message each way.
+    let (opener, mut inbound, driver) = mux::start(WsByteStream::new(ws), Mode::Server);
+    let driver = tokio::spawn(driver);
+    let control = match tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.recv()).await {
+        Ok(Some(s)) => s,
+        _ => {
+            driver.abort();
+            return;
+        }
+    };
+    let (identity_tx, identity_rx) = watch::channel(identity.clone());
+    let control = start_control(&relay, control, identity_tx, &session);
+    let end = accept_streams(
+        &relay,
+        &mut inbound,
+        &identity_rx,
+        &control.tx,
+        &session,
+        &peer,
+    )
+    .await;
+
+    if let Some((code, reason)) = end.goodbye {
+        let _ = control.tx.send(Control::Goodbye { code, reason }).await;
+        // Let the goodbye reach the agent before the session goes.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    control.stop();
+    drop(inbound);
+    drop(opener);
+    let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+    relay.audit.record(&Event {
+        event: "session_close",
+        subject: Some(&identity.subject),
+        session: Some(&session),
+        peer: Some(peer),
+        reason: Some(end.reason.to_string()),
+        duration_ms: Some(started.elapsed().as_millis() as u64),
+        ..Default::default()
+    });
+    tracing::info!(%session, reason = end.reason, "session closed");
+}
+
+/// Phase 1: versioned handshake, one binary message each way. `None` when
+/// the agent sent no valid hello, speaks another protocol version (it is
+/// told which), or could not be welcomed.
+async fn handshake<S>(ws: &mut WebSocketStream<S>, session: &str) -> Option<Hello>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.next()).await {
         Ok(Some(Ok(Message::Binary(b)))) => Hello::decode(&mut BytesMut::from(&b[..])),
         _ => Ok(None),
@@ -51,7 +121,7 @@ pub async fn serve<S>(
         Ok(None) | Err(_) => {
             tracing::debug!(%session, "no valid hello; closing");
             let _ = ws.close(None).await;
-            return;
+            return None;
         }
     };
     if hello.version != PROTOCOL_VERSION {
@@ -66,103 +136,108 @@ pub async fn serve<S>(
         .encode(&mut out);
         let _ = ws.send(Message::Binary(out.freeze())).await;
         let _ = ws.close(None).await;
-        return;
+        return None;
     }
     let mut out = BytesMut::new();
     HelloReply::Welcome {
         version: PROTOCOL_VERSION,
-        session: session.clone(),
+        session: session.to_string(),
     }
     .encode(&mut out);
-    if ws.send(Message::Binary(out.freeze())).await.is_err() {
-        return;
-    }
-    relay.audit.record(&Event {
-        event: "session_open",
-        subject: Some(&identity.subject),
-        session: Some(&session),
-        peer: Some(peer.clone()),
-        reason: Some(format!("agent {}", hello.agent)),
-        ..Default::default()
-    });
-    tracing::info!(%session, subject = %identity.subject, agent = %hello.agent, "session open");
+    ws.send(Message::Binary(out.freeze())).await.ok()?;
+    Some(hello)
+}
 
-    // Phase 2: the mux, and the control stream (the first one opened).
-    let (opener, mut inbound, driver) = mux::start(WsByteStream::new(ws), Mode::Server);
-    let driver = tokio::spawn(driver);
-    let control = match tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.recv()).await {
-        Ok(Some(s)) => s,
-        _ => {
-            driver.abort();
-            return;
-        }
-    };
-    let (identity_tx, identity_rx) = watch::channel(identity.clone());
-    let (ctl_reader, mut ctl_writer) = control::channel(control);
-    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(16);
+/// The control stream's two tasks: one writing what `tx` is sent, one
+/// reading (pings, token refreshes).
+struct ControlChannel {
+    tx: mpsc::Sender<Control>,
+    writer: JoinHandle<()>,
+    reader: JoinHandle<()>,
+}
+
+impl ControlChannel {
+    fn stop(self) {
+        drop(self.tx);
+        self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+/// Phase 2: serves the control stream (the first one the agent opened).
+fn start_control(
+    relay: &Arc<Relay>,
+    stream: Stream,
+    identity: watch::Sender<Identity>,
+    session: &str,
+) -> ControlChannel {
+    let (ctl_reader, mut ctl_writer) = control::channel(stream);
+    let (tx, mut rx) = mpsc::channel::<Control>(16);
     let writer = tokio::spawn(async move {
-        while let Some(msg) = ctl_rx.recv().await {
+        while let Some(msg) = rx.recv().await {
             if ctl_writer.send(&msg).await.is_err() {
                 break;
             }
         }
     });
-    let control_task = tokio::spawn(control_loop(
+    let reader = tokio::spawn(control_loop(
         relay.clone(),
         ctl_reader,
-        ctl_tx.clone(),
-        identity_tx,
-        session.clone(),
+        tx.clone(),
+        identity,
+        session.to_string(),
     ));
+    ControlChannel { tx, writer, reader }
+}
 
-    // Phase 3: data streams until something ends the session.
+/// Why a session ended, and what the agent is told, if anything.
+struct End {
+    reason: &'static str,
+    goodbye: Option<(RefusalCode, String)>,
+}
+
+/// Phase 3: serves data streams until the agent leaves, the relay shuts
+/// down, the token expires without renewal, or the control channel closes.
+async fn accept_streams(
+    relay: &Arc<Relay>,
+    inbound: &mut mpsc::UnboundedReceiver<Stream>,
+    identity_rx: &watch::Receiver<Identity>,
+    ctl_tx: &mpsc::Sender<Control>,
+    session: &str,
+    peer: &str,
+) -> End {
     let grace = relay.config.identity.leeway;
-    let end_reason: (&str, Option<(RefusalCode, String)>) = loop {
+    loop {
         let expires_at = identity_rx.borrow().expires_at;
         let until_expiry = Duration::from_secs(expires_at.saturating_sub(now_unix())) + grace;
         tokio::select! {
             s = inbound.recv() => match s {
                 Some(stream) => {
-                    tokio::spawn(serve_stream(relay.clone(), stream, identity_rx.clone(), session.clone(), peer.clone()));
+                    tokio::spawn(serve_stream(relay.clone(), stream, identity_rx.clone(), session.to_string(), peer.to_string()));
                 }
-                None => break ("agent closed", None),
+                None => return End { reason: "agent closed", goodbye: None },
             },
-            _ = relay.shutdown.cancelled() => break ("relay shutting down", Some((
-                RefusalCode::ShuttingDown,
-                "relay is shutting down; reconnect to another relay".to_string(),
-            ))),
+            _ = relay.shutdown().cancelled() => return End {
+                reason: "relay shutting down",
+                goodbye: Some((
+                    RefusalCode::ShuttingDown,
+                    "relay is shutting down; reconnect to another relay".to_string(),
+                )),
+            },
             _ = tokio::time::sleep(until_expiry) => {
-                if identity_rx.borrow().expires_at + grace.as_secs() <= now_unix() {
-                    break ("token expired", Some((
-                        RefusalCode::Unauthenticated,
-                        "access token expired without renewal; sign in again".to_string(),
-                    )));
+                if policy::token_expired(&identity_rx.borrow(), grace, now_unix()) {
+                    return End {
+                        reason: "token expired",
+                        goodbye: Some((
+                            RefusalCode::Unauthenticated,
+                            "access token expired without renewal; sign in again".to_string(),
+                        )),
+                    };
                 }
             }
-            _ = ctl_tx.closed() => break ("control channel closed", None),
+            _ = ctl_tx.closed() => return End { reason: "control channel closed", goodbye: None },
         }
-    };
-    if let Some((code, reason)) = end_reason.1 {
-        let _ = ctl_tx.send(Control::Goodbye { code, reason }).await;
-        // Let the goodbye reach the agent before the session goes.
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    drop(ctl_tx);
-    control_task.abort();
-    writer.abort();
-    drop(inbound);
-    drop(opener);
-    let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
-    relay.audit.record(&Event {
-        event: "session_close",
-        subject: Some(&identity.subject),
-        session: Some(&session),
-        peer: Some(peer),
-        reason: Some(end_reason.0.to_string()),
-        duration_ms: Some(started.elapsed().as_millis() as u64),
-        ..Default::default()
-    });
-    tracing::info!(%session, reason = end_reason.0, "session closed");
 }
 
 /// Answers pings and takes refreshed tokens for the same subject.
@@ -184,49 +259,7 @@ async fn control_loop(
         };
         let reply = match msg {
             Control::Ping(n) => Control::Pong(n),
-            Control::RefreshToken(token) => {
-                let current = identity.borrow().subject.clone();
-                match relay.verifier.verify(token.expose()).await {
-                    Ok(new) if new.subject == current => {
-                        let expires_at = new.expires_at;
-                        relay.audit.record(&Event {
-                            event: "token_refreshed",
-                            subject: Some(&current),
-                            session: Some(&session),
-                            reason: Some(format!("expires_at {expires_at}")),
-                            ..Default::default()
-                        });
-                        identity.send_replace(new);
-                        Control::TokenAccepted { expires_at }
-                    }
-                    Ok(new) => {
-                        relay.audit.record(&Event {
-                            event: "token_refresh_refused",
-                            subject: Some(&current),
-                            session: Some(&session),
-                            code: Some("subject_changed"),
-                            reason: Some(format!("new token is for {}", new.subject)),
-                            ..Default::default()
-                        });
-                        Control::TokenRejected {
-                            reason: "new token names a different user".into(),
-                        }
-                    }
-                    Err(e) => {
-                        relay.audit.record(&Event {
-                            event: "token_refresh_refused",
-                            subject: Some(&current),
-                            session: Some(&session),
-                            code: Some(e.code()),
-                            reason: Some(e.to_string()),
-                            ..Default::default()
-                        });
-                        Control::TokenRejected {
-                            reason: e.to_string(),
-                        }
-                    }
-                }
-            }
+            Control::RefreshToken(token) => refresh(&relay, &identity, &session, &token).await,
             Control::Pong(_) => continue,
             other => {
                 tracing::debug!(%session, ?other, "ignoring control message");
@@ -239,8 +272,99 @@ async fn control_loop(
     }
 }
 
-/// One data stream through the phases: open header → authorize → backend →
-/// answer → copy → audit.
+/// Takes a refreshed token if it is valid and names the same subject.
+async fn refresh(
+    relay: &Relay,
+    identity: &watch::Sender<Identity>,
+    session: &str,
+    token: &Token,
+) -> Control {
+    let current = identity.borrow().subject.clone();
+    match relay.verifier.verify(token.expose()).await {
+        Ok(new) if new.subject == current => {
+            let expires_at = new.expires_at;
+            relay.audit.record(&Event {
+                event: "token_refreshed",
+                subject: Some(&current),
+                session: Some(session),
+                reason: Some(format!("expires_at {expires_at}")),
+                ..Default::default()
+            });
+            identity.send_replace(new);
+            Control::TokenAccepted { expires_at }
+        }
+        Ok(new) => {
+            relay.audit.record(&Event {
+                event: "token_refresh_refused",
+                subject: Some(&current),
+                session: Some(session),
+                code: Some("subject_changed"),
+                reason: Some(format!("new token is for {}", new.subject)),
+                ..Default::default()
+            });
+            Control::TokenRejected {
+                reason: "new token names a different user".into(),
+            }
+        }
+        Err(e) => {
+            relay.audit.record(&Event {
+                event: "token_refresh_refused",
+                subject: Some(&current),
+                session: Some(session),
+                code: Some(e.code()),
+                reason: Some(e.to_string()),
+                ..Default::default()
+            });
+            Control::TokenRejected {
+                reason: e.to_string(),
+            }
+        }
+    }
+}
+
+/// Who opened a data stream, to which service: what its audit lines name.
+struct Caller<'a> {
+    relay: &'a Arc<Relay>,
+    identity: &'a Identity,
+    session: &'a str,
+    peer: &'a str,
+    service: &'a str,
+}
+
+impl Caller<'_> {
+    /// Answers the open header with `refusal`, auditing `reason` (which may
+    /// say more than the agent is told).
+    async fn refuse(&self, framed: &mut FramedIo<Stream>, refusal: Refusal, reason: &str) {
+        self.relay.audit.record(&Event {
+            event: "stream_refused",
+            subject: Some(&self.identity.subject),
+            session: Some(self.session),
+            peer: Some(self.peer.to_string()),
+            service: Some(self.service),
+            code: Some(code_name(refusal.code)),
+            reason: Some(reason.to_string()),
+            ..Default::default()
+        });
+        let _ = framed
+            .write(|b| OpenResult::Refused(refusal).encode(b))
+            .await;
+    }
+
+    fn audit_open(&self, backend: Option<&str>) {
+        self.relay.audit.record(&Event {
+            event: "stream_open",
+            subject: Some(&self.identity.subject),
+            session: Some(self.session),
+            peer: Some(self.peer.to_string()),
+            service: Some(self.service),
+            backend,
+            ..Default::default()
+        });
+    }
+}
+
+/// One data stream through the phases: open header → authorize → the
+/// service's kind takes it from there.
 async fn serve_stream(
     relay: Arc<Relay>,
     stream: Stream,
@@ -259,69 +383,61 @@ async fn serve_stream(
         }
         _ => return,
     };
-    let service = open.service;
-    let audit_refusal = |code: RefusalCode, reason: &str| {
-        relay.audit.record(&Event {
-            event: "stream_refused",
-            subject: Some(&identity.subject),
-            session: Some(&session),
-            peer: Some(peer.clone()),
-            service: Some(&service),
-            code: Some(code_name(code)),
-            reason: Some(reason.to_string()),
-            ..Default::default()
-        });
+    let caller = Caller {
+        relay: &relay,
+        identity: &identity,
+        session: &session,
+        peer: &peer,
+        service: &open.service,
     };
-
-    let decision = authorize(&relay, &service, &identity);
-    let svc = match decision {
+    let svc = match authorize(&relay, &open.service, &identity) {
         Ok(svc) => svc,
         Err(refusal) => {
-            audit_refusal(refusal.code, &refusal.message);
-            let _ = framed
-                .write(|b| OpenResult::Refused(refusal).encode(b))
-                .await;
+            let reason = refusal.message.clone();
+            caller.refuse(&mut framed, refusal, &reason).await;
             return;
         }
     };
-    if let Some(http_svc) = relay.http_service(&svc.name) {
-        // http: accept now; each request picks its backend (and errors
-        // become HTTP error pages naming the service).
-        if framed
-            .write(|b| OpenResult::Accepted.encode(b))
-            .await
-            .is_err()
-        {
-            return;
+    match relay.http_service(&svc.name) {
+        Some(http_svc) => {
+            // http: accept now; each request picks its backend (and errors
+            // become HTTP error pages naming the service).
+            if framed
+                .write(|b| OpenResult::Accepted.encode(b))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            caller.audit_open(None);
+            let (stream, early) = framed.into_parts();
+            let client_ip = peer
+                .rsplit_once(':')
+                .map(|(ip, _)| ip.trim_matches(['[', ']']).to_string())
+                .unwrap_or_else(|| peer.clone());
+            let ctx = crate::http::StreamCtx {
+                relay: relay.clone(),
+                svc: http_svc,
+                identity: identity_rx,
+                session: session.clone(),
+                client_ip,
+            };
+            let io = gangway_transport::rewind::Rewind::new(early.freeze(), stream);
+            crate::http::serve(ctx, io).await;
         }
-        let (stream, early) = framed.into_parts();
-        relay.audit.record(&Event {
-            event: "stream_open",
-            subject: Some(&identity.subject),
-            session: Some(&session),
-            peer: Some(peer.clone()),
-            service: Some(&service),
-            ..Default::default()
-        });
-        let client_ip = peer
-            .rsplit_once(':')
-            .map(|(ip, _)| ip.trim_matches(['[', ']']).to_string())
-            .unwrap_or_else(|| peer.clone());
-        let ctx = crate::http::StreamCtx {
-            relay: relay.clone(),
-            svc: http_svc,
-            identity: identity_rx,
-            session: session.clone(),
-            client_ip,
-        };
-        crate::http::serve(
-            ctx,
-            gangway_transport::rewind::Rewind::new(early.freeze(), stream),
-        )
-        .await;
-        return;
+        None => forward_tcp(&caller, svc, framed).await,
     }
-    let pool = relay.pool(&svc.name);
+}
+
+/// A tcp service's stream: connect a backend (refusing when none answers),
+/// accept, copy both ways, audit.
+async fn forward_tcp(caller: &Caller<'_>, svc: &ServiceConfig, mut framed: FramedIo<Stream>) {
+    let relay = caller.relay;
+    let Some(pool) = relay.tcp_service(&svc.name) else {
+        // Every service that is not http is tcp and has a pool.
+        tracing::error!(service = %svc.name, "no backend pool for tcp service");
+        return;
+    };
     let (mut backend, backend_addr) = match pool.connect(svc).await {
         Ok(ok) => ok,
         Err(e) => {
@@ -329,10 +445,7 @@ async fn serve_stream(
                 code: RefusalCode::BackendUnreachable,
                 message: format!("{} is not reachable from the relay", svc.display_name),
             };
-            audit_refusal(refusal.code, &e.to_string());
-            let _ = framed
-                .write(|b| OpenResult::Refused(refusal).encode(b))
-                .await;
+            caller.refuse(&mut framed, refusal, &e.to_string()).await;
             return;
         }
     };
@@ -348,15 +461,7 @@ async fn serve_stream(
         return;
     }
     let started = Instant::now();
-    relay.audit.record(&Event {
-        event: "stream_open",
-        subject: Some(&identity.subject),
-        session: Some(&session),
-        peer: Some(peer.clone()),
-        service: Some(&service),
-        backend: Some(&backend_addr),
-        ..Default::default()
-    });
+    caller.audit_open(Some(&backend_addr));
     let result = duplex::splice(&mut stream, &mut backend).await;
     let (up, down, reason) = match result {
         Ok(t) => (t.a_to_b + early.len() as u64, t.b_to_a, None),
@@ -364,9 +469,9 @@ async fn serve_stream(
     };
     relay.audit.record(&Event {
         event: "stream_close",
-        subject: Some(&identity.subject),
-        session: Some(&session),
-        service: Some(&service),
+        subject: Some(&caller.identity.subject),
+        session: Some(caller.session),
+        service: Some(caller.service),
         backend: Some(&backend_addr),
         bytes_up: Some(up),
         bytes_down: Some(down),
@@ -381,8 +486,8 @@ fn authorize<'r>(
     relay: &'r Relay,
     service: &str,
     identity: &Identity,
-) -> Result<&'r crate::config::ServiceConfig, Refusal> {
-    if relay.shutdown.is_cancelled() {
+) -> Result<&'r ServiceConfig, Refusal> {
+    if relay.shutdown().is_cancelled() {
         return Err(Refusal {
             code: RefusalCode::ShuttingDown,
             message: "relay is shutting down".into(),
@@ -394,14 +499,14 @@ fn authorize<'r>(
             message: format!("the relay has no service named {service:?}"),
         });
     };
-    if identity.expires_at + relay.config.identity.leeway.as_secs() <= now_unix() {
-        return Err(Refusal {
+    let leeway = relay.config.identity.leeway;
+    match policy::authorize_service(svc, identity, leeway, now_unix()) {
+        Ok(()) => Ok(svc),
+        Err(ServiceDenial::Expired) => Err(Refusal {
             code: RefusalCode::Unauthenticated,
             message: "access token expired; sign in again".into(),
-        });
-    }
-    if !svc.allows(&identity.groups) {
-        return Err(Refusal {
+        }),
+        Err(ServiceDenial::NotInGroups) => Err(Refusal {
             code: RefusalCode::Forbidden,
             message: format!(
                 "{} may not use {} (needs one of the groups: {})",
@@ -409,9 +514,8 @@ fn authorize<'r>(
                 svc.display_name,
                 svc.allow_groups.as_deref().unwrap_or_default().join(", ")
             ),
-        });
+        }),
     }
-    Ok(svc)
 }
 
 fn code_name(code: RefusalCode) -> &'static str {

@@ -1,5 +1,5 @@
-//! Backend pools for http services: health state, round robin or least
-//! connections, and cookie affinity.
+//! Backend pools: health state, round robin or least connections, and
+//! cookie affinity.
 //!
 //! A backend's affinity id is derived from its address alone, so every
 //! relay behind a balancer gives the same node the same id: relays stay

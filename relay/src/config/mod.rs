@@ -1,0 +1,192 @@
+//! Relay configuration: one TOML file, read raw, then validated section by
+//! section.
+//!
+//! - this file: [`RelayConfig`], [`RelayConfig::load`] and
+//!   [`RelayConfig::parse`], [`ConfigError`], and the small top-level keys
+//!   (`listen`, `workers`, `[audit]`);
+//! - `raw.rs`: the file as written (serde, `deny_unknown_fields`, a doc
+//!   comment per key);
+//! - [`tls`], [`identity`], [`services`], [`http`] (a service's http-only
+//!   keys), [`assertion`]: each section's validated type with its
+//!   raw → validated conversion beside it.
+//!
+//! Every error names the file, the key and the reason, e.g.
+//! `relay.toml: service[1].backends: must list at least one backend`; the
+//! fixtures in `relay/tests/fixtures/invalid` each name the error they expect.
+
+pub mod assertion;
+pub mod http;
+pub mod identity;
+mod raw;
+pub mod services;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub use assertion::AssertionConfig;
+pub use http::{Balance, HealthConfig, HttpSettings, RouteConfig, RuleConfig};
+pub use identity::IdentityConfig;
+pub use services::{ServiceConfig, ServiceKind};
+pub use tls::TlsMode;
+
+use raw::RawConfig;
+
+/// A configuration error that names the file, key and reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {key}: {reason}", file.display())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub reason: String,
+}
+
+/// The file being validated: named in every error, and the directory that
+/// relative paths in it resolve against.
+struct Source<'a> {
+    file: &'a Path,
+}
+
+impl Source<'_> {
+    fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.file.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+}
+
+/// A validated relay configuration.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub listen: SocketAddr,
+    /// Worker threads (each a single-threaded runtime) serving connections.
+    pub workers: usize,
+    pub tls: TlsMode,
+    pub identity: IdentityConfig,
+    pub audit_path: Option<PathBuf>,
+    pub assertion: AssertionConfig,
+    pub services: Vec<ServiceConfig>,
+}
+
+impl RelayConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: "(file)".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path` (relative paths resolve
+    /// against its directory).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let src = Source { file: path };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let key = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "(syntax)".into());
+            src.err(key, e.message())
+        })?;
+        Ok(RelayConfig {
+            listen: listen(&raw.listen, &src)?,
+            workers: workers(raw.workers, &src)?,
+            tls: TlsMode::from_raw(raw.tls, &src)?,
+            identity: IdentityConfig::from_raw(raw.identity, &src)?,
+            services: services::from_raw(raw.services, &src)?,
+            assertion: AssertionConfig::from_raw(raw.assertion, &src)?,
+            audit_path: raw.audit.path.as_deref().map(|p| src.resolve(p)),
+        })
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+fn listen(raw: &str, src: &Source<'_>) -> Result<SocketAddr, ConfigError> {
+    raw.parse().map_err(|_| {
+        src.err(
+            "listen",
+            format!("{raw:?} is not an address like 0.0.0.0:8443"),
+        )
+    })
+}
+
+/// Absent: one per CPU.
+fn workers(raw: Option<i64>, src: &Source<'_>) -> Result<usize, ConfigError> {
+    match raw {
+        None => Ok(crate::workers::default_count()),
+        Some(n) if (1..=1024).contains(&n) => Ok(n as usize),
+        Some(n) => Err(src.err(
+            "workers",
+            format!("{n} is not a number of threads from 1 to 1024"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixtures(dir: &str) -> Vec<PathBuf> {
+        let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(dir);
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn valid_fixtures_load() {
+        let files = fixtures("valid");
+        assert!(!files.is_empty());
+        for f in files {
+            RelayConfig::load(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        }
+    }
+
+    /// Each invalid fixture's first line is `# expect: <key>: <reason fragment>`.
+    #[test]
+    fn invalid_fixtures_name_key_and_reason() {
+        let files = fixtures("invalid");
+        assert!(files.len() >= 5);
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let expect = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "))
+                .unwrap_or_else(|| panic!("{} lacks '# expect:'", f.display()))
+                .to_string();
+            let e = RelayConfig::load(&f).expect_err(&f.display().to_string());
+            let msg = e.to_string();
+            assert!(msg.starts_with(&f.display().to_string()), "{msg}");
+            assert!(
+                msg.contains(&expect),
+                "{}: got {msg:?}, want {expect:?}",
+                f.display()
+            );
+        }
+    }
+}

@@ -1,0 +1,174 @@
+use std::path::Path;
+use std::time::Duration;
+
+use http::{Method, Uri};
+
+use super::*;
+use crate::config::RelayConfig;
+
+const LEEWAY: Duration = Duration::from_secs(30);
+const NOW: u64 = 1_000_000;
+
+/// One http service with a route and a rule, one tcp service open to all.
+fn config() -> RelayConfig {
+    let text = r#"
+        listen = "127.0.0.1:0"
+        [tls]
+        insecure_plaintext = true
+        [identity]
+        issuer = "https://login.example.com"
+        audience = "relay"
+        client_id = "gangway"
+
+        [[service]]
+        name = "confluence"
+        kind = "http"
+        local_port = 8090
+        backends = ["c1:8090"]
+        allow_groups = ["staff", "admins"]
+        [[service.route]]
+        prefix = "/synchrony"
+        backends = ["s1:8091"]
+        allow_groups = ["admins"]
+        [[service.route]]
+        prefix = "/synchrony/deep"
+        backends = ["s2:8091"]
+        [[service.rule]]
+        path_contains = "/git-receive-pack"
+        methods = ["post"]
+        allow_groups = ["admins"]
+        reason = "only admins may push"
+
+        [[service]]
+        name = "ssh"
+        kind = "tcp"
+        local_port = 7999
+        backends = ["b1:7999"]
+    "#;
+    RelayConfig::parse(Path::new("policy-test.toml"), text).unwrap()
+}
+
+fn who(groups: &[&str], expires_at: u64) -> Identity {
+    Identity {
+        subject: "ada".into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        expires_at,
+    }
+}
+
+fn request<'c>(
+    svc: &'c ServiceConfig,
+    id: &Identity,
+    method: Method,
+    uri: &str,
+) -> Result<Option<usize>, RequestDenial<'c>> {
+    let uri: Uri = uri.parse().unwrap();
+    authorize_request(svc, id, &Target::new(&method, &uri), LEEWAY, NOW)
+}
+
+#[test]
+fn tokens_expire_after_the_leeway() {
+    assert!(!token_expired(&who(&[], NOW), LEEWAY, NOW));
+    assert!(!token_expired(&who(&[], NOW - 29), LEEWAY, NOW));
+    assert!(token_expired(&who(&[], NOW - 30), LEEWAY, NOW));
+}
+
+#[test]
+fn services_without_groups_are_open_to_everyone() {
+    let c = config();
+    let ssh = c.service("ssh").unwrap();
+    assert!(may_use(ssh, &[]));
+    let confluence = c.service("confluence").unwrap();
+    assert!(!may_use(confluence, &[]));
+    assert!(!may_use(confluence, &["guests".into()]));
+    assert!(may_use(confluence, &["guests".into(), "admins".into()]));
+}
+
+#[test]
+fn a_service_checks_the_token_before_the_groups() {
+    let c = config();
+    let svc = c.service("confluence").unwrap();
+    let now = NOW;
+    assert_eq!(
+        authorize_service(svc, &who(&[], 0), LEEWAY, now),
+        Err(ServiceDenial::Expired)
+    );
+    assert_eq!(
+        authorize_service(svc, &who(&["guests"], now), LEEWAY, now),
+        Err(ServiceDenial::NotInGroups)
+    );
+    assert_eq!(
+        authorize_service(svc, &who(&["staff"], now), LEEWAY, now),
+        Ok(())
+    );
+}
+
+#[test]
+fn routes_match_whole_segments_longest_first() {
+    let c = config();
+    let svc = c.service("confluence").unwrap();
+    let prefix = |path: &str| route(svc, path).map(|i| svc.http.routes[i].prefix.as_str());
+    assert_eq!(prefix("/synchrony"), Some("/synchrony"));
+    assert_eq!(prefix("/synchrony/v1/bayeux"), Some("/synchrony"));
+    assert_eq!(prefix("/synchrony/deep/x"), Some("/synchrony/deep"));
+    assert_eq!(prefix("/synchronyx"), None);
+    assert_eq!(prefix("/wiki/synchrony"), None);
+    assert_eq!(prefix("/"), None);
+}
+
+#[test]
+fn rules_need_every_condition_they_set() {
+    let c = config();
+    let rule = &c.service("confluence").unwrap().http.rules[0];
+    let t = |m: &Method, u: &str| {
+        let uri: Uri = u.parse().unwrap();
+        rule_matches(rule, &Target::new(m, &uri))
+    };
+    assert!(t(&Method::POST, "/scm/p/r.git/git-receive-pack"));
+    assert!(!t(&Method::GET, "/scm/p/r.git/git-receive-pack"));
+    assert!(!t(&Method::POST, "/scm/p/r.git/git-upload-pack"));
+    // path_contains also looks at the query.
+    assert!(t(&Method::POST, "/scm/p/r.git/info?x=/git-receive-pack"));
+}
+
+#[test]
+fn requests_go_service_then_route_then_rule() {
+    let c = config();
+    let svc = c.service("confluence").unwrap();
+    let staff = who(&["staff"], NOW);
+    let admin = who(&["admins"], NOW);
+    assert_eq!(
+        request(svc, &who(&["staff"], 0), Method::GET, "/"),
+        Err(RequestDenial::Service(ServiceDenial::Expired))
+    );
+    assert_eq!(
+        request(svc, &who(&["guests"], NOW), Method::GET, "/"),
+        Err(RequestDenial::Service(ServiceDenial::NotInGroups))
+    );
+    assert_eq!(request(svc, &staff, Method::GET, "/wiki"), Ok(None));
+    assert_eq!(
+        request(svc, &staff, Method::GET, "/synchrony/v1"),
+        Err(RequestDenial::Route {
+            prefix: "/synchrony"
+        })
+    );
+    assert_eq!(
+        request(svc, &admin, Method::GET, "/synchrony/v1"),
+        Ok(Some(1))
+    );
+    // A route without groups of its own adds no check.
+    assert_eq!(
+        request(svc, &staff, Method::GET, "/synchrony/deep/1"),
+        Ok(Some(0))
+    );
+    assert_eq!(
+        request(svc, &staff, Method::POST, "/r.git/git-receive-pack"),
+        Err(RequestDenial::Rule {
+            reason: "only admins may push"
+        })
+    );
+    assert_eq!(
+        request(svc, &admin, Method::POST, "/r.git/git-receive-pack"),
+        Ok(None)
+    );
+}
