@@ -4,54 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gangway_wire::Token;
-use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::AgentError;
 
-/// `GET /.well-known/gangway`: what the agent needs to sign in.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct Discovery {
-    pub issuer: String,
-    pub client_id: String,
-    pub audience: String,
-    pub scopes: Vec<String>,
-    pub protocol_version: u8,
-}
-
-/// Kind of a service: `http` services get HTTP error pages on refusal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ServiceKind {
-    Http,
-    Tcp,
-}
-
-impl std::fmt::Display for ServiceKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ServiceKind::Http => "http",
-            ServiceKind::Tcp => "tcp",
-        })
-    }
-}
-
-/// One service the caller may reach.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct Service {
-    pub name: String,
-    pub kind: ServiceKind,
-    pub display_name: String,
-    pub local_port: u16,
-}
-
-/// `GET /v1/catalog`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct Catalog {
-    pub subject: String,
-    pub groups: Vec<String>,
-    pub services: Vec<Service>,
-}
+pub use gangway_wire::api::{Catalog, Discovery, Service, ServiceKind};
 
 /// A client for one relay.
 #[derive(Clone)]

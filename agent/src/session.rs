@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::{SinkExt, StreamExt};
-use gangway_transport::control::{self, ControlReader, ControlWriter};
+use gangway_transport::control::{ControlReader, ControlWriter};
+use gangway_transport::handshake::{self, HandshakeError};
 use gangway_transport::mux::{self, Mode};
 use gangway_transport::{Opener, Stream, WsByteStream};
 use gangway_wire::{
@@ -16,9 +16,8 @@ use gangway_wire::{
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
 use url::Url;
 
 use crate::pipelined::{OnAnswer, PipelinedStream};
@@ -120,63 +119,45 @@ impl Session {
         let value = http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .map_err(|_| AgentError::NoToken("token contains invalid characters".into()))?;
         req.headers_mut().insert(http::header::AUTHORIZATION, value);
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, io, Some(ws_config()))
-            .await
-            .map_err(|e| match e {
-                tungstenite::Error::Http(resp) => {
-                    let body = resp
-                        .body()
-                        .as_ref()
-                        .map(|b| String::from_utf8_lossy(b).trim().to_string())
-                        .unwrap_or_default();
-                    if resp.status() == http::StatusCode::UNAUTHORIZED {
-                        AgentError::Unauthorized(body)
-                    } else {
-                        AgentError::Unreachable(format!("{relay}: HTTP {}: {body}", resp.status()))
-                    }
-                }
-                other => AgentError::Unreachable(format!("{relay}: {other}")),
-            })?;
-
-        // Versioned handshake: one binary message each way.
-        let mut out = BytesMut::new();
-        Hello {
-            version: PROTOCOL_VERSION,
-            agent: concat!("gangway/", env!("CARGO_PKG_VERSION")).into(),
-        }
-        .encode(&mut out);
-        ws.send(Message::Binary(out.freeze()))
-            .await
-            .map_err(|e| AgentError::Unreachable(e.to_string()))?;
-        let reply = loop {
-            match ws.next().await {
-                Some(Ok(Message::Binary(b))) => {
-                    break HelloReply::decode(&mut BytesMut::from(&b[..]))
-                        .map_err(|e| AgentError::Protocol(e.to_string()))?
-                        .ok_or_else(|| AgentError::Protocol("truncated handshake reply".into()))?
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(other)) => {
-                    return Err(AgentError::Protocol(format!(
-                        "unexpected handshake reply {other:?}"
-                    )))
-                }
-                Some(Err(e)) => return Err(AgentError::Unreachable(e.to_string())),
-                None => {
-                    return Err(AgentError::Unreachable(
-                        "relay closed during handshake".into(),
-                    ))
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+            req,
+            io,
+            Some(gangway_transport::ws::config()),
+        )
+        .await
+        .map_err(|e| match e {
+            tungstenite::Error::Http(resp) => {
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).trim().to_string())
+                    .unwrap_or_default();
+                if resp.status() == http::StatusCode::UNAUTHORIZED {
+                    AgentError::Unauthorized(body)
+                } else {
+                    AgentError::Unreachable(format!("{relay}: HTTP {}: {body}", resp.status()))
                 }
             }
+            other => AgentError::Unreachable(format!("{relay}: {other}")),
+        })?;
+
+        // Versioned handshake, then the control stream (transport's
+        // `handshake` holds the rules both ends follow).
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            agent: concat!("gangway/", env!("CARGO_PKG_VERSION")).into(),
         };
-        let id = match reply {
+        let id = match handshake::send_hello(&mut ws, &hello)
+            .await
+            .map_err(handshake_error)?
+        {
             HelloReply::Welcome { session, .. } => session,
             HelloReply::Unsupported { message, .. } => return Err(AgentError::Protocol(message)),
         };
 
         let (opener, _inbound, driver) = mux::start(WsByteStream::new(ws), Mode::Client);
         let (ended_tx, ended_rx) = watch::channel(None);
-        let control_stream = {
+        {
             let driver_task = tokio::spawn(driver);
             let ended_tx = ended_tx.clone();
             tokio::spawn(async move {
@@ -195,32 +176,10 @@ impl Session {
                     }
                 });
             });
-            opener
-                .open()
-                .await
-                .map_err(|e| AgentError::Unreachable(e.to_string()))?
-        };
-        // The relay takes the first stream it sees as the control channel,
-        // and yamux announces a stream with its first frame: write on the
-        // control stream before any data stream can exist.
-        let (mut reader, mut writer) = control::channel(control_stream);
-        writer
-            .send(&Control::Ping(0))
-            .await
-            .map_err(|e| AgentError::Unreachable(e.to_string()))?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, reader.recv()).await {
-            Ok(Ok(Some(Control::Pong(0)))) => {}
-            Ok(Ok(Some(Control::Goodbye { reason, .. }))) => {
-                return Err(AgentError::Unreachable(format!(
-                    "relay closed the session: {reason}"
-                )))
-            }
-            other => {
-                return Err(AgentError::Protocol(format!(
-                    "relay did not answer on the control channel: {other:?}"
-                )))
-            }
         }
+        let (reader, writer) = handshake::open_control(&opener, CONNECT_TIMEOUT)
+            .await
+            .map_err(handshake_error)?;
         let (control_tx, control_rx) = mpsc::channel(16);
         tokio::spawn(control_loop(reader, writer, control_rx, ended_tx));
         Ok(Session {
@@ -356,11 +315,14 @@ async fn control_loop(
     }
 }
 
-fn ws_config() -> WebSocketConfig {
-    let mut c = WebSocketConfig::default();
-    c.max_message_size = Some(4 << 20);
-    c.max_frame_size = Some(4 << 20);
-    c
+/// A failed opening as the user sees it: the connection broke (retry), or
+/// the relay is not speaking our protocol.
+fn handshake_error(e: HandshakeError) -> AgentError {
+    if e.is_connection() {
+        AgentError::Unreachable(e.to_string())
+    } else {
+        AgentError::Protocol(e.to_string())
+    }
 }
 
 /// Convenience for refusals built locally (e.g. "relay unreachable").

@@ -621,7 +621,7 @@ fn gangway_bins(bin_dir: Option<&Path>) -> anyhow::Result<GangwayBins> {
             let status = std::process::Command::new(cargo)
                 .current_dir(workspace)
                 .args(["build", "--release", "--bins"])
-                .args(["-p", "gangway-agent", "-p", "gangway-relay"])
+                .args(["-p", "gangway-cli", "-p", "gangway-relay"])
                 .env("CARGO_TARGET_DIR", target)
                 .status()
                 .context("running cargo build")?;

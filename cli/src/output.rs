@@ -225,7 +225,7 @@ fn print_services(snap: &Snapshot) {
         println!(
             "  {:<16} {:<4} {:<21} {:<13} {} active, {} total, up {}, down {}{rtt}{}",
             s.name,
-            s.kind.to_string(),
+            s.kind,
             s.local_addr.as_deref().unwrap_or("-"),
             s.state,
             s.stats.active_streams,

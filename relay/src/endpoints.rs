@@ -10,13 +10,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::audit::Event;
 use crate::auth::{bearer, AuthError, Identity};
-use crate::config::ServiceKind;
 use crate::{policy, tunnel, Relay};
+use gangway_wire::api::{Catalog, Discovery, Service};
 
 type Body = Full<Bytes>;
 
@@ -60,40 +60,15 @@ fn json(value: &impl Serialize) -> Response<Body> {
         .expect("static response")
 }
 
-/// What an agent needs to sign in, from the relay URL alone.
-#[derive(Serialize)]
-struct Discovery<'a> {
-    issuer: &'a str,
-    client_id: &'a str,
-    audience: &'a str,
-    scopes: &'a [String],
-    protocol_version: u8,
-}
-
 fn discovery(relay: &Relay) -> Response<Body> {
     let id = &relay.config.identity;
     json(&Discovery {
-        issuer: &id.issuer,
-        client_id: &id.client_id,
-        audience: &id.audience,
-        scopes: &id.scopes,
+        issuer: id.issuer.clone(),
+        client_id: id.client_id.clone(),
+        audience: id.audience.clone(),
+        scopes: id.scopes.clone(),
         protocol_version: gangway_wire::PROTOCOL_VERSION,
     })
-}
-
-#[derive(Serialize)]
-struct Catalog<'a> {
-    subject: &'a str,
-    groups: &'a [String],
-    services: Vec<CatalogEntry<'a>>,
-}
-
-#[derive(Serialize)]
-struct CatalogEntry<'a> {
-    name: &'a str,
-    kind: ServiceKind,
-    display_name: &'a str,
-    local_port: u16,
 }
 
 fn catalog(relay: &Relay, id: &Identity) -> Response<Body> {
@@ -102,16 +77,16 @@ fn catalog(relay: &Relay, id: &Identity) -> Response<Body> {
         .services
         .iter()
         .filter(|s| policy::may_use(s, &id.groups))
-        .map(|s| CatalogEntry {
-            name: &s.name,
+        .map(|s| Service {
+            name: s.name.clone(),
             kind: s.kind,
-            display_name: &s.display_name,
+            display_name: s.display_name.clone(),
             local_port: s.local_port,
         })
         .collect();
     json(&Catalog {
-        subject: &id.subject,
-        groups: &id.groups,
+        subject: id.subject.clone(),
+        groups: id.groups.clone(),
         services,
     })
 }
@@ -197,7 +172,7 @@ async fn tunnel_upgrade(
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
-                    Some(ws_config()),
+                    Some(gangway_transport::ws::config()),
                 )
                 .await;
                 tunnel::serve(relay, ws, identity, peer).await;
@@ -212,12 +187,4 @@ async fn tunnel_upgrade(
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(Full::new(Bytes::new()))
         .expect("static response")
-}
-
-/// WebSocket limits for tunnel connections.
-pub fn ws_config() -> WebSocketConfig {
-    let mut c = WebSocketConfig::default();
-    c.max_message_size = Some(4 << 20);
-    c.max_frame_size = Some(4 << 20);
-    c
 }

@@ -13,12 +13,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use futures::{SinkExt, StreamExt};
 use gangway_transport::control::{self, ControlReader};
 use gangway_transport::framed::FramedIo;
 use gangway_transport::mux::{self, Mode};
-use gangway_transport::{duplex, Stream, WsByteStream};
+use gangway_transport::{duplex, handshake, Stream, WsByteStream};
 use gangway_wire::{
     Control, Hello, HelloReply, OpenResult, OpenStream, Refusal, RefusalCode, Token,
     PROTOCOL_VERSION,
@@ -26,7 +24,6 @@ use gangway_wire::{
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::audit::Event;
@@ -65,9 +62,10 @@ pub async fn serve<S>(
 
     let (opener, mut inbound, driver) = mux::start(WsByteStream::new(ws), Mode::Server);
     let driver = tokio::spawn(driver);
-    let control = match tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.recv()).await {
-        Ok(Some(s)) => s,
-        _ => {
+    let control = match handshake::accept_control(&mut inbound, HANDSHAKE_TIMEOUT).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%session, "no control stream ({e}); closing");
             driver.abort();
             return;
         }
@@ -105,27 +103,27 @@ pub async fn serve<S>(
     tracing::info!(%session, reason = end.reason, "session closed");
 }
 
-/// Phase 1: versioned handshake, one binary message each way. `None` when
-/// the agent sent no valid hello, speaks another protocol version (it is
-/// told which), or could not be welcomed.
+/// Phase 1: versioned handshake ([`handshake`]). `None` when the agent
+/// sent no valid hello, speaks another protocol version (it is told
+/// which), or could not be welcomed.
 async fn handshake<S>(ws: &mut WebSocketStream<S>, session: &str) -> Option<Hello>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, ws.next()).await {
-        Ok(Some(Ok(Message::Binary(b)))) => Hello::decode(&mut BytesMut::from(&b[..])),
-        _ => Ok(None),
-    };
-    let hello = match hello {
-        Ok(Some(h)) => h,
-        Ok(None) | Err(_) => {
-            tracing::debug!(%session, "no valid hello; closing");
+    let hello = match handshake::read_hello(ws, HANDSHAKE_TIMEOUT).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::debug!(%session, "no valid hello ({e}); closing");
             let _ = ws.close(None).await;
             return None;
         }
     };
-    if hello.version != PROTOCOL_VERSION {
-        let mut out = BytesMut::new();
+    let reply = if hello.version == PROTOCOL_VERSION {
+        HelloReply::Welcome {
+            version: PROTOCOL_VERSION,
+            session: session.to_string(),
+        }
+    } else {
         HelloReply::Unsupported {
             supported: PROTOCOL_VERSION,
             message: format!(
@@ -133,19 +131,13 @@ where
                 hello.agent, hello.version
             ),
         }
-        .encode(&mut out);
-        let _ = ws.send(Message::Binary(out.freeze())).await;
+    };
+    let welcome = matches!(reply, HelloReply::Welcome { .. });
+    let sent = handshake::send_reply(ws, &reply).await.is_ok();
+    if !welcome {
         let _ = ws.close(None).await;
-        return None;
     }
-    let mut out = BytesMut::new();
-    HelloReply::Welcome {
-        version: PROTOCOL_VERSION,
-        session: session.to_string(),
-    }
-    .encode(&mut out);
-    ws.send(Message::Binary(out.freeze())).await.ok()?;
-    Some(hello)
+    (welcome && sent).then_some(hello)
 }
 
 /// The control stream's two tasks: one writing what `tx` is sent, one

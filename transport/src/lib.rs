@@ -1,7 +1,7 @@
 //! The byte path shared by the Gangway agent and relay.
 //!
 //! ```text
-//! TCP ─ TLS ─ WebSocket ─▶ [`WsByteStream`] ─▶ handshake ─▶ [`mux`] (yamux)
+//! TCP ─ TLS ─ WebSocket ─▶ [`handshake`] ─▶ [`WsByteStream`] ─▶ [`mux`] (yamux)
 //!                                                            ├─ control stream ([`control`])
 //!                                                            └─ data streams ─▶ [`duplex::splice`]
 //! ```
@@ -14,6 +14,7 @@
 pub mod control;
 pub mod duplex;
 pub mod framed;
+pub mod handshake;
 pub mod heap;
 pub mod mux;
 pub mod rewind;

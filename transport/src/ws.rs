@@ -23,6 +23,16 @@ use tokio_tungstenite::WebSocketStream;
 /// without waiting for a flush. Room for a 64 KiB yamux frame and its header.
 pub const MAX_WRITE: usize = 64 * 1024 + 64;
 
+/// WebSocket limits of a tunnel connection, the same at both ends: a message
+/// (and a frame) holds at most 4 MiB, far above [`MAX_WRITE`], so a peer
+/// cannot make the other buffer more.
+pub fn config() -> tungstenite::protocol::WebSocketConfig {
+    let mut c = tungstenite::protocol::WebSocketConfig::default();
+    c.max_message_size = Some(4 << 20);
+    c.max_frame_size = Some(4 << 20);
+    c
+}
+
 /// Adapts a [`WebSocketStream`] to `futures::io::{AsyncRead, AsyncWrite}`.
 pub struct WsByteStream<S> {
     ws: WebSocketStream<S>,

@@ -24,10 +24,15 @@
 //!   garbage length never makes a reader wait for gigabytes.
 //!
 //! Secrets travel as [`Token`], whose `Debug` is redacted.
+//!
+//! With the `serde` feature, [`api`] holds the relay's HTTP API documents
+//! (discovery and catalog), so agent and relay share one definition.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "serde")]
+pub mod api;
 mod codec;
 pub mod control;
 pub mod error;

@@ -2,29 +2,14 @@
 //! kind, backends and groups. The http-only keys are [`super::http`]'s.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::time::Duration;
 
 use super::http::HttpSettings;
 use super::raw::RawService;
 use super::{ConfigError, Source};
 
-/// How the relay carries a service's streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ServiceKind {
-    Http,
-    Tcp,
-}
-
-impl fmt::Display for ServiceKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ServiceKind::Http => "http",
-            ServiceKind::Tcp => "tcp",
-        })
-    }
-}
+/// How the relay carries a service's streams (the catalog's word for it).
+pub use gangway_wire::api::ServiceKind;
 
 /// One validated `[[service]]`.
 #[derive(Debug, Clone)]
