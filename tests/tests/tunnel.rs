@@ -158,8 +158,8 @@ async fn agent_reconnects_after_relay_restart() -> Result<()> {
         repos.head_commit("demo")?
     );
     let reconnected = agent
-        .stderr
-        .snapshot()
+        .process
+        .stderr()
         .iter()
         .filter(|l| l.contains("tunnel connected"))
         .count();

@@ -7,19 +7,18 @@
 //! deleted (Chromium quits) and chromedriver's process group is killed, so
 //! nothing outlives the test.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use super::process::{require_program, startup_timeout, ChildGuard};
+use super::process::{require_program, startup_timeout, Process};
 
 /// Chromium flags that work on these machines (see PEERS.md).
 pub const CHROMIUM_FLAGS: &[&str] = &[
@@ -50,7 +49,7 @@ pub struct Outcome {
 
 /// A headless Chromium under chromedriver.
 pub struct Browser {
-    driver: ChildGuard,
+    driver: Process,
     port: u16,
     session: Option<String>,
     http: reqwest::Client,
@@ -72,40 +71,16 @@ impl Browser {
             .stderr(Stdio::null())
             // Its own process group: Chromium and its helpers go with it.
             .process_group(0);
-        let mut driver = ChildGuard::spawn("chromedriver", &mut cmd)?;
-        let stdout = driver.child_mut().stdout.take().context("stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(port) = line
-                    .strip_prefix("ChromeDriver was started successfully on port ")
-                    .and_then(|p| p.trim_end_matches('.').trim().parse::<u16>().ok())
-                {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(port);
-                    }
-                }
-            }
-        });
-        let timeout = startup_timeout(START_TIMEOUT);
-        let deadline = Instant::now() + timeout;
-        let port = loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(p) => break p,
-                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
-                    driver.check_alive()?;
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    bail!("chromedriver did not report its port within {timeout:?}")
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    driver.check_alive()?;
-                    bail!("chromedriver closed its stdout without reporting its port")
-                }
-            }
-        };
+        let mut driver = Process::spawn("chromedriver", &mut cmd)?;
+        const STARTED: &str = "ChromeDriver was started successfully on port ";
+        let line = driver.blocking_wait_line("its port", startup_timeout(START_TIMEOUT), |l| {
+            l.starts_with(STARTED)
+        })?;
+        let port = line[STARTED.len()..]
+            .trim_end_matches('.')
+            .trim()
+            .parse::<u16>()
+            .with_context(|| format!("no port in {line:?}"))?;
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(60))
