@@ -210,11 +210,10 @@ async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()
     .await?;
     // Tall enough to show every section at once.
     display.xdotool(&["windowmove", &window.to_string(), "300", "20"])?;
-    display.xdotool(&["windowsize", &window.to_string(), "680", "820"])?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    display.resize_window(window, 680, 820)?;
     let shot = target_dir().join("desktop-status.png");
-    display.screenshot(Some(window), &shot)?;
-    check_png(&shot, 500, 450)?;
+    display.settled_screenshot(Some(window), &shot)?;
+    check_png(&shot, 680, 820)?;
     eprintln!("status window: {}", shot.display());
 
     // The real tray menu: a click on the icon opens it.
@@ -226,9 +225,8 @@ async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()
         ensure!(Instant::now() < deadline, "no menu opened on a tray click");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let menu_shot = target_dir().join("desktop-tray-menu.png");
-    display.screenshot(None, &menu_shot)?;
+    display.settled_screenshot(None, &menu_shot)?;
     check_png(&menu_shot, 1000, 800)?;
     display.xdotool(&["key", "Escape"])?;
     let deadline = Instant::now() + Duration::from_secs(10);

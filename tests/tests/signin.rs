@@ -465,7 +465,13 @@ async fn device_flow_reader_sees_less_and_is_refused_with_reason() -> Result<()>
 
     // `up` serves only what bob may use.
     let (mut up, addrs) = s.up(&["confluence"], "info").await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // `up` prints how many services it serves, then one line each.
+    let header = up
+        .wait_line("the list of services", Duration::from_secs(5), |l| {
+            l.starts_with("Signed in to ") && l.ends_with(" service(s):")
+        })
+        .await?;
+    assert!(header.contains("as bob — 1 service(s):"), "{header}");
     let listening: Vec<_> = up
         .stdout()
         .into_iter()
@@ -490,7 +496,12 @@ async fn device_flow_reader_sees_less_and_is_refused_with_reason() -> Result<()>
         Err(e) => panic!("expected a forbidden refusal, got {e}"),
         Ok(_) => panic!("expected a forbidden refusal, got a stream"),
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A barrier: a request bob may make reaches confluence's backend
+    // through the same relay; by then nothing reached bitbucket's.
+    let _ = reqwest::get(format!("http://{}/", addrs[0])).await;
+    confluence
+        .wait_for_connections(1, Duration::from_secs(20))
+        .await?;
     assert_eq!(bitbucket.connections(), 0);
     assert!(s
         .relay
@@ -680,20 +691,17 @@ async fn revoked_sign_in_becomes_sign_in_needed_and_login_resumes() -> Result<()
 
     // The relay ends the session when the last token expires; the agent
     // stays up and keeps answering with the reason.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !s
-        .relay
-        .audit()
-        .iter()
-        .any(|e| e["event"] == "session_close")
-    {
-        ensure!(
-            Instant::now() < deadline,
-            "the relay never closed the session"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.relay
+        .wait_audit("session_close", Duration::from_secs(30), |e| {
+            e["event"] == "session_close"
+        })
+        .await?;
+    // The agent sees its session end, and stays.
+    up.wait_line("the end of the session", Duration::from_secs(20), |l| {
+        l.contains("; reconnecting")
+            && (l.contains("relay closed the session") || l.contains("connection lost"))
+    })
+    .await?;
     assert!(up.alive(), "the agent exited");
     let resp = reqwest::get(format!("{repo_url}/info/refs?service=git-upload-pack")).await?;
     assert_eq!(resp.status(), 403);

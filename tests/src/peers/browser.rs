@@ -256,6 +256,30 @@ impl Browser {
         .map(|_| ())
     }
 
+    /// Waits until the element `id` is no longer on the page (a navigation
+    /// replaced the document).
+    async fn wait_gone(&self, id: &str, timeout: Duration) -> Result<()> {
+        let path = self.session_path(&format!("/element/{id}/name"))?;
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let resp = self.http.get(&url).send().await?;
+            let status = resp.status();
+            let v: Value = resp.json().await?;
+            let error = v["value"]["error"].as_str().unwrap_or_default();
+            if matches!(error, "stale element reference" | "no such element") {
+                return Ok(());
+            }
+            if !status.is_success() {
+                bail!("element {id}: {status}: {}", v["value"]);
+            }
+            if Instant::now() > deadline {
+                bail!("element {id} was still on the page after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until one of `selectors` is on the page; returns which, with
     /// its text.
     pub async fn wait_for_any(&self, selectors: &[&str], timeout: Duration) -> Result<Outcome> {
@@ -309,20 +333,28 @@ impl Browser {
                     Duration::from_secs(15),
                 )
                 .await?;
-            match o.selector.as_str() {
+            // What is acted on goes stale when the next page loads.
+            let acted_on = match o.selector.as_str() {
                 "#username" if !logged_in => {
+                    let id = self.element("#username").await?;
                     self.fill_login(user, password).await?;
                     logged_in = true;
+                    id
                 }
                 "#username" | "#error" => return Ok(o),
-                "#submit" => self.click("#submit").await?,
+                "#submit" => {
+                    let id = self.element("#submit").await?;
+                    self.click("#submit").await?;
+                    id
+                }
                 _ => return Ok(o),
-            }
+            };
             if Instant::now() > deadline {
                 bail!("sign-in did not finish; last page {}", o.url);
             }
-            // Let the navigation start before looking again.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            self.wait_gone(&acted_on, Duration::from_secs(15))
+                .await
+                .with_context(|| format!("no new page after {} on {}", o.selector, o.url))?;
         }
     }
 }

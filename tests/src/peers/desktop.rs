@@ -175,13 +175,53 @@ impl Display {
         (self.width - 16, 16)
     }
 
-    /// Saves a screenshot of `window` (or the whole screen) as PNG.
+    /// The size of `window` (`xdotool getwindowgeometry`).
+    pub fn window_size(&self, window: u32) -> Result<(u32, u32)> {
+        let out = self.xdotool(&["getwindowgeometry", &window.to_string()])?;
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("Geometry: "))
+            .and_then(|g| g.split_once('x'))
+            .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)))
+            .with_context(|| format!("no geometry for window {window} in {out:?}"))
+    }
+
+    /// Resizes `window` to `width`x`height` and waits until it has that size.
+    pub fn resize_window(&self, window: u32, width: u32, height: u32) -> Result<()> {
+        let id = window.to_string();
+        self.xdotool(&["windowsize", &id, &width.to_string(), &height.to_string()])?;
+        let what = format!("window {window} to be {width}x{height}");
+        blocking_poll(&what, startup_timeout(START_TIMEOUT), || {
+            Ok((self.window_size(window)? == (width, height)).then_some(()))
+        })
+    }
+
+    /// Saves a screenshot of `window` (or the whole screen) as PNG once
+    /// what is drawn has settled: two captures in a row show the same
+    /// pixels (a window just mapped or resized may still be painting).
+    pub fn settled_screenshot(&self, window: Option<u32>, path: &Path) -> Result<()> {
+        let mut last: Option<Vec<u8>> = None;
+        blocking_poll(
+            "two identical screenshots in a row",
+            startup_timeout(START_TIMEOUT),
+            || {
+                self.screenshot(window, path)?;
+                let now = std::fs::read(path)?;
+                let same = last.as_ref() == Some(&now);
+                last = Some(now);
+                Ok(same.then_some(()))
+            },
+        )
+    }
+
+    /// Saves a screenshot of `window` (or the whole screen) as PNG, with no
+    /// time stamps in it (the same pixels give the same file).
     pub fn screenshot(&self, window: Option<u32>, path: &Path) -> Result<()> {
         let target = window
             .map(|w| w.to_string())
             .unwrap_or_else(|| "root".into());
         let out = Command::new("import")
             .args(["-display", &self.name, "-window", &target])
+            .args(["-define", "png:exclude-chunks=date,time"])
             .arg(path)
             .stdin(Stdio::null())
             .output()
