@@ -3,18 +3,17 @@
 //! certificate, relay config files, and a backend that counts connections.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
-use crate::peers::process::{startup_timeout, ChildGuard};
+use crate::peers::process::{startup_timeout, Process};
 
 /// Path of a binary built from this workspace, next to the test executable's
 /// `deps/` directory (`cargo build --workspace` or the test command builds it).
@@ -126,63 +125,10 @@ pub fn write_relay_config(
     Ok(path)
 }
 
-/// Collects a child's output lines (echoing them to the test's stderr).
-#[derive(Clone, Default)]
-pub struct Lines(Arc<Mutex<Vec<String>>>);
-
-impl Lines {
-    /// Follows `r` line by line on a thread.
-    pub fn follow(&self, name: &str, r: impl Read + Send + 'static) {
-        let lines = self.0.clone();
-        let name = name.to_string();
-        std::thread::spawn(move || {
-            for line in BufReader::new(r).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("[{name}] {line}");
-                lines.lock().unwrap().push(line);
-            }
-        });
-    }
-
-    pub fn snapshot(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-
-    /// Waits until some line satisfies `f`, returning it.
-    pub fn wait_for(
-        &self,
-        what: &str,
-        timeout: Duration,
-        child: &mut ChildGuard,
-        f: impl Fn(&str) -> bool,
-    ) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(l) = self.0.lock().unwrap().iter().find(|l| f(l)) {
-                return Ok(l.clone());
-            }
-            if let Err(e) = child.check_alive() {
-                bail!(
-                    "{e} while waiting for {what}; output:\n{}",
-                    self.snapshot().join("\n")
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "timed out after {timeout:?} waiting for {what}; output:\n{}",
-                    self.snapshot().join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-}
-
-/// A running `gangway-relay`.
+/// A running `gangway-relay`; its stderr (the log) is collected.
 pub struct RelayProcess {
-    child: ChildGuard,
+    pub process: Process,
     pub addr: SocketAddr,
-    pub stderr: Lines,
     audit: PathBuf,
 }
 
@@ -196,16 +142,10 @@ impl RelayProcess {
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = ChildGuard::spawn("gangway-relay", &mut cmd)?;
-        let stderr = Lines::default();
-        stderr.follow(
-            "relay",
-            child.child_mut().stderr.take().expect("piped stderr"),
-        );
-        let line = stderr.wait_for(
-            "relay to listen",
+        let mut process = Process::spawn("relay", &mut cmd)?;
+        let line = process.blocking_wait_line(
+            "the relay to listen",
             startup_timeout(Duration::from_secs(20)),
-            &mut child,
             |l| l.contains("listening on https://"),
         )?;
         let addr = line
@@ -214,9 +154,8 @@ impl RelayProcess {
             .and_then(|a| a.trim().parse().ok())
             .with_context(|| format!("no address in {line:?}"))?;
         Ok(Self {
-            child,
+            process,
             addr,
-            stderr,
             audit: config.parent().unwrap().join("audit.jsonl"),
         })
     }
@@ -234,6 +173,21 @@ impl RelayProcess {
             .collect()
     }
 
+    /// Waits until an audit line satisfies `f`; returns every line so far.
+    pub async fn wait_audit(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<Vec<serde_json::Value>> {
+        let what = format!("{what} in the relay's audit log");
+        crate::peers::process::poll(&what, timeout, || {
+            let audit = self.audit();
+            Ok(audit.iter().any(&f).then_some(audit))
+        })
+        .await
+    }
+
     /// The relay's audit file.
     pub fn audit_path(&self) -> &Path {
         &self.audit
@@ -241,15 +195,13 @@ impl RelayProcess {
 
     /// Kills the relay (SIGKILL: no goodbye, as in a crash).
     pub fn kill(&mut self) {
-        self.child.stop();
+        self.process.stop();
     }
 }
 
-/// A running `gangway up`.
+/// A running `gangway up`; its stdout and stderr are collected.
 pub struct AgentProcess {
-    child: ChildGuard,
-    pub stdout: Lines,
-    pub stderr: Lines,
+    pub process: Process,
     /// Service name → local address it listens on.
     pub listening: HashMap<String, SocketAddr>,
 }
@@ -271,22 +223,16 @@ impl AgentProcess {
             .arg(token_file)
             .args(extra_args)
             .env("RUST_LOG", "info")
-            .env_remove("GANGWAY_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .env_remove("GANGWAY_TOKEN");
         for s in services {
             cmd.arg("--listen").arg(format!("{s}=127.0.0.1:0"));
         }
-        let mut child = ChildGuard::spawn("gangway", &mut cmd)?;
-        let (stdout, stderr) = (Lines::default(), Lines::default());
-        stdout.follow("agent", child.child_mut().stdout.take().expect("piped"));
-        stderr.follow("agent", child.child_mut().stderr.take().expect("piped"));
+        let mut process = Process::spawn_captured("agent", &mut cmd)?;
         let mut listening = HashMap::new();
         for s in services {
-            let line = stdout.wait_for(
-                &format!("agent to listen for {s}"),
+            let line = process.blocking_wait_line(
+                &format!("a listener for {s}"),
                 startup_timeout(Duration::from_secs(30)),
-                &mut child,
                 |l| {
                     let mut w = l.split_whitespace();
                     w.next() == Some("listening") && w.next() == Some(s)
@@ -299,12 +245,7 @@ impl AgentProcess {
                 .with_context(|| format!("no address in {line:?}"))?;
             listening.insert(s.to_string(), addr);
         }
-        Ok(Self {
-            child,
-            stdout,
-            stderr,
-            listening,
-        })
+        Ok(Self { process, listening })
     }
 
     pub fn addr(&self, service: &str) -> SocketAddr {
@@ -312,7 +253,7 @@ impl AgentProcess {
     }
 
     pub fn stop(&mut self) {
-        self.child.stop();
+        self.process.stop();
     }
 }
 
@@ -341,5 +282,15 @@ impl CountingBackend {
 
     pub fn connections(&self) -> usize {
         self.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` connections have arrived; how many did.
+    pub async fn wait_for_connections(&self, n: usize, timeout: Duration) -> Result<usize> {
+        let what = format!("{n} connection(s) at the backend");
+        crate::peers::process::poll(&what, timeout, || {
+            let got = self.connections();
+            Ok((got >= n).then_some(got))
+        })
+        .await
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod gangway;
 pub mod peers;
+pub mod world;
 
 /// True when running under CI (`CI=true`): a missing peer is then a failure.
 pub fn in_ci() -> bool {

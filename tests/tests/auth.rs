@@ -1,14 +1,16 @@
 //! Tokens the relay must refuse, each with a 401 that says why, an audit
 //! line, and no byte to any backend. Tokens come from a real OIDC provider
-//! (oidc-provider); the bad ones are real tokens used wrongly or tampered.
+//! (oidc-provider); the bad ones are real tokens used wrongly or tampered,
+//! and an expired one is minted with the test's own key (so nothing waits
+//! for a clock to run out).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use base64::Engine;
 use gangway_tests::gangway::{
-    bin_path, write_relay_config, CountingBackend, IdentitySpec, RelayProcess, ServiceSpec,
-    TestCert,
+    bin_path, write_relay_config, AgentProcess, CountingBackend, IdentitySpec, RelayProcess,
+    ServiceSpec, TestCert,
 };
 use gangway_tests::peers::oidc::{OidcProvider, CI_DEV, DEFAULT_AUDIENCE};
 
@@ -36,12 +38,21 @@ impl Setup {
             "127.0.0.1:0".parse()?,
             &self.cert,
             &identity,
-            &[ServiceSpec {
-                name: "bitbucket",
-                kind: "http",
-                backends: vec![self.backend.addr.to_string()],
-                allow_groups: None,
-            }],
+            &[
+                ServiceSpec {
+                    name: "bitbucket",
+                    kind: "http",
+                    backends: vec![self.backend.addr.to_string()],
+                    allow_groups: None,
+                },
+                // One connection per stream: the barrier at the end.
+                ServiceSpec {
+                    name: "bitbucket-ssh",
+                    kind: "tcp",
+                    backends: vec![self.backend.addr.to_string()],
+                    allow_groups: None,
+                },
+            ],
         )?;
         let relay = RelayProcess::start(&config)?;
         self.dirs.push(dir);
@@ -114,14 +125,59 @@ fn with_header(token: &str, header: serde_json::Value, signature: &str) -> Strin
     format!("{}.{payload}.{signature}", B64.encode(header.to_string()))
 }
 
+/// A signing key of the test's own (Ed25519), and the JWKS that publishes it.
+struct OwnKey {
+    key: jsonwebtoken::EncodingKey,
+    jwks: serde_json::Value,
+}
+
+const OWN_ISSUER: &str = "https://own-key.gangway.test";
+const OWN_KID: &str = "test-key";
+
+impl OwnKey {
+    fn generate() -> Result<Self> {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        Ok(Self {
+            key: jsonwebtoken::EncodingKey::from_ed_der(&pair.serialize_der()),
+            jwks: serde_json::json!({"keys": [{
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "alg": "EdDSA",
+                "use": "sig",
+                "kid": OWN_KID,
+                "x": B64.encode(pair.public_key_raw()),
+            }]}),
+        })
+    }
+
+    /// An access token shaped like the provider's (`typ: at+jwt`, the
+    /// relay's audience, CI_DEV's claims) that expires `exp_in_secs` from
+    /// now (negative: expired that long ago).
+    fn token(&self, exp_in_secs: i64) -> Result<String> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.typ = Some("at+jwt".into());
+        header.kid = Some(OWN_KID.into());
+        let claims = serde_json::json!({
+            "iss": OWN_ISSUER,
+            "aud": DEFAULT_AUDIENCE,
+            "sub": CI_DEV,
+            "client_id": CI_DEV,
+            "groups": ["developers"],
+            "jti": format!("own-{now}-{exp_in_secs}"),
+            "iat": now - 600,
+            "exp": now + exp_in_secs,
+        });
+        Ok(jsonwebtoken::encode(&header, &claims, &self.key)?)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_tokens_get_401_with_reason_and_audit_and_reach_nothing() -> Result<()> {
     let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
-    let short = OidcProvider::start(DEFAULT_AUDIENCE, 1)?;
     let mut s = Setup::new()?;
     let http = s.http()?;
     let good = idp.client_credentials_token(CI_DEV).await?;
-    let soon_expired = short.client_credentials_token(CI_DEV).await?;
 
     let main = s.relay(IdentitySpec {
         issuer: idp.issuer(),
@@ -210,17 +266,25 @@ async fn bad_tokens_get_401_with_reason_and_audit_and_reach_nothing() -> Result<
         "wrong_issuer",
     );
 
-    // Expired: a 1-second token, used after it ran out (leeway 0).
-    let short_relay = s.relay(IdentitySpec {
-        issuer: short.issuer(),
+    // Expired: a token that ran out a minute ago (leeway 0), signed by a
+    // key the relay trusts. The same key's unexpired token is accepted, so
+    // expiry alone is the reason.
+    let own = OwnKey::generate()?;
+    let own_jwks = jwks_dir.path().join("own-jwks.json");
+    std::fs::write(&own_jwks, own.jwks.to_string())?;
+    let own_relay = s.relay(IdentitySpec {
+        issuer: OWN_ISSUER,
         audience: DEFAULT_AUDIENCE,
         leeway_secs: 0,
-        jwks_file: None,
+        jwks_file: Some(&own_jwks),
     })?;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        upgrade(&http, &own_relay, Some(&own.token(300)?)).await?.0,
+        101
+    );
     assert_refused(
-        &short_relay,
-        upgrade(&http, &short_relay, Some(&soon_expired)).await?,
+        &own_relay,
+        upgrade(&http, &own_relay, Some(&own.token(-60)?)).await?,
         "token expired",
         "expired",
     );
@@ -242,12 +306,23 @@ async fn bad_tokens_get_401_with_reason_and_audit_and_reach_nothing() -> Result<
     assert_eq!(disc["audience"], DEFAULT_AUDIENCE);
     assert_eq!(disc["client_id"], "gangway");
 
-    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         s.backend.connections(),
         0,
         "a refused caller reached the backend"
     );
+    // A barrier: a stream the relay allows reaches the backend, and it is
+    // the backend's only connection (nothing refused arrived late).
+    let token_dir = tempfile::tempdir()?;
+    let token = token_dir.path().join("token");
+    std::fs::write(&token, &good)?;
+    let agent = AgentProcess::start(&main.url(), &s.cert.cert, &token, &["bitbucket-ssh"], &[])?;
+    let _allowed = tokio::net::TcpStream::connect(agent.addr("bitbucket-ssh")).await?;
+    let reached = s
+        .backend
+        .wait_for_connections(1, Duration::from_secs(20))
+        .await?;
+    assert_eq!(reached, 1, "a refused caller reached the backend");
     Ok(())
 }
 

@@ -14,8 +14,11 @@ use gangway_agent::control::{Bound, ControlServer, Failure, Handled, Handler, Pr
 use gangway_agent::status::Phase;
 use gangway_tests::gangway::bin_path;
 use gangway_tests::peers::browser::Browser;
-use gangway_tests::peers::process::{free_port, require_program, startup_timeout};
-use support::{addr_of, assert_success, Proc, World};
+use gangway_tests::peers::process::{
+    assert_success, require_program, start_on_free_port, startup_timeout, Process,
+};
+use gangway_tests::world::World;
+use support::{addr_of, Control};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -206,21 +209,30 @@ async fn echo_until_closed(addr: SocketAddr, started: Arc<AtomicUsize>) -> Endin
 #[tokio::test(flavor = "multi_thread")]
 async fn environment_switch_under_load() -> Result<()> {
     let mut w = World::start(&["prod", "staging"]).await?;
-    // Both environments use the same local port, as 7990 would be.
-    let port = free_port();
-    w.write_config(&[("echo", port)])?;
+    w.write_config(&[])?;
     let browser = Browser::start().await?;
     w.login(&browser, "prod").await?;
     w.login(&browser, "staging").await?;
     drop(browser);
 
-    let mut up = Proc::spawn("gangway up", w.gangway(&["up", "--env", "prod"])?)?;
-    up.wait_line(
-        "echo listener",
-        startup_timeout(Duration::from_secs(30)),
-        |l| l.trim_start().starts_with("listening  echo"),
-    )
-    .await?;
+    // Both environments use the same local port, as 7990 would be: one
+    // that was free, tried again on another if someone took it first.
+    let (port, mut up) = tokio::task::block_in_place(|| {
+        start_on_free_port("gangway up with a fixed echo port", |addr| {
+            let port = addr.port();
+            w.write_config(&[("echo", port)])?;
+            let mut up =
+                Process::spawn_captured("gangway up", w.gangway(&["up", "--env", "prod"])?)?;
+            let taken = format!("port {port} is used by another program");
+            let line = up.blocking_wait_line(
+                "the echo listener",
+                startup_timeout(Duration::from_secs(30)),
+                |l| l.trim_start().starts_with("listening  echo") || l.contains(&taken),
+            )?;
+            ensure!(!line.contains(&taken), "{line}");
+            Ok((port, up))
+        })
+    })?;
     let s = w
         .wait_status("prod connected", Duration::from_secs(20), |s| {
             s.phase == Phase::Connected
@@ -317,16 +329,11 @@ async fn environment_switch_under_load() -> Result<()> {
             .any(|e| e["event"] == "session_open" && e["subject"] == "alice"),
         "{staging_audit:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !w
-        .relay("prod")
-        .audit()
-        .iter()
-        .any(|e| e["event"] == "session_close")
-    {
-        ensure!(Instant::now() < deadline, "prod's session was not closed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    w.relay("prod")
+        .wait_audit("prod's session_close", Duration::from_secs(10), |e| {
+            e["event"] == "session_close"
+        })
+        .await?;
 
     // Prod's sign-in is still in the keychain (status of a non-running
     // environment reads the keychain), and the choice was remembered.
@@ -350,6 +357,6 @@ async fn environment_switch_under_load() -> Result<()> {
     let bad = w.run(&["env", "use", "nope"]).await?;
     assert!(!bad.status.success());
     assert!(up.alive());
-    up.stop().await;
+    drop(up);
     Ok(())
 }

@@ -1,27 +1,20 @@
 //! The README's run command: `gangway demo` works on a machine with only
 //! git, and the `git clone` line it prints clones through the tunnel.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use gangway_tests::gangway::{bin_path, Lines};
+use gangway_tests::gangway::bin_path;
 use gangway_tests::peers::git;
-use gangway_tests::peers::process::ChildGuard;
+use gangway_tests::peers::process::Process;
 
 #[test]
 fn demo_prints_a_clone_line_that_works_and_stops_on_ctrl_c() -> Result<()> {
     let mut cmd = Command::new(bin_path("gangway")?);
-    cmd.arg("demo")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = ChildGuard::spawn("gangway demo", &mut cmd)?;
-    let out = Lines::default();
-    let err = Lines::default();
-    out.follow("demo", child.child_mut().stdout.take().unwrap());
-    err.follow("demo", child.child_mut().stderr.take().unwrap());
-    let line = out.wait_for("the clone line", Duration::from_secs(60), &mut child, |l| {
+    cmd.arg("demo").env("RUST_LOG", "warn");
+    let mut child = Process::spawn_captured("gangway demo", &mut cmd)?;
+    let line = child.blocking_wait_line("the clone line", Duration::from_secs(60), |l| {
         l.trim_start().starts_with("git clone ")
     })?;
     let url = line
@@ -29,7 +22,7 @@ fn demo_prints_a_clone_line_that_works_and_stops_on_ctrl_c() -> Result<()> {
         .nth(2)
         .context("no URL in the clone line")?
         .to_string();
-    out.wait_for("Ctrl-C hint", Duration::from_secs(5), &mut child, |l| {
+    child.blocking_wait_line("Ctrl-C hint", Duration::from_secs(5), |l| {
         l.contains("Ctrl-C")
     })?;
 
@@ -49,17 +42,9 @@ fn demo_prints_a_clone_line_that_works_and_stops_on_ctrl_c() -> Result<()> {
         .args(["-INT", &child.id().to_string()])
         .status()?;
     assert!(status.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(s) = child.child_mut().try_wait()? {
-            assert!(s.success(), "demo exited with {s}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "demo did not stop on Ctrl-C"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let s = child
+        .blocking_wait_exit(Duration::from_secs(10))
+        .context("demo did not stop on Ctrl-C")?;
+    assert!(s.success(), "demo exited with {s}");
     Ok(())
 }

@@ -16,8 +16,10 @@ use gangway_agent::status::{Frontend, NoticeKind, Phase};
 use gangway_tests::gangway::bin_path;
 use gangway_tests::peers::browser::Browser;
 use gangway_tests::peers::desktop::{check_png, Display};
+use gangway_tests::peers::process::{assert_success, Process};
+use gangway_tests::world::{target_dir, World};
 use serde_json::Value;
-use support::{addr_of, assert_success, target_dir, Proc, World};
+use support::{addr_of, Control};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The menu entry `id` (searching submenus).
@@ -48,8 +50,8 @@ async fn activate(w: &World, id: &str) -> Result<()> {
     Ok(())
 }
 
-fn app_command(w: &World, display: &Display) -> Result<tokio::process::Command> {
-    let mut cmd = tokio::process::Command::new(bin_path("gangway-desktop")?);
+fn app_command(w: &World, display: &Display) -> Result<std::process::Command> {
+    let mut cmd = std::process::Command::new(bin_path("gangway-desktop")?);
     cmd.envs(w.env())
         .envs(display.env())
         .env("RUST_LOG", "info")
@@ -78,7 +80,7 @@ async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()
     let mut display = Display::start(1280, 1024)?;
     display.start_tray_host(&w.env())?;
     let t0 = Instant::now();
-    let mut app = Proc::spawn("gangway-desktop", app_command(&w, &display)?)?;
+    let mut app = Process::spawn_captured("gangway-desktop", app_command(&w, &display)?)?;
 
     // Not signed in yet: the tray says so, and the window opens by itself.
     let s = w
@@ -107,7 +109,8 @@ async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()
 
     // `gangway login` in a terminal signs in through the running app.
     let browser = Browser::start().await?;
-    let login = Proc::spawn("gangway login", w.gangway(&["login", "--timeout", "90"])?)?;
+    let login =
+        Process::spawn_captured("gangway login", w.gangway(&["login", "--timeout", "90"])?)?;
     let url = w.browser.next_url(Duration::from_secs(20)).await?;
     let page = browser.sign_in(&url, "alice", "alice-pw").await?;
     assert_eq!(page.selector, "#gangway-result", "{page:?}");
@@ -207,11 +210,10 @@ async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()
     .await?;
     // Tall enough to show every section at once.
     display.xdotool(&["windowmove", &window.to_string(), "300", "20"])?;
-    display.xdotool(&["windowsize", &window.to_string(), "680", "820"])?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    display.resize_window(window, 680, 820)?;
     let shot = target_dir().join("desktop-status.png");
-    display.screenshot(Some(window), &shot)?;
-    check_png(&shot, 500, 450)?;
+    display.settled_screenshot(Some(window), &shot)?;
+    check_png(&shot, 680, 820)?;
     eprintln!("status window: {}", shot.display());
 
     // The real tray menu: a click on the icon opens it.
@@ -223,9 +225,8 @@ async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()
         ensure!(Instant::now() < deadline, "no menu opened on a tray click");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let menu_shot = target_dir().join("desktop-tray-menu.png");
-    display.screenshot(None, &menu_shot)?;
+    display.settled_screenshot(None, &menu_shot)?;
     check_png(&menu_shot, 1000, 800)?;
     display.xdotool(&["key", "Escape"])?;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -251,7 +252,7 @@ async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()
     assert!(http_get(confluence).await?.contains("Engineering space"));
 
     // One instance per user: a second start shows the first one's window.
-    let second = Proc::spawn("gangway-desktop (2nd)", app_command(&w, &display)?)?
+    let second = Process::spawn_captured("gangway-desktop (2nd)", app_command(&w, &display)?)?
         .finish(Duration::from_secs(20))
         .await?;
     assert_success("second instance", &second);
@@ -300,9 +301,10 @@ async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()
 
     // Quit from the menu: the app exits and releases its socket.
     activate(&w, "quit").await?;
-    let status = tokio::time::timeout(Duration::from_secs(20), app.child.wait())
+    let status = app
+        .wait_exit(Duration::from_secs(20))
         .await
-        .context("the app did not quit")??;
+        .context("the app did not quit")?;
     assert!(status.success(), "{status}");
     assert!(!w.runtime_dir().join("gangway/agent.sock").exists());
     drop(browser);

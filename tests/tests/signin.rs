@@ -12,6 +12,7 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -23,12 +24,12 @@ use gangway_tests::peers::browser::Browser;
 use gangway_tests::peers::git::{self, GitDaemon, GitHttpServer, RepoFixture};
 use gangway_tests::peers::keychain::SecretService;
 use gangway_tests::peers::oidc::{OidcProvider, DEFAULT_AUDIENCE};
-use gangway_tests::peers::process::startup_timeout;
+use gangway_tests::peers::process::{
+    assert_failure, assert_success, startup_timeout, Finished, Process,
+};
+use gangway_tests::world::{BrowserMailbox, DEV};
 use tempfile::TempDir;
 use tokio::io::AsyncReadExt;
-
-mod support;
-use support::{assert_failure, assert_success, BrowserMailbox, Finished, Proc, DEV};
 
 fn loopback0() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -109,8 +110,8 @@ impl Setup {
 
     /// `gangway SUB --relay URL --ca-file CERT ARGS…` with the test keychain
     /// and browser.
-    fn gangway(&self, sub: &str, args: &[&str]) -> Result<tokio::process::Command> {
-        let mut cmd = tokio::process::Command::new(bin_path("gangway")?);
+    fn gangway(&self, sub: &str, args: &[&str]) -> Result<Command> {
+        let mut cmd = Command::new(bin_path("gangway")?);
         cmd.arg(sub)
             .args(["--relay", &self.relay.url(), "--ca-file"])
             .arg(&self.cert.cert)
@@ -120,14 +121,14 @@ impl Setup {
     }
 
     /// The same command with an environment from the config file instead.
-    fn gangway_env(&self, sub: &str, env: &str, args: &[&str]) -> Result<tokio::process::Command> {
-        let mut cmd = tokio::process::Command::new(bin_path("gangway")?);
+    fn gangway_env(&self, sub: &str, env: &str, args: &[&str]) -> Result<Command> {
+        let mut cmd = Command::new(bin_path("gangway")?);
         cmd.arg(sub).args(["--env", env]).args(args);
         self.environment(&mut cmd);
         Ok(cmd)
     }
 
-    fn environment(&self, cmd: &mut tokio::process::Command) {
+    fn environment(&self, cmd: &mut Command) {
         cmd.envs(self.keychain.env())
             .env("BROWSER", &self.browser.script)
             .env("RUST_LOG", "info")
@@ -137,7 +138,7 @@ impl Setup {
     }
 
     async fn run(&self, sub: &str, args: &[&str]) -> Result<Finished> {
-        Proc::spawn(&format!("gangway {sub}"), self.gangway(sub, args)?)?
+        Process::spawn_captured(&format!("gangway {sub}"), self.gangway(sub, args)?)?
             .finish(Duration::from_secs(60))
             .await
     }
@@ -150,7 +151,7 @@ impl Setup {
         user: &str,
         password: &str,
     ) -> Result<(Finished, String)> {
-        let login = Proc::spawn(
+        let login = Process::spawn_captured(
             "gangway login",
             self.gangway("login", &["--timeout", "90"])?,
         )?;
@@ -162,7 +163,7 @@ impl Setup {
 
     /// Starts `gangway up` (tokens from the keychain) listening for
     /// `services` on port-0 addresses.
-    async fn up(&self, services: &[&str], rust_log: &str) -> Result<(Proc, Vec<SocketAddr>)> {
+    async fn up(&self, services: &[&str], rust_log: &str) -> Result<(Process, Vec<SocketAddr>)> {
         let mut args = Vec::new();
         for s in services {
             args.push("--listen".to_string());
@@ -171,7 +172,7 @@ impl Setup {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut cmd = self.gangway("up", &args)?;
         cmd.env("RUST_LOG", rust_log);
-        let mut up = Proc::spawn("gangway up", cmd)?;
+        let mut up = Process::spawn_captured("gangway up", cmd)?;
         let mut addrs = Vec::new();
         for s in services {
             let line = up
@@ -279,7 +280,7 @@ async fn browser_login_then_up_clones_survives_restarts_and_logout() -> Result<(
     let browser = Browser::start().await?;
 
     // Login, with the environment from the config file.
-    let login = Proc::spawn(
+    let login = Process::spawn_captured(
         "gangway login",
         s.gangway_env("login", "test", &["--timeout", "90"])?,
     )?;
@@ -308,7 +309,7 @@ async fn browser_login_then_up_clones_survives_restarts_and_logout() -> Result<(
     // The URL was printed too, for when no browser opens.
     assert!(done.stderr.contains(&url), "{}", done.stderr);
 
-    let status = Proc::spawn("gangway status", s.gangway_env("status", "test", &[])?)?
+    let status = Process::spawn_captured("gangway status", s.gangway_env("status", "test", &[])?)?
         .finish(Duration::from_secs(20))
         .await?;
     assert_success("status", &status);
@@ -329,7 +330,7 @@ async fn browser_login_then_up_clones_survives_restarts_and_logout() -> Result<(
     let url = format!("git://{}/demo.git", addrs[0]);
     git::git(work.path(), &["clone", "--quiet", &url, "first"])?;
     let up_logs = [up.stdout(), up.stderr()].concat().join("\n");
-    up.stop().await;
+    drop(up);
 
     // Restart the keyring daemon and the agent: still signed in.
     s.keychain.restart_keyring()?;
@@ -344,7 +345,7 @@ async fn browser_login_then_up_clones_survives_restarts_and_logout() -> Result<(
         "{up_logs}\n{}",
         [up.stdout(), up.stderr()].concat().join("\n")
     );
-    up.stop().await;
+    drop(up);
     let sessions: Vec<_> = s
         .relay
         .audit()
@@ -370,7 +371,7 @@ async fn browser_login_then_up_clones_survives_restarts_and_logout() -> Result<(
     );
 
     // Logout: revoked at the provider, deleted from the keychain.
-    let out = Proc::spawn("gangway logout", s.gangway_env("logout", "test", &[])?)?
+    let out = Process::spawn_captured("gangway logout", s.gangway_env("logout", "test", &[])?)?
         .finish(Duration::from_secs(30))
         .await?;
     assert_success("logout", &out);
@@ -381,7 +382,7 @@ async fn browser_login_then_up_clones_survives_restarts_and_logout() -> Result<(
         out.stdout
     );
     assert!(out.stdout.contains("tokens deleted"), "{}", out.stdout);
-    let status = Proc::spawn("gangway status", s.gangway_env("status", "test", &[])?)?
+    let status = Process::spawn_captured("gangway status", s.gangway_env("status", "test", &[])?)?
         .finish(Duration::from_secs(20))
         .await?;
     assert_failure("status after logout", &status);
@@ -436,7 +437,8 @@ async fn device_flow_reader_sees_less_and_is_refused_with_reason() -> Result<()>
     .await?;
     let browser = Browser::start().await?;
 
-    let mut login = Proc::spawn("gangway login --device", s.gangway("login", &["--device"])?)?;
+    let mut login =
+        Process::spawn_captured("gangway login --device", s.gangway("login", &["--device"])?)?;
     let url = login
         .wait_line("the verification URL", Duration::from_secs(20), |l| {
             l.trim_start().starts_with("http://")
@@ -463,7 +465,13 @@ async fn device_flow_reader_sees_less_and_is_refused_with_reason() -> Result<()>
 
     // `up` serves only what bob may use.
     let (mut up, addrs) = s.up(&["confluence"], "info").await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // `up` prints how many services it serves, then one line each.
+    let header = up
+        .wait_line("the list of services", Duration::from_secs(5), |l| {
+            l.starts_with("Signed in to ") && l.ends_with(" service(s):")
+        })
+        .await?;
+    assert!(header.contains("as bob — 1 service(s):"), "{header}");
     let listening: Vec<_> = up
         .stdout()
         .into_iter()
@@ -488,7 +496,12 @@ async fn device_flow_reader_sees_less_and_is_refused_with_reason() -> Result<()>
         Err(e) => panic!("expected a forbidden refusal, got {e}"),
         Ok(_) => panic!("expected a forbidden refusal, got a stream"),
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A barrier: a request bob may make reaches confluence's backend
+    // through the same relay; by then nothing reached bitbucket's.
+    let _ = reqwest::get(format!("http://{}/", addrs[0])).await;
+    confluence
+        .wait_for_connections(1, Duration::from_secs(20))
+        .await?;
     assert_eq!(bitbucket.connections(), 0);
     assert!(s
         .relay
@@ -497,7 +510,7 @@ async fn device_flow_reader_sees_less_and_is_refused_with_reason() -> Result<()>
         .any(|e| e["event"] == "stream_refused"
             && e["code"] == "forbidden"
             && e["subject"] == "bob"));
-    up.stop().await;
+    drop(up);
     Ok(())
 }
 
@@ -506,33 +519,46 @@ fn pattern(k: u64) -> u8 {
     (k.wrapping_mul(7) ^ (k / 251)) as u8
 }
 
-/// A ~50 s transfer through a tcp service while access tokens live 15 s
-/// and the relay allows no leeway: the agent refreshes in-band several
-/// times, the relay accepts each, the session and the stream are never cut,
-/// and every byte arrives.
+/// A transfer through a tcp service, paced at 20 kB/s, while access tokens
+/// live 20 s and the relay allows no leeway. It lasts at least 45 s and
+/// until the relay has accepted three in-band refreshes (about 50 s): the
+/// session and the stream are never cut, and every byte arrives. (A
+/// refresh is due at 75-85% of a token's life, so 3 s or more before it
+/// expires: room for a busy machine.)
 #[tokio::test(flavor = "multi_thread")]
 async fn long_transfer_survives_token_rotations() -> Result<()> {
-    const CHUNKS: u64 = 500;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const TTL_SECS: u64 = 20;
+    const MIN_TRANSFER: Duration = Duration::from_secs(45);
+    const REFRESHES: usize = 3;
+    /// The transfer stops here even if the refreshes did not all happen.
+    const MAX_CHUNKS: u64 = 1500;
     const CHUNK: u64 = 2000;
     const EVERY: Duration = Duration::from_millis(100);
     let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let backend_addr = backend.local_addr()?;
-    let source = tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        let (mut tcp, _) = backend.accept().await?;
-        let mut k = 0u64;
-        for _ in 0..CHUNKS {
-            let chunk: Vec<u8> = (k..k + CHUNK).map(pattern).collect();
-            tcp.write_all(&chunk).await?;
-            k += CHUNK;
-            tokio::time::sleep(EVERY).await;
+    let enough = Arc::new(AtomicBool::new(false));
+    let source = tokio::spawn({
+        let enough = enough.clone();
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let (mut tcp, _) = backend.accept().await?;
+            let mut k = 0u64;
+            while k < MAX_CHUNKS * CHUNK && !enough.load(Ordering::SeqCst) {
+                let chunk: Vec<u8> = (k..k + CHUNK).map(pattern).collect();
+                tcp.write_all(&chunk).await?;
+                k += CHUNK;
+                tokio::time::sleep(EVERY).await;
+            }
+            tcp.shutdown().await?;
+            anyhow::Ok(k)
         }
-        tcp.shutdown().await?;
-        anyhow::Ok(k)
     });
 
     let mut s = Setup::start(
-        15,
+        TTL_SECS,
         &[ServiceSpec {
             name: "slow",
             kind: "tcp",
@@ -547,6 +573,12 @@ async fn long_transfer_survives_token_rotations() -> Result<()> {
     drop(browser);
 
     let (up, addrs) = s.up(&["slow"], "info,gangway_agent::session=debug").await?;
+    let accepted = |up: &Process| {
+        up.stderr()
+            .iter()
+            .filter(|l| l.contains("relay accepted the refreshed token"))
+            .count()
+    };
     let started = Instant::now();
     let mut tcp = tokio::net::TcpStream::connect(addrs[0]).await?;
     let mut got = 0u64;
@@ -565,40 +597,37 @@ async fn long_transfer_survives_token_rotations() -> Result<()> {
             }
         }
         got += n as u64;
+        if started.elapsed() >= MIN_TRANSFER && accepted(&up) >= REFRESHES {
+            enough.store(true, Ordering::SeqCst);
+        }
     }
     let took = started.elapsed();
     // Our side is done too: the relay closes the stream (and audits it).
     drop(tcp);
     let sent = source.await??;
-    assert_eq!(got, CHUNKS * CHUNK, "bytes received");
-    assert_eq!(sent, got);
+    assert_eq!(got, sent, "bytes received");
     assert_eq!(mismatches, 0);
-    assert!(took >= Duration::from_secs(45), "{took:?}");
+    assert!(took >= MIN_TRANSFER, "{took:?}");
 
     // The stream's audit line lands when it closes.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let audit = loop {
-        let a = s.relay.audit();
-        if a.iter().any(|e| e["event"] == "stream_close") || Instant::now() > deadline {
-            break a;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let audit = s
+        .relay
+        .wait_audit("stream_close", Duration::from_secs(10), |e| {
+            e["event"] == "stream_close"
+        })
+        .await?;
     let logs = up.stderr();
-    up.stop().await;
+    let accepted = accepted(&up);
+    drop(up);
     let sent_in_band = logs
         .iter()
         .filter(|l| l.contains("access token refreshed; sent to the relay in-band"))
         .count();
-    let accepted = logs
-        .iter()
-        .filter(|l| l.contains("relay accepted the refreshed token"))
-        .count();
     eprintln!(
         "long transfer: {got} bytes in {took:?}; {sent_in_band} refreshes sent, {accepted} accepted by the relay"
     );
-    assert!(sent_in_band >= 3, "refreshes sent: {sent_in_band}");
-    assert!(accepted >= 3, "refreshes accepted: {accepted}");
+    assert!(sent_in_band >= REFRESHES, "refreshes sent: {sent_in_band}");
+    assert!(accepted >= REFRESHES, "refreshes accepted: {accepted}");
     assert!(!logs
         .iter()
         .any(|l| l.contains("rejected the refreshed token")));
@@ -615,7 +644,7 @@ async fn long_transfer_survives_token_rotations() -> Result<()> {
         .iter()
         .find(|e| e["event"] == "stream_close" && e["service"] == "slow")
         .context("no stream_close audit line")?;
-    assert_eq!(close["bytes_down"], CHUNKS * CHUNK, "{close}");
+    assert_eq!(close["bytes_down"], got, "{close}");
     assert_eq!(close["subject"], "alice");
     assert!(close.get("reason").is_none_or(|r| r.is_null()), "{close}");
     Ok(())
@@ -678,20 +707,17 @@ async fn revoked_sign_in_becomes_sign_in_needed_and_login_resumes() -> Result<()
 
     // The relay ends the session when the last token expires; the agent
     // stays up and keeps answering with the reason.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !s
-        .relay
-        .audit()
-        .iter()
-        .any(|e| e["event"] == "session_close")
-    {
-        ensure!(
-            Instant::now() < deadline,
-            "the relay never closed the session"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.relay
+        .wait_audit("session_close", Duration::from_secs(30), |e| {
+            e["event"] == "session_close"
+        })
+        .await?;
+    // The agent sees its session end, and stays.
+    up.wait_line("the end of the session", Duration::from_secs(20), |l| {
+        l.contains("; reconnecting")
+            && (l.contains("relay closed the session") || l.contains("connection lost"))
+    })
+    .await?;
     assert!(up.alive(), "the agent exited");
     let resp = reqwest::get(format!("{repo_url}/info/refs?service=git-upload-pack")).await?;
     assert_eq!(resp.status(), 403);
@@ -713,7 +739,7 @@ async fn revoked_sign_in_becomes_sign_in_needed_and_login_resumes() -> Result<()
         }
     }
     assert!(up.alive());
-    up.stop().await;
+    drop(up);
     Ok(())
 }
 
@@ -723,7 +749,8 @@ async fn revoked_sign_in_becomes_sign_in_needed_and_login_resumes() -> Result<()
 async fn wrong_password_then_cancel_is_a_clear_denial() -> Result<()> {
     let mut s = Setup::start(60, &[]).await?;
     let browser = Browser::start().await?;
-    let login = Proc::spawn("gangway login", s.gangway("login", &["--timeout", "60"])?)?;
+    let login =
+        Process::spawn_captured("gangway login", s.gangway("login", &["--timeout", "60"])?)?;
     let url = s.browser.next_url(Duration::from_secs(20)).await?;
     browser.goto(&url).await?;
     browser
@@ -761,7 +788,8 @@ async fn wrong_password_then_cancel_is_a_clear_denial() -> Result<()> {
 async fn state_mismatch_is_refused() -> Result<()> {
     let mut s = Setup::start(60, &[]).await?;
     let browser = Browser::start().await?;
-    let login = Proc::spawn("gangway login", s.gangway("login", &["--timeout", "60"])?)?;
+    let login =
+        Process::spawn_captured("gangway login", s.gangway("login", &["--timeout", "60"])?)?;
     let url = s.browser.next_url(Duration::from_secs(20)).await?;
     let mut forged = url::Url::parse(&url)?;
     let pairs: Vec<(String, String)> = forged
@@ -794,7 +822,7 @@ async fn state_mismatch_is_refused() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn closed_browser_times_out_clearly() -> Result<()> {
     let mut s = Setup::start(60, &[]).await?;
-    let login = Proc::spawn("gangway login", s.gangway("login", &["--timeout", "3"])?)?;
+    let login = Process::spawn_captured("gangway login", s.gangway("login", &["--timeout", "3"])?)?;
     s.browser.next_url(Duration::from_secs(20)).await?;
     let done = login.finish(Duration::from_secs(30)).await?;
     assert_failure("login", &done);
@@ -822,13 +850,13 @@ async fn provider_down_is_a_clear_error() -> Result<()> {
         ..
     } = s;
     drop(idp);
-    let mut cmd = tokio::process::Command::new(bin_path("gangway")?);
+    let mut cmd = Command::new(bin_path("gangway")?);
     cmd.args(["login", "--relay", &relay.url(), "--ca-file"])
         .arg(&cert.cert)
         .envs(keychain.env())
         .env("BROWSER", "/bin/false")
         .env_remove("GANGWAY_TOKEN");
-    let done = Proc::spawn("gangway login", cmd)?
+    let done = Process::spawn_captured("gangway login", cmd)?
         .finish(Duration::from_secs(60))
         .await?;
     assert_failure("login", &done);
@@ -850,7 +878,7 @@ async fn no_keychain_is_a_clear_error_and_nothing_is_written() -> Result<()> {
     let root = tempfile::tempdir()?;
     let env: Vec<(&str, OsString)> = SecretService::absent_env(root.path())?;
     for sub in ["login", "up"] {
-        let mut cmd = tokio::process::Command::new(bin_path("gangway")?);
+        let mut cmd = Command::new(bin_path("gangway")?);
         cmd.args([sub, "--relay", &s.relay.url(), "--ca-file"])
             .arg(&s.cert.cert)
             .envs(env.clone())
@@ -859,7 +887,7 @@ async fn no_keychain_is_a_clear_error_and_nothing_is_written() -> Result<()> {
             .env_remove("DISPLAY")
             .env_remove("WAYLAND_DISPLAY")
             .env_remove("GANGWAY_TOKEN");
-        let done = Proc::spawn(&format!("gangway {sub}"), cmd)?
+        let done = Process::spawn_captured(&format!("gangway {sub}"), cmd)?
             .finish(Duration::from_secs(30))
             .await?;
         assert_failure(sub, &done);

@@ -158,8 +158,8 @@ async fn agent_reconnects_after_relay_restart() -> Result<()> {
         repos.head_commit("demo")?
     );
     let reconnected = agent
-        .stderr
-        .snapshot()
+        .process
+        .stderr()
         .iter()
         .filter(|l| l.contains("tunnel connected"))
         .count();
@@ -232,9 +232,14 @@ async fn stream_refusals_are_typed_and_never_reach_the_backend() -> Result<()> {
         Err(e) => panic!("expected unknown service, got {e}"),
         Ok(_) => panic!("expected unknown service, got a stream"),
     }
-    // The session survives refusals: an allowed stream still opens.
-    assert!(session.open("confluence").await.is_ok());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The session survives refusals: an allowed stream still opens, and
+    // its connection is the backend's first and only one.
+    let allowed = session.open("confluence").await;
+    assert!(allowed.is_ok());
+    let reached = backend
+        .wait_for_connections(1, Duration::from_secs(10))
+        .await?;
+    assert_eq!(reached, 1, "only the allowed stream reached the backend");
     assert_eq!(
         backend.connections(),
         1,

@@ -7,19 +7,18 @@
 //! deleted (Chromium quits) and chromedriver's process group is killed, so
 //! nothing outlives the test.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use super::process::{require_program, startup_timeout, ChildGuard};
+use super::process::{require_program, startup_timeout, Process};
 
 /// Chromium flags that work on these machines (see PEERS.md).
 pub const CHROMIUM_FLAGS: &[&str] = &[
@@ -50,7 +49,7 @@ pub struct Outcome {
 
 /// A headless Chromium under chromedriver.
 pub struct Browser {
-    driver: ChildGuard,
+    driver: Process,
     port: u16,
     session: Option<String>,
     http: reqwest::Client,
@@ -72,40 +71,16 @@ impl Browser {
             .stderr(Stdio::null())
             // Its own process group: Chromium and its helpers go with it.
             .process_group(0);
-        let mut driver = ChildGuard::spawn("chromedriver", &mut cmd)?;
-        let stdout = driver.child_mut().stdout.take().context("stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(port) = line
-                    .strip_prefix("ChromeDriver was started successfully on port ")
-                    .and_then(|p| p.trim_end_matches('.').trim().parse::<u16>().ok())
-                {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(port);
-                    }
-                }
-            }
-        });
-        let timeout = startup_timeout(START_TIMEOUT);
-        let deadline = Instant::now() + timeout;
-        let port = loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(p) => break p,
-                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
-                    driver.check_alive()?;
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    bail!("chromedriver did not report its port within {timeout:?}")
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    driver.check_alive()?;
-                    bail!("chromedriver closed its stdout without reporting its port")
-                }
-            }
-        };
+        let mut driver = Process::spawn("chromedriver", &mut cmd)?;
+        const STARTED: &str = "ChromeDriver was started successfully on port ";
+        let line = driver.blocking_wait_line("its port", startup_timeout(START_TIMEOUT), |l| {
+            l.starts_with(STARTED)
+        })?;
+        let port = line[STARTED.len()..]
+            .trim_end_matches('.')
+            .trim()
+            .parse::<u16>()
+            .with_context(|| format!("no port in {line:?}"))?;
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(60))
@@ -281,6 +256,30 @@ impl Browser {
         .map(|_| ())
     }
 
+    /// Waits until the element `id` is no longer on the page (a navigation
+    /// replaced the document).
+    async fn wait_gone(&self, id: &str, timeout: Duration) -> Result<()> {
+        let path = self.session_path(&format!("/element/{id}/name"))?;
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let resp = self.http.get(&url).send().await?;
+            let status = resp.status();
+            let v: Value = resp.json().await?;
+            let error = v["value"]["error"].as_str().unwrap_or_default();
+            if matches!(error, "stale element reference" | "no such element") {
+                return Ok(());
+            }
+            if !status.is_success() {
+                bail!("element {id}: {status}: {}", v["value"]);
+            }
+            if Instant::now() > deadline {
+                bail!("element {id} was still on the page after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until one of `selectors` is on the page; returns which, with
     /// its text.
     pub async fn wait_for_any(&self, selectors: &[&str], timeout: Duration) -> Result<Outcome> {
@@ -334,20 +333,28 @@ impl Browser {
                     Duration::from_secs(15),
                 )
                 .await?;
-            match o.selector.as_str() {
+            // What is acted on goes stale when the next page loads.
+            let acted_on = match o.selector.as_str() {
                 "#username" if !logged_in => {
+                    let id = self.element("#username").await?;
                     self.fill_login(user, password).await?;
                     logged_in = true;
+                    id
                 }
                 "#username" | "#error" => return Ok(o),
-                "#submit" => self.click("#submit").await?,
+                "#submit" => {
+                    let id = self.element("#submit").await?;
+                    self.click("#submit").await?;
+                    id
+                }
                 _ => return Ok(o),
-            }
+            };
             if Instant::now() > deadline {
                 bail!("sign-in did not finish; last page {}", o.url);
             }
-            // Let the navigation start before looking again.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            self.wait_gone(&acted_on, Duration::from_secs(15))
+                .await
+                .with_context(|| format!("no new page after {} on {}", o.selector, o.url))?;
         }
     }
 }

@@ -15,17 +15,17 @@
 //! listener.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::process::{require_program, startup_timeout, ChildGuard};
+use super::process::{blocking_poll, require_program, startup_timeout, Process};
 
 /// How long Xvfb and trayer may take to come up on an idle machine
 /// (stretched by [`startup_timeout`]).
@@ -34,8 +34,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// A virtual X display with a tray host.
 pub struct Display {
     // Field order: trayer goes before the X server.
-    trayer: Option<ChildGuard>,
-    _xvfb: ChildGuard,
+    trayer: Option<Process>,
+    _xvfb: Process,
     /// `:N`
     pub name: String,
     pub width: u32,
@@ -53,20 +53,12 @@ impl Display {
             .arg(format!("{width}x{height}x24"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        let mut child = ChildGuard::spawn("Xvfb", &mut cmd)?;
-        let stdout = child.child_mut().stdout.take().context("Xvfb stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(l)) = lines.next() {
-                let _ = tx.send(l);
-            }
-            for _ in lines {}
-        });
-        let timeout = startup_timeout(START_TIMEOUT);
-        let n = rx.recv_timeout(timeout).with_context(|| {
-            format!("Xvfb did not report its display number within {timeout:?}")
-        })?;
+        let mut child = Process::spawn("Xvfb", &mut cmd)?;
+        let n = child.blocking_wait_line(
+            "its display number",
+            startup_timeout(START_TIMEOUT),
+            |l| !l.trim().is_empty(),
+        )?;
         let name = format!(":{}", n.trim());
         let d = Display {
             trayer: None,
@@ -112,27 +104,17 @@ impl Display {
         .env("DISPLAY", &self.name)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-        self.trayer = Some(ChildGuard::spawn("trayer", &mut cmd)?);
+        self.trayer = Some(Process::spawn("trayer", &mut cmd)?);
         self.wait_until("trayer's window", || {
             Ok(!self.windows_of_class("trayer")?.is_empty())
         })
     }
 
     fn wait_until(&self, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-        let timeout = startup_timeout(START_TIMEOUT);
-        let deadline = Instant::now() + timeout;
-        loop {
-            if f().unwrap_or(false) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "timed out after {timeout:?} waiting for {what} on {}",
-                    self.name
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let what = format!("{what} on {}", self.name);
+        blocking_poll(&what, startup_timeout(START_TIMEOUT), || {
+            Ok(f().unwrap_or(false).then_some(()))
+        })
     }
 
     /// Runs `xdotool ARGS` on this display; its stdout.
@@ -169,16 +151,10 @@ impl Display {
 
     /// Waits until a visible window titled `title` exists; returns it.
     pub fn wait_for_window(&self, title: &str, timeout: Duration) -> Result<u32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(w) = self.visible_windows(title)?.into_iter().next() {
-                return Ok(w);
-            }
-            if Instant::now() > deadline {
-                bail!("no visible window titled {title:?} on {}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let what = format!("a visible window titled {title:?} on {}", self.name);
+        blocking_poll(&what, timeout, || {
+            Ok(self.visible_windows(title)?.into_iter().next())
+        })
     }
 
     /// Clicks at (`x`, `y`) with mouse `button`.
@@ -199,13 +175,53 @@ impl Display {
         (self.width - 16, 16)
     }
 
-    /// Saves a screenshot of `window` (or the whole screen) as PNG.
+    /// The size of `window` (`xdotool getwindowgeometry`).
+    pub fn window_size(&self, window: u32) -> Result<(u32, u32)> {
+        let out = self.xdotool(&["getwindowgeometry", &window.to_string()])?;
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("Geometry: "))
+            .and_then(|g| g.split_once('x'))
+            .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)))
+            .with_context(|| format!("no geometry for window {window} in {out:?}"))
+    }
+
+    /// Resizes `window` to `width`x`height` and waits until it has that size.
+    pub fn resize_window(&self, window: u32, width: u32, height: u32) -> Result<()> {
+        let id = window.to_string();
+        self.xdotool(&["windowsize", &id, &width.to_string(), &height.to_string()])?;
+        let what = format!("window {window} to be {width}x{height}");
+        blocking_poll(&what, startup_timeout(START_TIMEOUT), || {
+            Ok((self.window_size(window)? == (width, height)).then_some(()))
+        })
+    }
+
+    /// Saves a screenshot of `window` (or the whole screen) as PNG once
+    /// what is drawn has settled: two captures in a row show the same
+    /// pixels (a window just mapped or resized may still be painting).
+    pub fn settled_screenshot(&self, window: Option<u32>, path: &Path) -> Result<()> {
+        let mut last: Option<Vec<u8>> = None;
+        blocking_poll(
+            "two identical screenshots in a row",
+            startup_timeout(START_TIMEOUT),
+            || {
+                self.screenshot(window, path)?;
+                let now = std::fs::read(path)?;
+                let same = last.as_ref() == Some(&now);
+                last = Some(now);
+                Ok(same.then_some(()))
+            },
+        )
+    }
+
+    /// Saves a screenshot of `window` (or the whole screen) as PNG, with no
+    /// time stamps in it (the same pixels give the same file).
     pub fn screenshot(&self, window: Option<u32>, path: &Path) -> Result<()> {
         let target = window
             .map(|w| w.to_string())
             .unwrap_or_else(|| "root".into());
         let out = Command::new("import")
             .args(["-display", &self.name, "-window", &target])
+            .args(["-define", "png:exclude-chunks=date,time"])
             .arg(path)
             .stdin(Stdio::null())
             .output()

@@ -3,20 +3,24 @@
 //! [`RepoFixture`], plus a [`git`] helper that runs the client with a clean
 //! environment.
 //!
-//! Both servers take their port from [`free_port`] (neither can bind port 0
-//! and report it) and retry on another port if the bind loses the race.
+//! Neither server can bind port 0 and report it: both start through
+//! [`start_on_free_port`], which retries on another port if the bind loses
+//! the race.
 
 use std::ffi::OsString;
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
-use super::process::{free_port, require_program, startup_timeout, ChildGuard};
+use super::process::{
+    blocking_poll, require_program, start_on_free_port, startup_timeout, wait_until_refused,
+    Process,
+};
 
 /// Path, inside every fixture repository, of the ~1 MB pseudo-random file
 /// (incompressible, so packs are non-trivial). Its content is
@@ -31,10 +35,6 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a server gets to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How many ports a server tries before giving up (the port from
-/// [`free_port`] can be taken by someone else before the server binds it).
-const START_ATTEMPTS: usize = 3;
 
 /// The deterministic content of [`BINARY_PATH`] (splitmix64 output).
 pub fn binary_blob() -> Vec<u8> {
@@ -149,7 +149,7 @@ impl RepoFixture {
 ///
 /// Also serves the repository of gangway-bench's git clone figure.
 pub struct GitHttpServer {
-    child: ChildGuard,
+    child: Process,
     addr: SocketAddr,
     _dir: TempDir,
 }
@@ -174,12 +174,12 @@ impl GitHttpServer {
         let errorlog = dir.path().join("error.log");
         let stderr_log = dir.path().join("stderr.log");
 
-        let mut last_err = None;
-        for _ in 0..START_ATTEMPTS {
-            let port = free_port();
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            std::fs::write(&conf, lighttpd_conf(port, dir.path(), &backend, &root)?)
-                .context("writing lighttpd.conf")?;
+        start_on_free_port("lighttpd + git http-backend", |addr| {
+            std::fs::write(
+                &conf,
+                lighttpd_conf(addr.port(), dir.path(), &backend, &root)?,
+            )
+            .context("writing lighttpd.conf")?;
             let stderr = std::fs::File::create(&stderr_log)?;
             let mut cmd = Command::new(&lighttpd);
             cmd.arg("-D")
@@ -187,26 +187,23 @@ impl GitHttpServer {
                 .arg(&conf)
                 .stdout(Stdio::null())
                 .stderr(stderr);
-            let mut child = ChildGuard::spawn("lighttpd", &mut cmd)?;
-            match child.wait_for_port(addr, startup_timeout(START_TIMEOUT)) {
-                Ok(()) => {
-                    return Ok(Self {
-                        child,
-                        addr,
-                        _dir: dir,
-                    })
-                }
-                Err(e) => {
-                    child.stop();
-                    last_err = Some(e.context(format!(
+            let mut child = Process::spawn("lighttpd", &mut cmd)?;
+            child
+                .blocking_wait_for_port(addr, startup_timeout(START_TIMEOUT))
+                .with_context(|| {
+                    format!(
                         "lighttpd logs:\n{}{}",
                         read_log(&errorlog),
                         read_log(&stderr_log)
-                    )));
-                }
-            }
-        }
-        Err(last_err.expect("at least one attempt")).context("starting lighttpd + git http-backend")
+                    )
+                })?;
+            Ok((child, addr))
+        })
+        .map(|(child, addr)| Self {
+            child,
+            addr,
+            _dir: dir,
+        })
     }
 
     /// The address lighttpd listens on.
@@ -307,7 +304,7 @@ fn git_daemon_path() -> Result<PathBuf> {
 /// `git daemon` serving git:// on 127.0.0.1, with receive-pack enabled and
 /// every repository under the root exported. Stopped on drop.
 pub struct GitDaemon {
-    child: ChildGuard,
+    child: Process,
     addr: SocketAddr,
     _dir: TempDir,
 }
@@ -325,10 +322,7 @@ impl GitDaemon {
             .context("creating the git daemon directory")?;
         let log = dir.path().join("daemon.log");
 
-        let mut last_err = None;
-        for _ in 0..START_ATTEMPTS {
-            let port = free_port();
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        start_on_free_port("git daemon", |addr| {
             let stderr = std::fs::File::create(&log)?;
             let mut cmd = Command::new(&daemon_bin);
             clean_git_env(&mut cmd, dir.path());
@@ -336,29 +330,24 @@ impl GitDaemon {
                 .arg("--reuseaddr")
                 .arg("--informative-errors")
                 .arg("--listen=127.0.0.1")
-                .arg(format!("--port={port}"))
+                .arg(format!("--port={}", addr.port()))
                 .arg(concat_os("--base-path=", &root))
                 .arg("--export-all")
                 .arg("--enable=receive-pack")
                 .arg(&root)
                 .stdout(Stdio::null())
                 .stderr(stderr);
-            let mut child = ChildGuard::spawn("git daemon", &mut cmd)?;
-            match child.wait_for_port(addr, startup_timeout(START_TIMEOUT)) {
-                Ok(()) => {
-                    return Ok(Self {
-                        child,
-                        addr,
-                        _dir: dir,
-                    })
-                }
-                Err(e) => {
-                    child.stop();
-                    last_err = Some(e.context(format!("git daemon log:\n{}", read_log(&log))));
-                }
-            }
-        }
-        Err(last_err.expect("at least one attempt")).context("starting git daemon")
+            let mut child = Process::spawn("git daemon", &mut cmd)?;
+            child
+                .blocking_wait_for_port(addr, startup_timeout(START_TIMEOUT))
+                .with_context(|| format!("git daemon log:\n{}", read_log(&log)))?;
+            Ok((child, addr))
+        })
+        .map(|(child, addr)| Self {
+            child,
+            addr,
+            _dir: dir,
+        })
     }
 
     /// The address the daemon listens on.
@@ -437,17 +426,13 @@ pub fn git_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<String
         buf
     });
 
-    let deadline = Instant::now() + GIT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
+    let status = match blocking_poll(&shown, GIT_TIMEOUT, || Ok(child.try_wait()?)) {
+        Ok(status) => Some(status),
+        Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
-            break None;
+            None
         }
-        std::thread::sleep(Duration::from_millis(10));
     };
     let out = out_thread.join().unwrap_or_default();
     let err = err_thread.join().unwrap_or_default();
@@ -504,18 +489,6 @@ fn clean_git_env(cmd: &mut Command, home: &Path) {
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("LC_ALL", "C");
-}
-
-/// Waits (up to 2 s) until nothing accepts on `addr`. A server killed right
-/// after forking a connection handler leaves the listening socket open in
-/// the child until it execs, so for a few ms connections still complete.
-fn wait_until_refused(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline
-        && TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
-    {
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn write_file(path: &Path, content: &[u8]) -> Result<()> {

@@ -9,17 +9,15 @@
 //! holds what was stored. Both daemons stop on drop.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use tempfile::TempDir;
 
-use super::process::{require_program, startup_timeout, ChildGuard};
+use super::process::{blocking_poll, require_program, startup_timeout, Process};
 
 /// The keyring's unlock password.
 const PASSWORD: &str = "gangway-test-keyring";
@@ -30,8 +28,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A session bus with a Secret Service on it.
 pub struct SecretService {
-    keyring: Option<ChildGuard>,
-    _bus: ChildGuard,
+    keyring: Option<Process>,
+    _bus: Process,
     address: String,
     dir: TempDir,
 }
@@ -59,21 +57,11 @@ impl SecretService {
             .env("XDG_RUNTIME_DIR", &run)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let mut bus = ChildGuard::spawn("dbus-daemon", &mut cmd)?;
-        let stdout = bus.child_mut().stdout.take().context("stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep the pipe open while the daemon lives.
-            for _ in lines {}
-        });
-        let timeout = startup_timeout(START_TIMEOUT);
-        let address = rx
-            .recv_timeout(timeout)
-            .with_context(|| format!("dbus-daemon did not print its address within {timeout:?}"))?
+        let mut bus = Process::spawn("dbus-daemon", &mut cmd)?;
+        let address = bus
+            .blocking_wait_line("its address", startup_timeout(START_TIMEOUT), |l| {
+                l.starts_with("unix:")
+            })?
             .trim()
             .to_string();
         let mut me = SecretService {
@@ -97,31 +85,29 @@ impl SecretService {
             .envs(self.env())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut keyring = ChildGuard::spawn("gnome-keyring-daemon", &mut cmd)?;
-        let timeout = startup_timeout(START_TIMEOUT);
-        let deadline = Instant::now() + timeout;
-        loop {
-            keyring.check_alive()?;
-            let out = Command::new("dbus-send")
-                .args([
-                    "--session",
-                    "--print-reply",
-                    "--dest=org.freedesktop.DBus",
-                    "/org/freedesktop/DBus",
-                    "org.freedesktop.DBus.NameHasOwner",
-                    "string:org.freedesktop.secrets",
-                ])
-                .envs(self.env())
-                .stdin(Stdio::null())
-                .output()?;
-            if String::from_utf8_lossy(&out.stdout).contains("boolean true") {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the Secret Service did not appear on the session bus within {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut keyring = Process::spawn("gnome-keyring-daemon", &mut cmd)?;
+        blocking_poll(
+            "the Secret Service on the session bus",
+            startup_timeout(START_TIMEOUT),
+            || {
+                keyring.check_alive()?;
+                let out = Command::new("dbus-send")
+                    .args([
+                        "--session",
+                        "--print-reply",
+                        "--dest=org.freedesktop.DBus",
+                        "/org/freedesktop/DBus",
+                        "org.freedesktop.DBus.NameHasOwner",
+                        "string:org.freedesktop.secrets",
+                    ])
+                    .envs(self.env())
+                    .stdin(Stdio::null())
+                    .output()?;
+                Ok(String::from_utf8_lossy(&out.stdout)
+                    .contains("boolean true")
+                    .then_some(()))
+            },
+        )?;
         self.keyring = Some(keyring);
         Ok(())
     }

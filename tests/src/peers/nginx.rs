@@ -6,22 +6,24 @@
 //! a node answers comes from the config (`map`, `return`, `add_header`); no
 //! scripts or extra modules.
 //!
-//! nginx cannot bind port 0 and report it, so the port comes from
-//! [`free_port`] and the start is retried on another port if the bind loses
+//! nginx cannot bind port 0 and report it, so it starts through
+//! [`start_on_free_port`], which retries on another port if the bind loses
 //! the race. Once the port accepts, a request checks that the answer really
 //! comes from this node (nginx retries a busy port for ~2.5 s before it
 //! exits, and meanwhile someone else's server could be answering there).
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use tempfile::TempDir;
 
-use super::process::{free_port, require_program, startup_timeout, ChildGuard};
+use super::process::{
+    require_program, start_on_free_port, startup_timeout, wait_until_refused, Process,
+};
 
 /// The public host name of the stand-in Confluence: used in the absolute
 /// redirect of `/redirect` and the `Domain` of the cookie set by `/login`.
@@ -41,9 +43,6 @@ pub const STATUS_BODY: &str = r#"{"state":"RUNNING"}"#;
 /// How long nginx gets to start listening. nginx itself retries a busy port
 /// 5 times, 500 ms apart, before it gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How many ports a node tries before giving up.
-const START_ATTEMPTS: usize = 3;
 
 /// One nginx "Confluence node" on 127.0.0.1, stopped on drop.
 ///
@@ -67,7 +66,7 @@ const START_ATTEMPTS: usize = 3;
 ///   any size (Content-Length or chunked).
 pub struct ConfluenceNode {
     // Dropped first: the process dies before its directory is removed.
-    child: ChildGuard,
+    child: Process,
     addr: SocketAddr,
     node_id: String,
     _dir: TempDir,
@@ -96,11 +95,9 @@ impl ConfluenceNode {
         let error_log = dir.path().join("logs/error.log");
         let stderr_log = dir.path().join("logs/stderr.log");
 
-        let mut last_err = None;
-        for _ in 0..START_ATTEMPTS {
-            let port = free_port();
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            std::fs::write(&conf, nginx_conf(node_id, port)).context("writing nginx.conf")?;
+        let started = start_on_free_port(&format!("nginx Confluence node {node_id}"), |addr| {
+            std::fs::write(&conf, nginx_conf(node_id, addr.port()))
+                .context("writing nginx.conf")?;
             let stderr = std::fs::File::create(&stderr_log)?;
             let mut cmd = Command::new(&nginx);
             // `-p` makes every relative path in the config (pid, logs, temp
@@ -115,31 +112,26 @@ impl ConfluenceNode {
                 .arg(&error_log)
                 .stdout(Stdio::null())
                 .stderr(stderr);
-            let mut child = ChildGuard::spawn("nginx", &mut cmd)?;
-            let started = child
-                .wait_for_port(addr, startup_timeout(START_TIMEOUT))
-                .and_then(|()| check_identity(addr, node_id));
-            match started {
-                Ok(()) => {
-                    return Ok(Self {
-                        child,
-                        addr,
-                        node_id: node_id.to_string(),
-                        _dir: dir,
-                    })
-                }
-                Err(e) => {
-                    child.stop();
-                    last_err = Some(e.context(format!(
+            let mut child = Process::spawn("nginx", &mut cmd)?;
+            child
+                .blocking_wait_for_port(addr, startup_timeout(START_TIMEOUT))
+                .and_then(|()| check_identity(addr, node_id))
+                .with_context(|| {
+                    format!(
                         "nginx logs:\n{}{}",
                         read_log(&error_log),
                         read_log(&stderr_log)
-                    )));
-                }
-            }
-        }
-        Err(last_err.expect("at least one attempt"))
-            .with_context(|| format!("starting nginx Confluence node {node_id}"))
+                    )
+                })?;
+            Ok((child, addr))
+        })?;
+        let (child, addr) = started;
+        Ok(Self {
+            child,
+            addr,
+            node_id: node_id.to_string(),
+            _dir: dir,
+        })
     }
 
     /// The address the node listens on.
@@ -270,16 +262,6 @@ fn check_identity(addr: SocketAddr, node_id: &str) -> Result<()> {
         bail!("{addr} is not nginx node {node_id}; it answered:\n{response}");
     }
     Ok(())
-}
-
-/// Waits (up to 2 s) until nothing accepts on `addr`.
-fn wait_until_refused(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline
-        && TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
-    {
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn read_log(path: &Path) -> String {

@@ -10,16 +10,14 @@
 //! `iss`, `aud`, `sub`, `client_id`, `groups`, `jti`, `iat`, `exp` (plus
 //! `scope` when one was granted); keys at `<issuer>/jwks`.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use super::process::{require_program, startup_timeout, ChildGuard};
+use super::process::{require_program, startup_timeout, Process};
 
 /// The audience the provider uses when none is given (matches `server.js`).
 pub const DEFAULT_AUDIENCE: &str = "https://relay.gangway.test";
@@ -54,7 +52,7 @@ pub fn project_dir() -> PathBuf {
 
 /// A running `oidc-provider`; stopped when dropped.
 pub struct OidcProvider {
-    _child: ChildGuard,
+    _child: Process,
     issuer: String,
     audience: String,
     http: reqwest::Client,
@@ -119,53 +117,14 @@ impl OidcProvider {
         if let Some((cert, key)) = tls {
             cmd.env("TLS_CERT", cert).env("TLS_KEY", key);
         }
-        let mut child = ChildGuard::spawn("oidc-provider", &mut cmd)?;
-
-        let stdout = child
-            .child_mut()
-            .stdout
-            .take()
-            .context("oidc-provider stdout was not captured")?;
-        let (tx, rx) = mpsc::channel();
-        // Reads the LISTENING line, then keeps draining stdout so the pipe
-        // never fills; ends at EOF when the process exits.
-        std::thread::Builder::new()
-            .name("oidc-provider-stdout".into())
-            .spawn(move || {
-                let mut tx = Some(tx);
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(issuer) = line.strip_prefix("LISTENING ") {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(issuer.trim().to_string());
-                            continue;
-                        }
-                    }
-                    eprintln!("oidc-provider: {line}");
-                }
-            })
-            .context("spawning the oidc-provider stdout reader")?;
-
-        let timeout = startup_timeout(START_TIMEOUT);
-        let deadline = Instant::now() + timeout;
-        let issuer = loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(issuer) => break issuer,
-                Err(RecvTimeoutError::Timeout) => {
-                    child.check_alive()?;
-                    if Instant::now() > deadline {
-                        bail!("oidc-provider did not report LISTENING within {timeout:?}");
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    // stdout closed: the process is exiting; give it a moment
-                    // so the error names its exit status.
-                    std::thread::sleep(Duration::from_millis(200));
-                    child.check_alive()?;
-                    bail!("oidc-provider closed its stdout without reporting LISTENING");
-                }
-            }
-        };
+        let mut child = Process::spawn("oidc-provider", &mut cmd)?;
+        let issuer = child
+            .blocking_wait_line("its LISTENING line", startup_timeout(START_TIMEOUT), |l| {
+                l.starts_with("LISTENING ")
+            })?
+            .trim_start_matches("LISTENING ")
+            .trim()
+            .to_string();
 
         let http = reqwest::Client::builder()
             .no_proxy()
