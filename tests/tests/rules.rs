@@ -399,7 +399,10 @@ backends = ["{}"]
     assert_eq!(status, 200, "{answer}");
     let (status, answer) = raw(
         local,
-        &format!("GET /h2c HTTP/1.1\r\nHost: {local}\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__"),
+        &format!(
+            "GET /upgrade HTTP/1.1\r\nHost: {local}\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+             Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__"
+        ),
     )
     .await?;
     assert_eq!(status, 200, "{answer}");
