@@ -239,7 +239,7 @@ interval_secs = 1
     let first = get(&http, &mut jar, &format!("{base}/display/SPACE")).await?;
     let home = node_of(&first).to_string();
     assert!(first.contains("new=1"), "{first}");
-    assert!(jar.0.contains_key("GANGWAY_ROUTE") && jar.0.contains_key("JSESSIONID"));
+    assert!(jar.0.contains_key("GANGWAY_ROUTE_confluence") && jar.0.contains_key("JSESSIONID"));
     let session = jar.0["JSESSIONID"].clone();
     for i in 0..100 {
         let body = get(&http, &mut jar, &format!("{base}/pages/{i}")).await?;
@@ -401,12 +401,12 @@ backends = ["{echo}"]
     )
     .await?;
     assert_eq!(resp.status(), 101);
-    // Affinity holds for upgrades too: the relay names the node.
-    assert!(resp
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .any(|c| c.to_str().unwrap().starts_with("GANGWAY_ROUTE=")));
+    // Affinity holds for upgrades too: the relay names the node, in the
+    // route's own cookie.
+    assert!(resp.headers().get_all("set-cookie").iter().any(|c| c
+        .to_str()
+        .unwrap()
+        .starts_with("GANGWAY_ROUTE_confluence_synchrony=")));
 
     ws.send(Message::Text("hello synchrony".into())).await?;
     assert_eq!(

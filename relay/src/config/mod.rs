@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use assertion::AssertionConfig;
-pub use http::{Balance, HealthConfig, HttpSettings, RouteConfig, RuleConfig};
+pub use http::{Balance, GitService, HealthConfig, HttpSettings, RouteConfig, RuleConfig};
 pub use identity::IdentityConfig;
 pub use services::{ServiceConfig, ServiceKind};
 pub use tls::TlsMode;

@@ -117,8 +117,11 @@ pub(super) struct RawService {
     pub(super) connect_timeout_secs: u64,
     /// http: "round_robin" (default) or "least_conn".
     pub(super) balance: Option<String>,
-    /// http: name of the relay's session-affinity cookie (e.g. "GANGWAY_ROUTE");
-    /// absent means no affinity.
+    /// http: base name of the relay's session-affinity cookies (e.g.
+    /// "GANGWAY_ROUTE"); absent means no affinity. The service's own nodes
+    /// use `<base>_<service>`, each route `<base>_<service>_<route>`, so
+    /// neither services (browsers share cookies across ports on 127.0.0.1)
+    /// nor routes overwrite each other's.
     pub(super) affinity_cookie: Option<String>,
     /// http: the service's public URLs; `Location`, `Content-Location` and
     /// cookie domains naming them are rewritten to the local address.
@@ -168,16 +171,23 @@ pub(super) struct RawRoute {
     pub(super) allow_groups: Option<Vec<String>>,
 }
 
-/// `[[service.rule]]`: which groups may make the requests it matches.
+/// `[[service.rule]]`: which groups may make the requests it matches. A
+/// rule matches when every condition it sets holds, on the canonical
+/// target (see `policy::target`); every matching rule is applied, and a
+/// caller outside any of their groups is refused.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRule {
-    /// Matches when the path + query contains this text.
+    /// Matches when the canonical path + query contains this text.
     pub(super) path_contains: Option<String>,
-    /// Matches when the path starts with this prefix.
+    /// Matches when the canonical path starts with this prefix.
     pub(super) path_prefix: Option<String>,
-    /// Matches only these methods (default: all).
+    /// Matches only these methods (default: all); "GET" also matches HEAD.
     pub(super) methods: Option<Vec<String>>,
+    /// Matches requests for this git smart-HTTP service: "receive-pack"
+    /// (push) or "upload-pack" (fetch, clone), named by the path
+    /// (`.../git-receive-pack`) or the `service=` query parameter.
+    pub(super) git: Option<String>,
     /// Groups allowed to make matching requests.
     pub(super) allow_groups: Vec<String>,
     /// Shown to refused callers.

@@ -41,7 +41,29 @@ pub(super) fn from_raw(
                 format!("{:?} is used twice", s.name),
             ));
         }
-        services.push(ServiceConfig::from_raw(i, s, src)?);
+        let svc = ServiceConfig::from_raw(i, s, src)?;
+        // Cookies on 127.0.0.1 are shared by every port: two services
+        // must not set the same affinity cookie.
+        let cookies = svc.http.affinity_cookie.iter();
+        let cookies = cookies.chain(svc.http.routes.iter().flat_map(|r| &r.affinity_cookie));
+        for c in cookies {
+            if let Some(other) = services.iter().find(|o: &&ServiceConfig| {
+                o.http.affinity_cookie.as_ref() == Some(c)
+                    || o.http
+                        .routes
+                        .iter()
+                        .any(|r| r.affinity_cookie.as_ref() == Some(c))
+            }) {
+                return Err(src.err(
+                    format!("service[{i}].affinity_cookie"),
+                    format!(
+                        "gives cookie {c:?}, as service {:?} does; rename one",
+                        other.name
+                    ),
+                ));
+            }
+        }
+        services.push(svc);
     }
     Ok(services)
 }

@@ -41,6 +41,9 @@ pub struct HttpService {
     /// The service's own backends, serving "/".
     own: Pool,
     public_hosts: Vec<String>,
+    /// Every affinity cookie of the service (its own and its routes'):
+    /// the relay's, never sent upstream.
+    affinity_cookies: Vec<String>,
 }
 
 impl HttpService {
@@ -60,7 +63,26 @@ impl HttpService {
                 .iter()
                 .filter_map(|u| u.host_str().map(str::to_string))
                 .collect(),
+            affinity_cookies: cfg
+                .http
+                .affinity_cookie
+                .iter()
+                .chain(cfg.http.routes.iter().flat_map(|r| &r.affinity_cookie))
+                .cloned()
+                .collect(),
             cfg: cfg.clone(),
+        }
+    }
+
+    /// The affinity cookie of a route as [`crate::policy::route`] names it:
+    /// its name and the `Path` it is set with.
+    fn affinity_cookie(&self, route: Option<usize>) -> Option<(String, String)> {
+        match route {
+            None => Some((self.cfg.http.affinity_cookie.clone()?, "/".into())),
+            Some(i) => {
+                let r = &self.cfg.http.routes[i];
+                Some((r.affinity_cookie.clone()?, r.prefix.clone()))
+            }
         }
     }
 

@@ -1,16 +1,21 @@
 //! One request through the proxy, as named phases in the order they run
 //! (the shape of pingora's `ProxyHttp`):
 //!
+//! 0. the canonical target ([`Target::new`]): what the rules judge, the
+//!    audit line names and the backend gets; a target a backend could read
+//!    otherwise is refused with 400;
 //! 1. [`authorize`]: policy's verdict on the caller and the request target,
 //!    giving the route that serves it;
 //! 2. [`prepare`]: the upstream request: spoofed identity and hop-by-hop
-//!    headers out, forwarded and identity headers in, origin-form target;
+//!    headers out, forwarded and identity headers in, the canonical target
+//!    in origin form;
 //! 3. [`send_with_retry`]: pick a node (affinity cookie, else balancing,
 //!    skipping nodes that are down), connect and send; another node is tried
 //!    when connecting fails, or when sending fails and the request can be
 //!    replayed;
 //! 4. [`respond`]: the answer's `Location` and cookies pointed back at the
-//!    local address, the affinity cookie set, an upgrade spliced through;
+//!    local address, the route's affinity cookie set, an upgrade spliced
+//!    through;
 //! 5. [`audit`]: one line per request, refused or not.
 //!
 //! A phase that refuses returns [`Refused`], which becomes the error page.
@@ -44,8 +49,22 @@ pub(super) async fn handle(
     let started = Instant::now();
     let identity = ctx.identity.borrow().clone();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let (resp, outcome) = match proxy(ctx, reuse, req, &identity).await {
+    let target = match Target::new(&method, req.uri()) {
+        Ok(t) => t,
+        Err(e) => {
+            // Named as sent: there is no canonical form to name.
+            let raw = req.uri().to_string();
+            let (resp, outcome) = Refused {
+                status: StatusCode::BAD_REQUEST,
+                text: format!("refused request target: {e}"),
+                backend: None,
+            }
+            .into_response();
+            audit(ctx, &identity, &method, &raw, &resp, outcome, started);
+            return resp;
+        }
+    };
+    let (resp, outcome) = match proxy(ctx, reuse, req, &identity, &target).await {
         Ok((resp, backend)) => (
             resp,
             Outcome {
@@ -55,7 +74,15 @@ pub(super) async fn handle(
         ),
         Err(refused) => refused.into_response(),
     };
-    audit(ctx, &identity, &method, &path, &resp, outcome, started);
+    audit(
+        ctx,
+        &identity,
+        &method,
+        &target.path,
+        &resp,
+        outcome,
+        started,
+    );
     resp
 }
 
@@ -65,9 +92,10 @@ async fn proxy(
     reuse: &Reuse,
     req: Request<Incoming>,
     identity: &Identity,
+    target: &Target,
 ) -> Result<(Response<ProxyBody>, String), Refused> {
-    let route = authorize(ctx, identity, &req)?;
-    let mut up = prepare(ctx, identity, req);
+    let route = authorize(ctx, identity, target)?;
+    let mut up = prepare(ctx, identity, req, target, route);
     let sent = send_with_retry(&ctx.svc, reuse, ctx.svc.pool(route), &mut up).await?;
     Ok(respond(&ctx.svc, up, sent))
 }
@@ -103,12 +131,11 @@ struct Outcome {
 fn authorize(
     ctx: &StreamCtx,
     identity: &Identity,
-    req: &Request<Incoming>,
+    target: &Target,
 ) -> Result<Option<usize>, Refused> {
     let svc = &ctx.svc.cfg;
-    let target = Target::new(req.method(), req.uri());
     let leeway = ctx.relay.config.identity.leeway;
-    policy::authorize_request(svc, identity, &target, leeway, now_unix()).map_err(|denial| {
+    policy::authorize_request(svc, identity, target, leeway, now_unix()).map_err(|denial| {
         let (who, name) = (&identity.subject, &svc.display_name);
         let (status, text) = match denial {
             RequestDenial::Service(ServiceDenial::Expired) => (
@@ -143,7 +170,9 @@ struct Upstream {
     upgrade: bool,
     /// The client's side of that upgrade, once the backend agrees.
     client_upgrade: Option<OnUpgrade>,
-    /// The node id in the caller's affinity cookie.
+    /// The route's affinity cookie: its name and `Path`.
+    affinity_cookie: Option<(String, String)>,
+    /// The node id in the caller's affinity cookie of the route.
     affinity: Option<String>,
     /// The Host the client used (the agent's local address).
     local_host: Option<String>,
@@ -168,23 +197,26 @@ impl Upstream {
     }
 }
 
-/// Phase 2: what goes upstream.
-fn prepare(ctx: &StreamCtx, identity: &Identity, mut req: Request<Incoming>) -> Upstream {
+/// Phase 2: what goes upstream, to a node of `route`.
+fn prepare(
+    ctx: &StreamCtx,
+    identity: &Identity,
+    mut req: Request<Incoming>,
+    target: &Target,
+    route: Option<usize>,
+) -> Upstream {
     let svc = &ctx.svc.cfg;
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let affinity_name = svc.http.affinity_cookie.as_deref();
-    let affinity = affinity_name.and_then(|n| rewrite::cookie(req.headers(), n));
+    let affinity_cookie = ctx.svc.affinity_cookie(route);
+    let affinity = affinity_cookie
+        .as_ref()
+        .and_then(|(n, _)| rewrite::cookie(req.headers(), n));
     let local_host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_string);
-    let path_q = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
     let assertion = ctx
         .relay
         .signer
@@ -197,14 +229,12 @@ fn prepare(ctx: &StreamCtx, identity: &Identity, mut req: Request<Incoming>) -> 
             user: &identity.subject,
             groups: &identity.groups,
             assertion: &assertion,
-            affinity_cookie: affinity_name,
+            affinity_cookies: &ctx.svc.affinity_cookies,
         },
         upgrade,
     );
     let (mut head, body) = req.into_parts();
-    head.uri = path_q
-        .parse()
-        .unwrap_or_else(|_| http::Uri::from_static("/"));
+    head.uri = target.uri.clone();
     let replayable = matches!(head.method, Method::GET | Method::HEAD | Method::OPTIONS)
         && body.size_hint().exact() == Some(0);
     Upstream {
@@ -213,6 +243,7 @@ fn prepare(ctx: &StreamCtx, identity: &Identity, mut req: Request<Incoming>) -> 
         replayable,
         upgrade,
         client_upgrade,
+        affinity_cookie,
         affinity,
         local_host,
     }
@@ -333,8 +364,12 @@ fn respond(svc: &HttpService, up: Upstream, sent: Sent) -> (Response<ProxyBody>,
         rewrite_response(&mut p.headers, svc, &backend.addr, up.local_host.as_deref());
         Response::from_parts(p, Tracked::new(b.boxed(), guard).boxed())
     };
-    let affinity_name = svc.cfg.http.affinity_cookie.as_deref();
-    add_affinity(&mut out, affinity_name, &backend.id, sticky);
+    if let (Some((name, path)), false) = (&up.affinity_cookie, sticky) {
+        let cookie = rewrite::affinity_set_cookie(name, &backend.id, path);
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            out.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
     (out, backend.addr.clone())
 }
 
@@ -367,8 +402,12 @@ fn audit(
     });
 }
 
+/// A WebSocket upgrade (`Connection: upgrade`, `Upgrade: websocket`): the
+/// only upgrade passed on. Any other (`h2c` above all, which would carry
+/// requests past the relay's rules) has its headers dropped as hop-by-hop.
 fn is_upgrade(headers: &http::HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    let upgrades: Vec<_> = headers.get_all(header::UPGRADE).iter().collect();
+    matches!(upgrades[..], [u] if u.to_str().is_ok_and(|u| u.trim().eq_ignore_ascii_case("websocket")))
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -410,14 +449,6 @@ fn rewrite_response(
             if let Ok(v) = HeaderValue::from_str(&c) {
                 headers.append(header::SET_COOKIE, v);
             }
-        }
-    }
-}
-
-fn add_affinity<B>(resp: &mut Response<B>, name: Option<&str>, id: &str, sticky: bool) {
-    if let (Some(name), false) = (name, sticky) {
-        if let Ok(v) = HeaderValue::from_str(&rewrite::affinity_set_cookie(name, id)) {
-            resp.headers_mut().append(header::SET_COOKIE, v);
         }
     }
 }

@@ -32,8 +32,8 @@ pub struct Forwarded<'a> {
     pub user: &'a str,
     pub groups: &'a [String],
     pub assertion: &'a str,
-    /// The relay's own affinity cookie, removed from what goes upstream.
-    pub affinity_cookie: Option<&'a str>,
+    /// The relay's own affinity cookies, removed from what goes upstream.
+    pub affinity_cookies: &'a [String],
 }
 
 /// Removes hop-by-hop headers (and those named in `Connection`), except the
@@ -66,11 +66,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 pub fn upstream_request(headers: &mut HeaderMap, f: &Forwarded<'_>, upgrade: bool) {
     strip_hop_by_hop(headers, upgrade);
     // Identity and forwarding headers are ours alone: whatever the client
-    // sent under these names is dropped, always.
+    // sent under these names is dropped, always; so are their underscore
+    // spellings (`X_Gangway_User`), which CGI servers map to the same
+    // variable (`HTTP_X_GANGWAY_USER`).
     let spoofable: Vec<HeaderName> = headers
         .keys()
         .filter(|k| {
-            let k = k.as_str();
+            let k = k.as_str().replace('_', "-");
             k.starts_with("x-gangway-") || k.starts_with("x-forwarded-") || k == "forwarded"
         })
         .cloned()
@@ -81,7 +83,7 @@ pub fn upstream_request(headers: &mut HeaderMap, f: &Forwarded<'_>, upgrade: boo
     // hyper answers `Expect: 100-continue` to the client itself and streams
     // the body on at once.
     headers.remove(header::EXPECT);
-    if let Some(name) = f.affinity_cookie {
+    for name in f.affinity_cookies {
         remove_cookie(headers, name);
     }
     let set = |h: &mut HeaderMap, k: &'static str, v: &str| {
@@ -131,9 +133,9 @@ fn remove_cookie(headers: &mut HeaderMap, name: &str) {
     }
 }
 
-/// The affinity cookie naming backend `id`.
-pub fn affinity_set_cookie(name: &str, id: &str) -> String {
-    format!("{name}={id}; Path=/; HttpOnly; SameSite=Lax")
+/// The affinity cookie naming backend `id`, for requests under `path`.
+pub fn affinity_set_cookie(name: &str, id: &str, path: &str) -> String {
+    format!("{name}={id}; Path={path}; HttpOnly; SameSite=Lax")
 }
 
 /// Rewrites a `Location`-style URL that points at one of `public` origins
@@ -206,14 +208,16 @@ pub fn rewrite_set_cookie(value: &str, public_hosts: &[String], strip_secure: bo
 mod tests {
     use super::*;
 
-    fn fwd<'a>(groups: &'a [String]) -> Forwarded<'a> {
+    const COOKIES: &[String] = &[];
+
+    fn fwd<'a>(groups: &'a [String], cookies: &'a [String]) -> Forwarded<'a> {
         Forwarded {
             client_ip: "203.0.113.7",
             host: Some("127.0.0.1:8090"),
             user: "alice",
             groups,
             assertion: "a.b.c",
-            affinity_cookie: Some("GANGWAY_ROUTE"),
+            affinity_cookies: cookies,
         }
     }
 
@@ -230,13 +234,17 @@ mod tests {
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert(
             "cookie",
-            "JSESSIONID=abc.node1; GANGWAY_ROUTE=1234abcd"
+            "JSESSIONID=abc.node1; GANGWAY_ROUTE_c=1234abcd; GANGWAY_ROUTE_c_s=1"
                 .parse()
                 .unwrap(),
         );
         h.insert("authorization", "Basic dTpw".parse().unwrap());
         let groups = vec!["developers".to_string(), "readers".to_string()];
-        upstream_request(&mut h, &fwd(&groups), false);
+        let ours = [
+            "GANGWAY_ROUTE_c".to_string(),
+            "GANGWAY_ROUTE_c_s".to_string(),
+        ];
+        upstream_request(&mut h, &fwd(&groups, &ours), false);
         assert_eq!(h["x-gangway-user"], "alice");
         assert_eq!(h["x-gangway-groups"], "developers,readers");
         assert_eq!(h["x-gangway-assertion"], "a.b.c");
@@ -256,12 +264,35 @@ mod tests {
     }
 
     #[test]
+    fn underscore_spellings_of_our_headers_are_dropped_too() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x_gangway_user",
+            "X_Gangway_Groups",
+            "x-gangway_assertion",
+            "x_forwarded_for",
+            "X-Forwarded_Host",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "spoof".parse().unwrap(),
+            );
+        }
+        h.insert("x_custom_header", "kept".parse().unwrap());
+        upstream_request(&mut h, &fwd(&[], COOKIES), false);
+        let left: Vec<_> = h.iter().filter(|(_, v)| *v == "spoof").collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(h["x_custom_header"], "kept");
+        assert_eq!(h["x-gangway-user"], "alice");
+    }
+
+    #[test]
     fn upgrade_headers_survive_for_websockets() {
         let mut h = HeaderMap::new();
         h.insert("connection", "Upgrade".parse().unwrap());
         h.insert("upgrade", "websocket".parse().unwrap());
         let groups = vec![];
-        upstream_request(&mut h, &fwd(&groups), true);
+        upstream_request(&mut h, &fwd(&groups, COOKIES), true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
     }

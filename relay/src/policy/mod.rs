@@ -14,11 +14,12 @@
 //! borrows from the config; each edge words it for its audience (a tunnel
 //! refusal for the agent, an error page for the browser).
 
-mod target;
+pub mod target;
 
 use std::time::Duration;
 
-pub use target::Target;
+use http::Method;
+pub use target::{canonical_path, canonical_text, Target, TargetError};
 
 use crate::auth::Identity;
 use crate::config::{RuleConfig, ServiceConfig};
@@ -89,48 +90,58 @@ pub fn route(svc: &ServiceConfig, path: &str) -> Option<usize> {
 }
 
 /// Whether `rule` applies to a request: each of its conditions that is set
-/// (methods, path prefix, path + query containing) must hold.
-pub fn rule_matches(rule: &RuleConfig, target: &Target<'_>) -> bool {
-    let path_q = target.path_and_query;
+/// must hold, on the canonical target: methods (GET also matching HEAD,
+/// which is a GET without the body), path prefix, path + query containing,
+/// git service.
+pub fn rule_matches(rule: &RuleConfig, target: &Target) -> bool {
+    let method = target.method.as_str();
+    let method_matches = |m: &String| {
+        m.eq_ignore_ascii_case(method)
+            || (target.method == Method::HEAD && m.eq_ignore_ascii_case("GET"))
+    };
     rule.methods
         .as_ref()
-        .is_none_or(|m| m.iter().any(|m| m.eq_ignore_ascii_case(target.method)))
+        .is_none_or(|m| m.iter().any(method_matches))
         && rule
             .path_prefix
             .as_ref()
-            .is_none_or(|p| path_q.starts_with(p.as_str()))
+            .is_none_or(|p| target.path.starts_with(p.as_str()))
         && rule
             .path_contains
             .as_ref()
-            .is_none_or(|c| path_q.contains(c.as_str()))
+            .is_none_or(|c| target.path_and_query.contains(c.as_str()))
+        && rule.git.is_none_or(|g| target.names_git(g))
 }
 
 /// May `identity` make this request to http service `svc` at `now`? In
 /// order: the service ([`authorize_service`]), the route serving the target,
-/// then the first rule that matches it. On success, the route to use (as
-/// [`route`] gives it).
+/// then every rule that matches it: a caller outside the groups of any of
+/// them is refused (deny wins; the first such rule's reason is given). On
+/// success, the route to use (as [`route`] gives it).
 pub fn authorize_request<'c>(
     svc: &'c ServiceConfig,
     identity: &Identity,
-    target: &Target<'_>,
+    target: &Target,
     leeway: Duration,
     now: u64,
 ) -> Result<Option<usize>, RequestDenial<'c>> {
     authorize_service(svc, identity, leeway, now).map_err(RequestDenial::Service)?;
     let groups = &identity.groups;
-    let route = route(svc, target.path);
+    let route = route(svc, &target.path);
     if let Some(r) = route.map(|i| &svc.http.routes[i]) {
         if r.allow_groups.as_ref().is_some_and(|a| !in_any(groups, a)) {
             return Err(RequestDenial::Route { prefix: &r.prefix });
         }
     }
-    let rule = svc.http.rules.iter().find(|r| rule_matches(r, target));
-    if let Some(rule) = rule {
-        if !in_any(groups, &rule.allow_groups) {
-            return Err(RequestDenial::Rule {
-                reason: &rule.reason,
-            });
-        }
+    let denied = svc
+        .http
+        .rules
+        .iter()
+        .find(|r| rule_matches(r, target) && !in_any(groups, &r.allow_groups));
+    if let Some(rule) = denied {
+        return Err(RequestDenial::Rule {
+            reason: &rule.reason,
+        });
     }
     Ok(route)
 }

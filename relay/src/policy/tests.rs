@@ -63,7 +63,7 @@ fn request<'c>(
     uri: &str,
 ) -> Result<Option<usize>, RequestDenial<'c>> {
     let uri: Uri = uri.parse().unwrap();
-    authorize_request(svc, id, &Target::new(&method, &uri), LEEWAY, NOW)
+    authorize_request(svc, id, &Target::new(&method, &uri).unwrap(), LEEWAY, NOW)
 }
 
 #[test]
@@ -122,7 +122,7 @@ fn rules_need_every_condition_they_set() {
     let rule = &c.service("confluence").unwrap().http.rules[0];
     let t = |m: &Method, u: &str| {
         let uri: Uri = u.parse().unwrap();
-        rule_matches(rule, &Target::new(m, &uri))
+        rule_matches(rule, &Target::new(m, &uri).unwrap())
     };
     assert!(t(&Method::POST, "/scm/p/r.git/git-receive-pack"));
     assert!(!t(&Method::GET, "/scm/p/r.git/git-receive-pack"));
@@ -170,5 +170,99 @@ fn requests_go_service_then_route_then_rule() {
     assert_eq!(
         request(svc, &admin, Method::POST, "/r.git/git-receive-pack"),
         Ok(None)
+    );
+}
+
+/// A Bitbucket with overlapping rules: every matching rule applies.
+fn bitbucket() -> RelayConfig {
+    let text = r#"
+        listen = "127.0.0.1:0"
+        [tls]
+        insecure_plaintext = true
+        [identity]
+        issuer = "https://login.example.com"
+        audience = "relay"
+        client_id = "gangway"
+
+        [[service]]
+        name = "bitbucket"
+        kind = "http"
+        local_port = 7990
+        backends = ["b1:7990"]
+        [[service.rule]]
+        path_prefix = "/scm/"
+        allow_groups = ["developers", "readers"]
+        reason = "git needs developers or readers"
+        [[service.rule]]
+        git = "receive-pack"
+        allow_groups = ["developers"]
+        reason = "pushing needs developers"
+        [[service.rule]]
+        path_contains = "/secret/"
+        methods = ["GET"]
+        allow_groups = ["auditors"]
+        reason = "secret needs auditors"
+    "#;
+    RelayConfig::parse(Path::new("policy-test.toml"), text).unwrap()
+}
+
+#[test]
+fn every_matching_rule_applies_and_deny_wins() {
+    let c = bitbucket();
+    let svc = c.service("bitbucket").unwrap();
+    let reader = who(&["readers"], NOW);
+    let dev = who(&["developers"], NOW);
+    let deny = |reason| Err(RequestDenial::Rule { reason });
+    // The first rule allows readers; the second, which also matches, does not.
+    for push in [
+        "/scm/p/r.git/git-receive-pack",
+        "/scm/p/r.git/git-receive-p%61ck",
+        "/scm/p/r.git/info/refs?service=git-receive-pack",
+        "/scm/p/r.git/info/refs?service=git-receive-p%61ck",
+        "/scm/p/r.git/info/refs?service=git-upload-pack&service=git-receive-pack",
+    ] {
+        assert_eq!(
+            request(svc, &reader, Method::POST, push),
+            deny("pushing needs developers"),
+            "{push}"
+        );
+        assert_eq!(request(svc, &dev, Method::POST, push), Ok(None), "{push}");
+    }
+    assert_eq!(
+        request(
+            svc,
+            &reader,
+            Method::GET,
+            "/scm/p/r.git/info/refs?service=git-upload-pack"
+        ),
+        Ok(None)
+    );
+    assert_eq!(
+        request(
+            svc,
+            &who(&["guests"], NOW),
+            Method::GET,
+            "/scm/p/r.git/info/refs"
+        ),
+        deny("git needs developers or readers")
+    );
+    // Developers pass the first two rules but not the third.
+    assert_eq!(
+        request(svc, &dev, Method::GET, "/scm/p/r.git/secret/x"),
+        deny("secret needs auditors")
+    );
+    // HEAD is a GET without the body: a GET rule covers it.
+    assert_eq!(
+        request(svc, &dev, Method::HEAD, "/scm/p/r.git/secret/x"),
+        deny("secret needs auditors")
+    );
+    assert_eq!(
+        request(svc, &dev, Method::POST, "/scm/p/r.git/secret/x"),
+        Ok(None)
+    );
+    // Rules see the canonical target.
+    assert_eq!(
+        request(svc, &dev, Method::GET, "/scm/p/r.git/s%65cret/x"),
+        deny("secret needs auditors")
     );
 }
