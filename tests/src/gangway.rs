@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
+use crate::peers::oidc::{OidcProvider, DEFAULT_AUDIENCE};
 use crate::peers::process::{startup_timeout, Process};
 
 /// Path of a binary built from this workspace, next to the test executable's
@@ -199,6 +200,39 @@ impl RelayProcess {
     }
 }
 
+/// A relay config trusting the test identity provider `idp` (no leeway),
+/// with the given `[[service]]` blocks (raw TOML), audit lines to
+/// `dir/audit.jsonl`; written to `dir/relay.toml`.
+pub fn relay_config_for_idp(
+    dir: &Path,
+    cert: &TestCert,
+    idp: &OidcProvider,
+    services: &str,
+) -> Result<PathBuf> {
+    let text = format!(
+        r#"listen = "127.0.0.1:0"
+[tls]
+cert = {cert:?}
+key = {key:?}
+[identity]
+issuer = {issuer:?}
+audience = {aud:?}
+client_id = "gangway"
+leeway_secs = 0
+[audit]
+path = {audit:?}
+{services}"#,
+        cert = cert.cert.display().to_string(),
+        key = cert.key.display().to_string(),
+        issuer = idp.issuer(),
+        aud = DEFAULT_AUDIENCE,
+        audit = dir.join("audit.jsonl").display().to_string(),
+    );
+    let path = dir.join("relay.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
 /// A running `gangway up`; its stdout and stderr are collected.
 pub struct AgentProcess {
     pub process: Process,
@@ -246,6 +280,21 @@ impl AgentProcess {
             listening.insert(s.to_string(), addr);
         }
         Ok(Self { process, listening })
+    }
+
+    /// `gangway up` with a token the provider issued to `client` (client
+    /// credentials, so the client's groups apply), kept in `dir`.
+    pub async fn with_client_token(
+        idp: &OidcProvider,
+        relay: &RelayProcess,
+        cert: &TestCert,
+        client: &str,
+        dir: &Path,
+        services: &[&str],
+    ) -> Result<Self> {
+        let token = dir.join(format!("{client}.token"));
+        std::fs::write(&token, idp.client_credentials_token(client).await?)?;
+        Self::start(&relay.url(), &cert.cert, &token, services, &[])
     }
 
     pub fn addr(&self, service: &str) -> SocketAddr {

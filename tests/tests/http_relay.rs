@@ -5,60 +5,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::{SinkExt, StreamExt};
-use gangway_tests::gangway::{AgentProcess, RelayProcess, TestCert};
+use gangway_tests::gangway::{relay_config_for_idp, AgentProcess, RelayProcess, TestCert};
 use gangway_tests::peers::git::{self, GitHttpServer, RepoFixture};
 use gangway_tests::peers::nginx::ConfluenceNode;
 use gangway_tests::peers::oidc::{OidcProvider, CI_DEV, CI_READONLY, DEFAULT_AUDIENCE};
 use tokio_tungstenite::tungstenite::Message;
-
-/// A relay config with the given `[[service]]` blocks (raw TOML).
-fn relay_config(
-    dir: &Path,
-    cert: &TestCert,
-    idp: &OidcProvider,
-    services: &str,
-) -> Result<PathBuf> {
-    let text = format!(
-        r#"listen = "127.0.0.1:0"
-[tls]
-cert = {cert:?}
-key = {key:?}
-[identity]
-issuer = {issuer:?}
-audience = {aud:?}
-client_id = "gangway"
-leeway_secs = 0
-[audit]
-path = {audit:?}
-{services}"#,
-        cert = cert.cert.display().to_string(),
-        key = cert.key.display().to_string(),
-        issuer = idp.issuer(),
-        aud = DEFAULT_AUDIENCE,
-        audit = dir.join("audit.jsonl").display().to_string(),
-    );
-    let path = dir.join("relay.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
-}
-
-async fn agent_for(
-    idp: &OidcProvider,
-    relay: &RelayProcess,
-    cert: &TestCert,
-    client: &str,
-    dir: &Path,
-    services: &[&str],
-) -> Result<AgentProcess> {
-    let token = dir.join(format!("{client}.token"));
-    std::fs::write(&token, idp.client_credentials_token(client).await?)?;
-    AgentProcess::start(&relay.url(), &cert.cert, &token, services, &[])
-}
 
 /// Clone and push through a two-node Bitbucket stand-in; one node stops
 /// mid-way and new requests go to the other. A read-only group can clone
@@ -71,7 +26,7 @@ async fn two_git_nodes_failover_and_read_only_push_refused() -> Result<()> {
     let node2 = GitHttpServer::start(repos.root())?;
     let cert = TestCert::new()?;
     let dir = tempfile::tempdir()?;
-    let config = relay_config(
+    let config = relay_config_for_idp(
         dir.path(),
         &cert,
         &idp,
@@ -96,7 +51,9 @@ reason = "pushing needs the developers group"
         ),
     )?;
     let relay = RelayProcess::start(&config)?;
-    let dev = agent_for(&idp, &relay, &cert, CI_DEV, dir.path(), &["bitbucket"]).await?;
+    let dev =
+        AgentProcess::with_client_token(&idp, &relay, &cert, CI_DEV, dir.path(), &["bitbucket"])
+            .await?;
     let url = format!("http://{}/scm/demo.git", dev.addr("bitbucket"));
     let work = tempfile::tempdir()?;
     let w = work.path().to_path_buf();
@@ -137,7 +94,15 @@ reason = "pushing needs the developers group"
     );
 
     // A reader clones, but may not push.
-    let reader = agent_for(&idp, &relay, &cert, CI_READONLY, dir.path(), &["bitbucket"]).await?;
+    let reader = AgentProcess::with_client_token(
+        &idp,
+        &relay,
+        &cert,
+        CI_READONLY,
+        dir.path(),
+        &["bitbucket"],
+    )
+    .await?;
     let rurl = format!("http://{}/scm/demo.git", reader.addr("bitbucket"));
     let w = work.path().to_path_buf();
     let err = tokio::task::spawn_blocking(move || {
@@ -206,7 +171,7 @@ async fn confluence_affinity_identity_headers_and_rewriting() -> Result<()> {
     ];
     let cert = TestCert::new()?;
     let dir = tempfile::tempdir()?;
-    let config = relay_config(
+    let config = relay_config_for_idp(
         dir.path(),
         &cert,
         &idp,
@@ -229,7 +194,9 @@ interval_secs = 1
         ),
     )?;
     let relay = RelayProcess::start(&config)?;
-    let agent = agent_for(&idp, &relay, &cert, CI_DEV, dir.path(), &["confluence"]).await?;
+    let agent =
+        AgentProcess::with_client_token(&idp, &relay, &cert, CI_DEV, dir.path(), &["confluence"])
+            .await?;
     let base = format!("http://{}", agent.addr("confluence"));
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -369,7 +336,7 @@ async fn synchrony_websocket_passes_through() -> Result<()> {
     let echo = ws_echo().await?;
     let cert = TestCert::new()?;
     let dir = tempfile::tempdir()?;
-    let config = relay_config(
+    let config = relay_config_for_idp(
         dir.path(),
         &cert,
         &idp,
@@ -389,7 +356,9 @@ backends = ["{echo}"]
         ),
     )?;
     let relay = RelayProcess::start(&config)?;
-    let agent = agent_for(&idp, &relay, &cert, CI_DEV, dir.path(), &["confluence"]).await?;
+    let agent =
+        AgentProcess::with_client_token(&idp, &relay, &cert, CI_DEV, dir.path(), &["confluence"])
+            .await?;
     let tcp = tokio::net::TcpStream::connect(agent.addr("confluence")).await?;
     let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
     cfg.max_message_size = Some(8 << 20);

@@ -9,63 +9,18 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::{SinkExt, StreamExt};
-use gangway_tests::gangway::{AgentProcess, RelayProcess, TestCert};
+use gangway_tests::gangway::{relay_config_for_idp, AgentProcess, RelayProcess, TestCert};
 use gangway_tests::peers::git::{self, GitHttpServer, RepoFixture};
 use gangway_tests::peers::nginx::ConfluenceNode;
 use gangway_tests::peers::oidc::{OidcProvider, CI_DEV, CI_READONLY, DEFAULT_AUDIENCE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-/// A relay config with the given `[[service]]` blocks (raw TOML).
-fn relay_config(
-    dir: &Path,
-    cert: &TestCert,
-    idp: &OidcProvider,
-    services: &str,
-) -> Result<PathBuf> {
-    let text = format!(
-        r#"listen = "127.0.0.1:0"
-[tls]
-cert = {cert:?}
-key = {key:?}
-[identity]
-issuer = {issuer:?}
-audience = {aud:?}
-client_id = "gangway"
-leeway_secs = 0
-[audit]
-path = {audit:?}
-{services}"#,
-        cert = cert.cert.display().to_string(),
-        key = cert.key.display().to_string(),
-        issuer = idp.issuer(),
-        aud = DEFAULT_AUDIENCE,
-        audit = dir.join("audit.jsonl").display().to_string(),
-    );
-    let path = dir.join("relay.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
-}
-
-async fn agent_for(
-    idp: &OidcProvider,
-    relay: &RelayProcess,
-    cert: &TestCert,
-    client: &str,
-    dir: &Path,
-    services: &[&str],
-) -> Result<AgentProcess> {
-    let token = dir.join(format!("{client}.token"));
-    std::fs::write(&token, idp.client_credentials_token(client).await?)?;
-    AgentProcess::start(&relay.url(), &cert.cert, &token, services, &[])
-}
 
 /// A TCP pass-through to `upstream` that keeps every byte sent upstream.
 /// Stops (with every connection) on drop.
@@ -190,9 +145,17 @@ path_contains = "git-receive-pack"
 allow_groups = ["developers"]
 reason = "pushing needs the developers group"
 "#;
-    let config = relay_config(dir.path(), &cert, &idp, &bitbucket(tap.addr, rule))?;
+    let config = relay_config_for_idp(dir.path(), &cert, &idp, &bitbucket(tap.addr, rule))?;
     let relay = RelayProcess::start(&config)?;
-    let reader = agent_for(&idp, &relay, &cert, CI_READONLY, dir.path(), &["bitbucket"]).await?;
+    let reader = AgentProcess::with_client_token(
+        &idp,
+        &relay,
+        &cert,
+        CI_READONLY,
+        dir.path(),
+        &["bitbucket"],
+    )
+    .await?;
     let local = reader.addr("bitbucket");
     let host = format!("Host: {local}");
 
@@ -261,9 +224,11 @@ async fn ambiguous_targets_are_refused_with_400() -> Result<()> {
     let tap = Tap::start(git_server.addr()).await?;
     let cert = TestCert::new()?;
     let dir = tempfile::tempdir()?;
-    let config = relay_config(dir.path(), &cert, &idp, &bitbucket(tap.addr, ""))?;
+    let config = relay_config_for_idp(dir.path(), &cert, &idp, &bitbucket(tap.addr, ""))?;
     let relay = RelayProcess::start(&config)?;
-    let dev = agent_for(&idp, &relay, &cert, CI_DEV, dir.path(), &["bitbucket"]).await?;
+    let dev =
+        AgentProcess::with_client_token(&idp, &relay, &cert, CI_DEV, dir.path(), &["bitbucket"])
+            .await?;
     let local = dev.addr("bitbucket");
     let targets = [
         "/scm/other.git/../demo.git/info/refs",
@@ -329,10 +294,19 @@ git = "receive-pack"
 allow_groups = ["developers"]
 reason = "readers may not push; ask in #scm-access"
 "#;
-    let config = relay_config(dir.path(), &cert, &idp, &bitbucket(git_server.addr(), rule))?;
+    let config =
+        relay_config_for_idp(dir.path(), &cert, &idp, &bitbucket(git_server.addr(), rule))?;
     let relay = RelayProcess::start(&config)?;
     let before = repos.head_commit("demo")?;
-    let reader = agent_for(&idp, &relay, &cert, CI_READONLY, dir.path(), &["bitbucket"]).await?;
+    let reader = AgentProcess::with_client_token(
+        &idp,
+        &relay,
+        &cert,
+        CI_READONLY,
+        dir.path(),
+        &["bitbucket"],
+    )
+    .await?;
     let url = git::http_repo_url(reader.addr("bitbucket"), "demo");
     let work = tempfile::tempdir()?;
     let w = work.path().to_path_buf();
@@ -353,7 +327,9 @@ reason = "readers may not push; ask in #scm-access"
         && e["status"] == 403
         && e["path"] == "/scm/demo.git/info/refs"));
 
-    let dev = agent_for(&idp, &relay, &cert, CI_DEV, dir.path(), &["bitbucket"]).await?;
+    let dev =
+        AgentProcess::with_client_token(&idp, &relay, &cert, CI_DEV, dir.path(), &["bitbucket"])
+            .await?;
     let url = git::http_repo_url(dev.addr("bitbucket"), "demo");
     let w = work.path().to_path_buf();
     let pushed =
@@ -383,9 +359,11 @@ backends = ["{}"]
 "#,
         tap.addr
     );
-    let config = relay_config(dir.path(), &cert, &idp, &svc)?;
+    let config = relay_config_for_idp(dir.path(), &cert, &idp, &svc)?;
     let relay = RelayProcess::start(&config)?;
-    let dev = agent_for(&idp, &relay, &cert, CI_DEV, dir.path(), &["confluence"]).await?;
+    let dev =
+        AgentProcess::with_client_token(&idp, &relay, &cert, CI_DEV, dir.path(), &["confluence"])
+            .await?;
     let local = dev.addr("confluence");
     let (status, answer) = raw(
         local,
@@ -510,9 +488,9 @@ affinity_cookie = "GANGWAY_ROUTE"
         nodes[1].addr(),
         other.addr()
     );
-    let config = relay_config(dir.path(), &cert, &idp, &svc)?;
+    let config = relay_config_for_idp(dir.path(), &cert, &idp, &svc)?;
     let relay = RelayProcess::start(&config)?;
-    let agent = agent_for(
+    let agent = AgentProcess::with_client_token(
         &idp,
         &relay,
         &cert,
