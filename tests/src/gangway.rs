@@ -233,6 +233,50 @@ path = {audit:?}
     Ok(path)
 }
 
+/// What a relay test starts from: the test identity provider (60 s
+/// tokens), a relay certificate and a scratch directory for the config,
+/// the audit file and the agents' token files.
+pub struct RelaySetup {
+    pub idp: OidcProvider,
+    pub cert: TestCert,
+    pub dir: TempDir,
+}
+
+impl RelaySetup {
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            idp: OidcProvider::start(DEFAULT_AUDIENCE, 60)?,
+            cert: TestCert::new()?,
+            dir: tempfile::tempdir()?,
+        })
+    }
+
+    /// A relay with these `[[service]]` blocks (raw TOML).
+    pub fn relay(&self, services: &str) -> Result<RelayProcess> {
+        let config = relay_config_for_idp(self.dir.path(), &self.cert, &self.idp, services)?;
+        RelayProcess::start(&config)
+    }
+
+    /// `gangway up` against `relay` with a token issued to `client`,
+    /// listening for `services`.
+    pub async fn agent(
+        &self,
+        relay: &RelayProcess,
+        client: &str,
+        services: &[&str],
+    ) -> Result<AgentProcess> {
+        AgentProcess::with_client_token(
+            &self.idp,
+            relay,
+            &self.cert,
+            client,
+            self.dir.path(),
+            services,
+        )
+        .await
+    }
+}
+
 /// A running `gangway up`; its stdout and stderr are collected.
 pub struct AgentProcess {
     pub process: Process,

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::{SinkExt, StreamExt};
-use gangway_tests::gangway::{relay_config_for_idp, AgentProcess, RelayProcess, TestCert};
+use gangway_tests::gangway::RelaySetup;
 use gangway_tests::peers::git::{self, GitHttpServer, RepoFixture};
 use gangway_tests::peers::nginx::ConfluenceNode;
-use gangway_tests::peers::oidc::{OidcProvider, CI_DEV, CI_READONLY, DEFAULT_AUDIENCE};
+use gangway_tests::peers::oidc::{CI_DEV, CI_READONLY};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Clone and push through a two-node Bitbucket stand-in; one node stops
@@ -20,18 +20,12 @@ use tokio_tungstenite::tungstenite::Message;
 /// but its push is refused with 403 and a reason.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_git_nodes_failover_and_read_only_push_refused() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
+    let s = RelaySetup::new()?;
     let repos = RepoFixture::create("demo")?;
     let mut node1 = GitHttpServer::start(repos.root())?;
     let node2 = GitHttpServer::start(repos.root())?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
-    let config = relay_config_for_idp(
-        dir.path(),
-        &cert,
-        &idp,
-        &format!(
-            r#"
+    let relay = s.relay(&format!(
+        r#"
 [[service]]
 name = "bitbucket"
 kind = "http"
@@ -46,14 +40,10 @@ path_contains = "git-receive-pack"
 allow_groups = ["developers"]
 reason = "pushing needs the developers group"
 "#,
-            node1.addr(),
-            node2.addr()
-        ),
-    )?;
-    let relay = RelayProcess::start(&config)?;
-    let dev =
-        AgentProcess::with_client_token(&idp, &relay, &cert, CI_DEV, dir.path(), &["bitbucket"])
-            .await?;
+        node1.addr(),
+        node2.addr()
+    ))?;
+    let dev = s.agent(&relay, CI_DEV, &["bitbucket"]).await?;
     let url = format!("http://{}/scm/demo.git", dev.addr("bitbucket"));
     let work = tempfile::tempdir()?;
     let w = work.path().to_path_buf();
@@ -94,15 +84,7 @@ reason = "pushing needs the developers group"
     );
 
     // A reader clones, but may not push.
-    let reader = AgentProcess::with_client_token(
-        &idp,
-        &relay,
-        &cert,
-        CI_READONLY,
-        dir.path(),
-        &["bitbucket"],
-    )
-    .await?;
+    let reader = s.agent(&relay, CI_READONLY, &["bitbucket"]).await?;
     let rurl = format!("http://{}/scm/demo.git", reader.addr("bitbucket"));
     let w = work.path().to_path_buf();
     let err = tokio::task::spawn_blocking(move || {
@@ -164,19 +146,13 @@ fn node_of(body: &str) -> &str {
 /// headers can't be spoofed; redirects and cookies come back local.
 #[tokio::test(flavor = "multi_thread")]
 async fn confluence_affinity_identity_headers_and_rewriting() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
+    let s = RelaySetup::new()?;
     let mut nodes = [
         ConfluenceNode::start("node1")?,
         ConfluenceNode::start("node2")?,
     ];
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
-    let config = relay_config_for_idp(
-        dir.path(),
-        &cert,
-        &idp,
-        &format!(
-            r#"
+    let relay = s.relay(&format!(
+        r#"
 [[service]]
 name = "confluence"
 display_name = "Confluence"
@@ -189,14 +165,10 @@ public_urls = ["https://confluence.example.com"]
 path = "/status"
 interval_secs = 1
 "#,
-            nodes[0].addr(),
-            nodes[1].addr()
-        ),
-    )?;
-    let relay = RelayProcess::start(&config)?;
-    let agent =
-        AgentProcess::with_client_token(&idp, &relay, &cert, CI_DEV, dir.path(), &["confluence"])
-            .await?;
+        nodes[0].addr(),
+        nodes[1].addr()
+    ))?;
+    let agent = s.agent(&relay, CI_DEV, &["confluence"]).await?;
     let base = format!("http://{}", agent.addr("confluence"));
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -251,7 +223,7 @@ interval_secs = 1
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-host"], agent.addr("confluence").to_string());
     assert_eq!(h["host"], "confluence.example.com");
-    let pem = std::fs::read(&cert.cert)?;
+    let pem = std::fs::read(&s.cert.cert)?;
     let relay_http = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
         .build()?;
@@ -331,17 +303,11 @@ async fn ws_echo() -> Result<SocketAddr> {
 /// binary, a 1 MB message, ping/pong and close.
 #[tokio::test(flavor = "multi_thread")]
 async fn synchrony_websocket_passes_through() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
+    let s = RelaySetup::new()?;
     let node = ConfluenceNode::start("node1")?;
     let echo = ws_echo().await?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
-    let config = relay_config_for_idp(
-        dir.path(),
-        &cert,
-        &idp,
-        &format!(
-            r#"
+    let relay = s.relay(&format!(
+        r#"
 [[service]]
 name = "confluence"
 kind = "http"
@@ -352,13 +318,9 @@ affinity_cookie = "GANGWAY_ROUTE"
 prefix = "/synchrony"
 backends = ["{echo}"]
 "#,
-            node.addr()
-        ),
-    )?;
-    let relay = RelayProcess::start(&config)?;
-    let agent =
-        AgentProcess::with_client_token(&idp, &relay, &cert, CI_DEV, dir.path(), &["confluence"])
-            .await?;
+        node.addr()
+    ))?;
+    let agent = s.agent(&relay, CI_DEV, &["confluence"]).await?;
     let tcp = tokio::net::TcpStream::connect(agent.addr("confluence")).await?;
     let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
     cfg.max_message_size = Some(8 << 20);

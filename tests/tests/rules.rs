@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::{SinkExt, StreamExt};
-use gangway_tests::gangway::{relay_config_for_idp, AgentProcess, RelayProcess, TestCert};
+use gangway_tests::gangway::{RelayProcess, RelaySetup};
 use gangway_tests::peers::git::{self, GitHttpServer, RepoFixture};
 use gangway_tests::peers::nginx::ConfluenceNode;
-use gangway_tests::peers::oidc::{OidcProvider, CI_DEV, CI_READONLY, DEFAULT_AUDIENCE};
+use gangway_tests::peers::oidc::{CI_DEV, CI_READONLY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -133,29 +133,18 @@ allow_groups = ["developers", "readers"]
 /// audit line, and nothing of them reaches git http-backend.
 #[tokio::test(flavor = "multi_thread")]
 async fn encoded_push_by_a_reader_is_refused_before_the_backend() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
+    let s = RelaySetup::new()?;
     let repos = RepoFixture::create("demo")?;
     let git_server = GitHttpServer::start(repos.root())?;
     let tap = Tap::start(git_server.addr()).await?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
     let rule = r#"
 [[service.rule]]
 path_contains = "git-receive-pack"
 allow_groups = ["developers"]
 reason = "pushing needs the developers group"
 "#;
-    let config = relay_config_for_idp(dir.path(), &cert, &idp, &bitbucket(tap.addr, rule))?;
-    let relay = RelayProcess::start(&config)?;
-    let reader = AgentProcess::with_client_token(
-        &idp,
-        &relay,
-        &cert,
-        CI_READONLY,
-        dir.path(),
-        &["bitbucket"],
-    )
-    .await?;
+    let relay = s.relay(&bitbucket(tap.addr, rule))?;
+    let reader = s.agent(&relay, CI_READONLY, &["bitbucket"]).await?;
     let local = reader.addr("bitbucket");
     let host = format!("Host: {local}");
 
@@ -218,17 +207,12 @@ reason = "pushing needs the developers group"
 /// backend.
 #[tokio::test(flavor = "multi_thread")]
 async fn ambiguous_targets_are_refused_with_400() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
+    let s = RelaySetup::new()?;
     let repos = RepoFixture::create("demo")?;
     let git_server = GitHttpServer::start(repos.root())?;
     let tap = Tap::start(git_server.addr()).await?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
-    let config = relay_config_for_idp(dir.path(), &cert, &idp, &bitbucket(tap.addr, ""))?;
-    let relay = RelayProcess::start(&config)?;
-    let dev =
-        AgentProcess::with_client_token(&idp, &relay, &cert, CI_DEV, dir.path(), &["bitbucket"])
-            .await?;
+    let relay = s.relay(&bitbucket(tap.addr, ""))?;
+    let dev = s.agent(&relay, CI_DEV, &["bitbucket"]).await?;
     let local = dev.addr("bitbucket");
     let targets = [
         "/scm/other.git/../demo.git/info/refs",
@@ -283,30 +267,18 @@ async fn ambiguous_targets_are_refused_with_400() -> Result<()> {
 /// still pushes.
 #[tokio::test(flavor = "multi_thread")]
 async fn git_rule_blocks_a_real_push_and_lets_clone_through() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
+    let s = RelaySetup::new()?;
     let repos = RepoFixture::create("demo")?;
     let git_server = GitHttpServer::start(repos.root())?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
     let rule = r#"
 [[service.rule]]
 git = "receive-pack"
 allow_groups = ["developers"]
 reason = "readers may not push; ask in #scm-access"
 "#;
-    let config =
-        relay_config_for_idp(dir.path(), &cert, &idp, &bitbucket(git_server.addr(), rule))?;
-    let relay = RelayProcess::start(&config)?;
+    let relay = s.relay(&bitbucket(git_server.addr(), rule))?;
     let before = repos.head_commit("demo")?;
-    let reader = AgentProcess::with_client_token(
-        &idp,
-        &relay,
-        &cert,
-        CI_READONLY,
-        dir.path(),
-        &["bitbucket"],
-    )
-    .await?;
+    let reader = s.agent(&relay, CI_READONLY, &["bitbucket"]).await?;
     let url = git::http_repo_url(reader.addr("bitbucket"), "demo");
     let work = tempfile::tempdir()?;
     let w = work.path().to_path_buf();
@@ -327,9 +299,7 @@ reason = "readers may not push; ask in #scm-access"
         && e["status"] == 403
         && e["path"] == "/scm/demo.git/info/refs"));
 
-    let dev =
-        AgentProcess::with_client_token(&idp, &relay, &cert, CI_DEV, dir.path(), &["bitbucket"])
-            .await?;
+    let dev = s.agent(&relay, CI_DEV, &["bitbucket"]).await?;
     let url = git::http_repo_url(dev.addr("bitbucket"), "demo");
     let w = work.path().to_path_buf();
     let pushed =
@@ -344,11 +314,9 @@ reason = "readers may not push; ask in #scm-access"
 /// `HTTP_X_GANGWAY_USER` too), and only `Upgrade: websocket` goes upstream.
 #[tokio::test(flavor = "multi_thread")]
 async fn underscore_identity_headers_never_reach_the_backend() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
+    let s = RelaySetup::new()?;
     let node = ConfluenceNode::start("node1")?;
     let tap = Tap::start(node.addr()).await?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
     let svc = format!(
         r#"
 [[service]]
@@ -359,11 +327,8 @@ backends = ["{}"]
 "#,
         tap.addr
     );
-    let config = relay_config_for_idp(dir.path(), &cert, &idp, &svc)?;
-    let relay = RelayProcess::start(&config)?;
-    let dev =
-        AgentProcess::with_client_token(&idp, &relay, &cert, CI_DEV, dir.path(), &["confluence"])
-            .await?;
+    let relay = s.relay(&svc)?;
+    let dev = s.agent(&relay, CI_DEV, &["confluence"]).await?;
     let local = dev.addr("confluence");
     let (status, answer) = raw(
         local,
@@ -456,15 +421,13 @@ async fn ws_echo() -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
 /// get cookies of different names.
 #[tokio::test(flavor = "multi_thread")]
 async fn synchrony_keeps_the_page_node() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
+    let s = RelaySetup::new()?;
     let nodes = [
         ConfluenceNode::start("node1")?,
         ConfluenceNode::start("node2")?,
     ];
     let other = ConfluenceNode::start("bb1")?;
     let (echo, _echo_task) = ws_echo().await?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
     let svc = format!(
         r#"
 [[service]]
@@ -488,17 +451,10 @@ affinity_cookie = "GANGWAY_ROUTE"
         nodes[1].addr(),
         other.addr()
     );
-    let config = relay_config_for_idp(dir.path(), &cert, &idp, &svc)?;
-    let relay = RelayProcess::start(&config)?;
-    let agent = AgentProcess::with_client_token(
-        &idp,
-        &relay,
-        &cert,
-        CI_DEV,
-        dir.path(),
-        &["confluence", "bitbucket"],
-    )
-    .await?;
+    let relay = s.relay(&svc)?;
+    let agent = s
+        .agent(&relay, CI_DEV, &["confluence", "bitbucket"])
+        .await?;
     let local = agent.addr("confluence");
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -9,9 +9,10 @@ use crate::config::RelayConfig;
 const LEEWAY: Duration = Duration::from_secs(30);
 const NOW: u64 = 1_000_000;
 
-/// One http service with a route and a rule, one tcp service open to all.
-fn config() -> RelayConfig {
-    let text = r#"
+/// A relay config with these `[[service]]` blocks.
+fn with_services(services: &str) -> RelayConfig {
+    let text = format!(
+        r#"
         listen = "127.0.0.1:0"
         [tls]
         insecure_plaintext = true
@@ -19,7 +20,15 @@ fn config() -> RelayConfig {
         issuer = "https://login.example.com"
         audience = "relay"
         client_id = "gangway"
+        {services}"#
+    );
+    RelayConfig::parse(Path::new("policy-test.toml"), &text).unwrap()
+}
 
+/// One http service with a route and a rule, one tcp service open to all.
+fn config() -> RelayConfig {
+    with_services(
+        r#"
         [[service]]
         name = "confluence"
         kind = "http"
@@ -44,8 +53,8 @@ fn config() -> RelayConfig {
         kind = "tcp"
         local_port = 7999
         backends = ["b1:7999"]
-    "#;
-    RelayConfig::parse(Path::new("policy-test.toml"), text).unwrap()
+    "#,
+    )
 }
 
 fn who(groups: &[&str], expires_at: u64) -> Identity {
@@ -175,15 +184,8 @@ fn requests_go_service_then_route_then_rule() {
 
 /// A Bitbucket with overlapping rules: every matching rule applies.
 fn bitbucket() -> RelayConfig {
-    let text = r#"
-        listen = "127.0.0.1:0"
-        [tls]
-        insecure_plaintext = true
-        [identity]
-        issuer = "https://login.example.com"
-        audience = "relay"
-        client_id = "gangway"
-
+    with_services(
+        r#"
         [[service]]
         name = "bitbucket"
         kind = "http"
@@ -202,8 +204,8 @@ fn bitbucket() -> RelayConfig {
         methods = ["GET"]
         allow_groups = ["auditors"]
         reason = "secret needs auditors"
-    "#;
-    RelayConfig::parse(Path::new("policy-test.toml"), text).unwrap()
+    "#,
+    )
 }
 
 #[test]

@@ -25,13 +25,27 @@ pub fn blocking_poll<T>(
 ) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(v) = check()? {
+        if let Some(v) = look(&mut check, what, timeout, deadline)? {
             return Ok(v);
         }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
         std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// One look of a poll: the value, or `None` to look again, or the
+/// condition's error, or the timeout's.
+fn look<T>(
+    check: &mut impl FnMut() -> Result<Option<T>>,
+    what: &str,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<Option<T>> {
+    match check()? {
+        Some(v) => Ok(Some(v)),
+        None if Instant::now() > deadline => {
+            bail!("timed out after {timeout:?} waiting for {what}")
+        }
+        None => Ok(None),
     }
 }
 
@@ -43,11 +57,8 @@ pub async fn poll<T>(
 ) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(v) = check()? {
+        if let Some(v) = look(&mut check, what, timeout, deadline)? {
             return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(POLL_EVERY).await;
     }
