@@ -12,7 +12,9 @@
 //! - no size cap ([`a_64_mib_upload_reaches_the_backend_intact`]) and no read
 //!   timeout ([`a_response_silent_past_every_timeout_still_arrives`]);
 //! - every relay agrees on the affinity cookie
-//!   ([`two_relays_honour_each_others_affinity_cookie`]).
+//!   ([`two_relays_honour_each_others_affinity_cookie`]);
+//! - `X-Forwarded-Proto` and `-Port` name the local address
+//!   ([`forwarded_proto_and_port_name_the_local_address`]).
 //!
 //! Each test asserts what the user sees (status, the relay's text, the
 //! bytes) and what the backend saw (nginx's access log, or a CGI script's
@@ -582,6 +584,47 @@ public_urls = ["https://confluence.example.com"]
         assert_eq!(resp.headers()[header], seen.as_str(), "{path}");
         assert_eq!(resp.text().await?, format!("node=node1 {path}\n"));
     }
+    Ok(())
+}
+
+/// README: "Upstream requests carry `X-Forwarded-For`, `-Proto`, `-Host`,
+/// `-Port`": the node sees the address the developer's browser used (the
+/// agent's plain-http local listener), whatever the client claimed.
+/// (`X-Forwarded-For`, `-Host` and the identity headers are
+/// http_relay.rs's.)
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_proto_and_port_name_the_local_address() -> Result<()> {
+    let node = ConfluenceNode::start("node1")?;
+    let services = format!(
+        r#"
+[[service]]
+name = "confluence"
+kind = "http"
+local_port = 8090
+backends = ["{}"]
+"#,
+        node.addr()
+    );
+    let r = Relayed::start("confluence", &services).await?;
+    let http = client(Duration::from_secs(10))?;
+    let local_port = r.base.rsplit(':').next().unwrap().to_string();
+    let body = http
+        .get(format!("{}/headers", r.base))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-port", "443")
+        .send()
+        .await?
+        .text()
+        .await?;
+    let seen: std::collections::BTreeMap<&str, &str> =
+        body.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(seen["x-forwarded-proto"], "http", "{body}");
+    assert_eq!(seen["x-forwarded-port"], local_port, "{body}");
+    assert_eq!(
+        seen["x-forwarded-host"],
+        &r.base["http://".len()..],
+        "{body}"
+    );
     Ok(())
 }
 
