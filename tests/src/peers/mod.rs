@@ -1,6 +1,7 @@
 //! One module per kind of real peer.
 
 pub mod browser;
+pub mod cgi;
 pub mod desktop;
 pub mod git;
 pub mod keychain;

@@ -76,6 +76,16 @@ impl ConfluenceNode {
     /// Starts a node. `node_id` (like `node1`) names it in bodies and in the
     /// `JSESSIONID` suffix; letters, digits, `-` and `_` only.
     pub fn start(node_id: &str) -> Result<Self> {
+        Self::start_with(node_id, "")
+    }
+
+    /// [`ConfluenceNode::start`] with more of the server block: `extra`
+    /// (nginx config, e.g. more `location`s) goes after the fixed
+    /// locations, with `@DIR@` replaced by the node's own directory (see
+    /// [`ConfluenceNode::dir`]) and `@NODE@` by its id. A location whose
+    /// answer depends on a file there (`if (-f @DIR@/down)`) lets a test
+    /// change what the node answers while it runs.
+    pub fn start_with(node_id: &str, extra: &str) -> Result<Self> {
         ensure!(
             !node_id.is_empty()
                 && node_id
@@ -94,9 +104,15 @@ impl ConfluenceNode {
         let conf = dir.path().join("nginx.conf");
         let error_log = dir.path().join("logs/error.log");
         let stderr_log = dir.path().join("logs/stderr.log");
+        let dir_text = dir
+            .path()
+            .to_str()
+            .filter(|d| !d.contains(['"', '\\', '\'', ' ', ';', '{', '}', '$']))
+            .with_context(|| format!("{} cannot be written in nginx.conf", dir.path().display()))?;
+        let extra = extra.replace("@DIR@", dir_text).replace("@NODE@", node_id);
 
         let started = start_on_free_port(&format!("nginx Confluence node {node_id}"), |addr| {
-            std::fs::write(&conf, nginx_conf(node_id, addr.port()))
+            std::fs::write(&conf, nginx_conf(node_id, addr.port(), &extra))
                 .context("writing nginx.conf")?;
             let stderr = std::fs::File::create(&stderr_log)?;
             let mut cmd = Command::new(&nginx);
@@ -139,6 +155,23 @@ impl ConfluenceNode {
         self.addr
     }
 
+    /// The node's private directory (config, `logs/`, and files a test
+    /// puts there for its `extra` locations).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// The access log so far, one request a line, in nginx's `combined`
+    /// format (`… "GET /path HTTP/1.1" 200 … "user-agent"`): what the node
+    /// saw, health checks included (their user agent is
+    /// `gangway-relay-health`).
+    pub fn access_log(&self) -> Vec<String> {
+        read_log(&self._dir.path().join("logs/access.log"))
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The node id given to [`ConfluenceNode::start`].
     pub fn node_id(&self) -> &str {
         &self.node_id
@@ -160,7 +193,7 @@ impl ConfluenceNode {
 
 /// The whole nginx config of one node. `node_id` is already validated, so
 /// it is safe inside strings and the `map` regex.
-fn nginx_conf(node_id: &str, port: u16) -> String {
+fn nginx_conf(node_id: &str, port: u16, extra: &str) -> String {
     format!(
         r#"# Written by gangway-tests (peers/nginx.rs): Confluence node {node_id}.
 daemon off;
@@ -241,6 +274,7 @@ node={node_id}
         location = /upload {{
             return 200 "node={node_id} ok\n";
         }}
+{extra}
     }}
 }}
 "#
