@@ -294,6 +294,19 @@ impl AgentProcess {
         services: &[&str],
         extra_args: &[&str],
     ) -> Result<Self> {
+        Self::start_with_env(relay_url, ca, token_file, services, extra_args, &[])
+    }
+
+    /// [`AgentProcess::start`] with more environment variables (e.g. its
+    /// own `HOME`, `TMPDIR` and `GANGWAY_CONTROL_SOCKET`).
+    pub fn start_with_env(
+        relay_url: &str,
+        ca: &Path,
+        token_file: &Path,
+        services: &[&str],
+        extra_args: &[&str],
+        env: &[(&str, std::ffi::OsString)],
+    ) -> Result<Self> {
         let mut cmd = Command::new(bin_path("gangway")?);
         cmd.args(["up", "--relay", relay_url, "--ca-file"])
             .arg(ca)
@@ -301,7 +314,8 @@ impl AgentProcess {
             .arg(token_file)
             .args(extra_args)
             .env("RUST_LOG", "info")
-            .env_remove("GANGWAY_TOKEN");
+            .env_remove("GANGWAY_TOKEN")
+            .envs(env.iter().map(|(k, v)| (k, v)));
         for s in services {
             cmd.arg("--listen").arg(format!("{s}=127.0.0.1:0"));
         }

@@ -130,6 +130,7 @@ impl Setup {
 
     fn environment(&self, cmd: &mut Command) {
         cmd.envs(self.keychain.env())
+            .env("TMPDIR", self.tmpdir())
             .env("BROWSER", &self.browser.script)
             .env("RUST_LOG", "info")
             .env_remove("GANGWAY_TOKEN")
@@ -193,6 +194,35 @@ impl Setup {
             );
         }
         Ok((up, addrs))
+    }
+
+    /// The `TMPDIR` Gangway's processes get (their own, so a test can look
+    /// at what they left there).
+    fn tmpdir(&self) -> PathBuf {
+        let dir = self.dir.path().join("tmp");
+        std::fs::create_dir_all(&dir).expect("TMPDIR for gangway");
+        dir
+    }
+
+    /// The refresh and access token stored for this relay, read from the
+    /// keychain with `secret-tool` (not through Gangway). The access entry
+    /// is a JSON record with the token in `token`.
+    fn stored_tokens(&self) -> Result<(Option<String>, Option<String>)> {
+        let ns = gangway_agent::keychain::namespace_for(&url::Url::parse(&self.relay.url())?);
+        let access = match self.keychain.gangway_value(&ns, "access")? {
+            Some(record) => {
+                let v: serde_json::Value = serde_json::from_str(&record)
+                    .context("the access entry is not the agent's JSON record")?;
+                Some(
+                    v["token"]
+                        .as_str()
+                        .context("no token in the access entry")?
+                        .to_string(),
+                )
+            }
+            None => None,
+        };
+        Ok((self.keychain.gangway_value(&ns, "refresh")?, access))
     }
 
     /// Writes a user config with one environment `name` for this relay.
@@ -323,6 +353,12 @@ async fn browser_login_then_up_clones_survives_restarts_and_logout() -> Result<(
         "{}",
         status.stdout
     );
+    // What the keychain holds right after login.
+    let first_tokens: Vec<String> = {
+        let (r, a) = s.stored_tokens()?;
+        r.into_iter().chain(a).collect()
+    };
+    assert_eq!(first_tokens.len(), 2, "login stored no tokens");
 
     // `up` with nothing but the keychain; a clone through the tunnel.
     let work = tempfile::tempdir()?;
@@ -355,20 +391,43 @@ async fn browser_login_then_up_clones_survives_restarts_and_logout() -> Result<(
     assert_eq!(sessions.len(), 2, "{sessions:?}");
     assert!(sessions.iter().all(|e| e["subject"] == "alice"));
 
-    // Nothing secret in the agent's output or in plain files.
-    let token = s.run("token", &[]).await?;
-    assert_success("token", &token);
-    let access = token.stdout.trim().to_string();
+    // Nothing secret in any output, log or plain file: both tokens, as
+    // the keychain holds them (and as it held them right after login),
+    // are searched for in $HOME, the runtime directory, TMPDIR, every
+    // output of Gangway's processes, the relay's log and its audit file.
+    let (refresh, access) = s.stored_tokens()?;
+    let refresh = refresh.context("no refresh token in the keychain")?;
+    let access = access.context("no access token in the keychain")?;
     assert!(
         access.starts_with("eyJ"),
-        "not a JWT: {}",
-        token.stdout.len()
+        "not a JWT: {} chars",
+        access.len()
     );
-    assert!(!up_logs.contains(&access[access.len() - 40..]));
-    assert!(
-        files_containing(&s.keychain.home(), &access[access.len() - 40..]).is_empty(),
-        "an access token was written to a plain file"
+    let mut secrets = vec![refresh.clone(), access.clone()];
+    secrets.extend(first_tokens);
+    secrets.sort();
+    secrets.dedup();
+    let logs = format!(
+        "{}\n{}\n{}\n{}\n{}",
+        up_logs,
+        done.stdout,
+        done.stderr,
+        status.stdout,
+        s.relay.process.output()
     );
+    let audit = std::fs::read_to_string(s.relay.audit_path())?;
+    assert!(audit.contains("session_open"), "empty audit file");
+    let places = [s.keychain.home(), s.keychain.runtime_dir(), s.tmpdir()];
+    for secret in &secrets {
+        // The part that makes it unique: a JWT's signature, or all of it.
+        let needle = &secret[secret.len().saturating_sub(40)..];
+        assert!(!logs.contains(needle), "a token is in the logs");
+        assert!(!audit.contains(needle), "a token is in the audit file");
+        for dir in &places {
+            let hits = files_containing(dir, needle);
+            assert!(hits.is_empty(), "a token was written to {hits:?}");
+        }
+    }
 
     // Logout: revoked at the provider, deleted from the keychain.
     let out = Process::spawn_captured("gangway logout", s.gangway_env("logout", "test", &[])?)?
@@ -382,6 +441,15 @@ async fn browser_login_then_up_clones_survives_restarts_and_logout() -> Result<(
         out.stdout
     );
     assert!(out.stdout.contains("tokens deleted"), "{}", out.stdout);
+    // The provider itself refuses the old refresh token now, and the
+    // keychain holds nothing for this relay.
+    let (code, answer) = s.idp.refresh_grant(&refresh).await?;
+    assert_eq!(
+        (code, &answer["error"]),
+        (400, &"invalid_grant".into()),
+        "{answer}"
+    );
+    assert_eq!(s.stored_tokens()?, (None, None));
     let status = Process::spawn_captured("gangway status", s.gangway_env("status", "test", &[])?)?
         .finish(Duration::from_secs(20))
         .await?;

@@ -10,6 +10,15 @@
 //   ACCESS_TOKEN_TTL  access token lifetime in seconds (default 60)
 //   TLS_CERT, TLS_KEY PEM files: serve https (the issuer is then
 //                     https://127.0.0.1:<port>), as real providers do
+//   DEVICE_CODE_TTL   device code lifetime in seconds (default 600)
+//   DEVICE_INTERVAL   seconds: the device authorization response names this
+//                     polling `interval` (the library sends none, so clients
+//                     use 5), and a poll sooner than the interval after the
+//                     previous one is answered `slow_down`, which adds 5 s
+//                     to it (RFC 8628 §3.5)
+//   DEVICE_SLOW_DOWN_FIRST=1  also answer the first pending poll of each
+//                     device code with `slow_down` (a provider asking for a
+//                     slower pace than it first said)
 //
 // Once it accepts connections it prints exactly one line to stdout:
 //   LISTENING http://127.0.0.1:<port>      (https:// with TLS_CERT)
@@ -29,6 +38,9 @@
 //       consented to, as an administrator revoking a user's sessions would:
 //       its refresh tokens stop working (invalid_grant). Answers
 //       {"revoked": <number of grants>}.
+//   GET /admin/device-polls   every device-code poll of the token endpoint
+//       so far, in order: [{"ms": <since start>, "answer": "<error or
+//       tokens>"}] (with DEVICE_INTERVAL set).
 //
 // All access tokens are RS256 JWTs (`typ: at+jwt`) for AUDIENCE, whether or
 // not the client sends a `resource` parameter. Signing keys live in memory:
@@ -44,6 +56,9 @@ import Provider, { errors } from 'oidc-provider';
 const AUDIENCE = process.env.AUDIENCE || 'https://relay.gangway.test';
 const ACCESS_TOKEN_TTL = integer('ACCESS_TOKEN_TTL', process.env.ACCESS_TOKEN_TTL, 60, 1, 86400);
 const PORT = integer('PORT', process.argv[2] ?? process.env.PORT, 0, 0, 65535);
+const DEVICE_CODE_TTL = integer('DEVICE_CODE_TTL', process.env.DEVICE_CODE_TTL, 600, 1, 86400);
+const DEVICE_INTERVAL = integer('DEVICE_INTERVAL', process.env.DEVICE_INTERVAL, 0, 0, 60);
+const DEVICE_SLOW_DOWN_FIRST = process.env.DEVICE_SLOW_DOWN_FIRST === '1';
 
 const CI_SECRET = 'ci-secret';
 
@@ -139,7 +154,10 @@ function configuration() {
       deviceFlow: {
         enabled: true,
         async userCodeInputSource(ctx, form, _out, err) {
-          const msg = err ? `<p id="error" role="alert">${escape(err.userCode || err.name === 'NoCodeError' ? 'The code you entered is incorrect.' : 'There was an error processing your request.')}</p>` : '';
+          let text;
+          if (err?.constructor?.name === 'AbortedError') text = 'Sign-in aborted: the device was not signed in.';
+          else if (err) text = err.userCode || err.name === 'NoCodeError' ? 'The code you entered is incorrect.' : 'There was an error processing your request.';
+          const msg = err ? `<p id="error" role="alert">${escape(text)}</p>` : '';
           ctx.body = page('Device sign-in', `${msg}<p>Enter the code displayed on your device.</p>${form}<button id="submit" type="submit" form="op.deviceInputForm">Continue</button>`);
         },
         async userCodeConfirmSource(ctx, form, client, _deviceInfo, userCode) {
@@ -185,7 +203,7 @@ function configuration() {
       AccessToken: ACCESS_TOKEN_TTL,
       ClientCredentials: ACCESS_TOKEN_TTL,
       AuthorizationCode: 60,
-      DeviceCode: 600,
+      DeviceCode: DEVICE_CODE_TTL,
       IdToken: 3600,
       RefreshToken: 24 * 3600,
       Interaction: 600,
@@ -307,6 +325,48 @@ async function interaction(provider, req, res, path) {
   return send(res, 404, page('Not found', ''));
 }
 
+// ---- device flow pacing (DEVICE_INTERVAL): the interval the provider asks
+// for, and slow_down for clients that poll faster (oidc-provider itself
+// never answers slow_down)
+
+const STARTED = Date.now();
+/** device_code -> { interval (s), last poll (ms), slowed (bool) } */
+const DEVICE_PACE = new Map();
+/** Every device-code poll: { ms, answer }. */
+const DEVICE_POLLS = [];
+
+async function devicePacing(ctx, next) {
+  await next();
+  if (!DEVICE_INTERVAL || ctx.method !== 'POST') return;
+  if (ctx.path === '/device/auth' && ctx.status === 200 && ctx.body?.device_code) {
+    ctx.body.interval = DEVICE_INTERVAL;
+    // The interval is the least time between two polls (RFC 8628 §3.2), so
+    // the first poll may come at once.
+    DEVICE_PACE.set(ctx.body.device_code, { interval: DEVICE_INTERVAL, last: undefined, slowed: false });
+    return;
+  }
+  const params = ctx.oidc?.params;
+  if (ctx.path !== '/token' || params?.grant_type !== 'urn:ietf:params:oauth:grant-type:device_code') return;
+  const pace = DEVICE_PACE.get(params.device_code);
+  let answer = ctx.body?.error ?? (ctx.body?.access_token ? 'tokens' : String(ctx.status));
+  if (pace && answer === 'authorization_pending') {
+    const now = Date.now();
+    // 50 ms of slack for timer granularity.
+    const early = pace.last !== undefined && now - pace.last < pace.interval * 1000 - 50;
+    if (early || (DEVICE_SLOW_DOWN_FIRST && !pace.slowed)) {
+      pace.interval += 5;
+      pace.slowed = true;
+      answer = 'slow_down';
+      ctx.status = 400;
+      ctx.body = { error: 'slow_down', error_description: `poll at most every ${pace.interval} s` };
+    }
+    pace.last = now;
+  } else if (pace) {
+    pace.last = Date.now();
+  }
+  DEVICE_POLLS.push({ ms: Date.now() - STARTED, answer });
+}
+
 // ---- start: listen first, then build the provider with the real port
 
 const TLS = process.env.TLS_CERT && process.env.TLS_KEY
@@ -318,6 +378,7 @@ server.listen(PORT, '127.0.0.1', () => {
   const issuer = `${TLS ? 'https' : 'http'}://127.0.0.1:${port}`;
   const provider = new Provider(issuer, configuration());
   provider.on('server_error', (_ctx, err) => console.error('oidc peer: server_error', err));
+  provider.use(devicePacing);
   const callback = provider.callback();
 
   server.on('request', (req, res) => {
@@ -328,6 +389,9 @@ server.listen(PORT, '127.0.0.1', () => {
         if (!res.headersSent) send(res, 500, page('Error', escape(err.message)));
         else res.end();
       });
+    } else if (path === '/admin/device-polls') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(DEVICE_POLLS));
     } else if (path.startsWith('/interaction/')) {
       interaction(provider, req, res, path).catch((err) => {
         console.error('oidc peer: interaction failed:', err);

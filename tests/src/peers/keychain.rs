@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tempfile::TempDir;
 
 use super::process::{blocking_poll, require_program, startup_timeout, Process};
@@ -121,12 +121,59 @@ impl SecretService {
         self.start_keyring()
     }
 
+    /// The secret stored under `service` and `user`, read with `secret-tool`
+    /// (libsecret's own client, not Gangway's code); `None` when there is
+    /// no such entry.
+    pub fn lookup(&self, service: &str, user: &str) -> Result<Option<String>> {
+        let out = Command::new(require_program("secret-tool")?)
+            .args(["lookup", "service", service, "username", user])
+            .envs(self.env())
+            .stdin(Stdio::null())
+            .output()?;
+        // Exit 1 and no output: nothing stored.
+        if !out.status.success() && out.stdout.is_empty() {
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            out.status.success(),
+            "secret-tool lookup {user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(Some(String::from_utf8(out.stdout)?.trim_end().to_string()))
+    }
+
+    /// A value Gangway stored in its namespace `ns` (a relay's URL, see
+    /// `gangway_agent::keychain::namespace_for`) as `item` (`refresh`,
+    /// `access`), its numbered chunks put together (see the agent's
+    /// `keychain` module), read with [`SecretService::lookup`].
+    pub fn gangway_value(&self, ns: &str, item: &str) -> Result<Option<String>> {
+        let Some(head) = self.lookup("gangway", &format!("{ns}#{item}"))? else {
+            return Ok(None);
+        };
+        let Some(mark) = head.strip_prefix("gangway-chunks:") else {
+            return Ok(Some(head));
+        };
+        let (generation, count) = mark
+            .split_once(':')
+            .and_then(|(g, n)| Some((g.parse::<u64>().ok()?, n.parse::<usize>().ok()?)))
+            .with_context(|| format!("bad chunk mark {head:?}"))?;
+        let mut value = String::new();
+        for i in 0..count {
+            let user = format!("{ns}#{item}.g{generation}.{i}");
+            value += &self
+                .lookup("gangway", &user)?
+                .with_context(|| format!("chunk {user} is missing"))?;
+        }
+        Ok(Some(value))
+    }
+
     /// The throw-away home directory.
     pub fn home(&self) -> PathBuf {
         self.dir.path().join("home")
     }
 
-    fn runtime_dir(&self) -> PathBuf {
+    /// The runtime directory (`XDG_RUNTIME_DIR`, 0700).
+    pub fn runtime_dir(&self) -> PathBuf {
         self.dir.path().join("run")
     }
 

@@ -64,31 +64,52 @@ struct TokenResponse {
     token_type: String,
 }
 
+/// One poll of the token endpoint with a device code.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DevicePoll {
+    /// Milliseconds since the provider started.
+    pub ms: u64,
+    /// `authorization_pending`, `slow_down`, `access_denied`,
+    /// `expired_token`, … or `tokens`.
+    pub answer: String,
+}
+
 impl OidcProvider {
     /// Starts `node tests/peers/oidc/server.js` with the given audience and
     /// access-token lifetime, and waits (20 s, more on a busy machine) for it to listen.
     ///
     /// Blocks the calling thread while it waits (about a second).
     pub fn start(audience: &str, access_token_ttl_secs: u64) -> Result<Self> {
-        Self::start_with(audience, access_token_ttl_secs, None)
+        Self::start_with(audience, access_token_ttl_secs, None, &[])
+    }
+
+    /// Like [`OidcProvider::start`], with more of `server.js`'s settings
+    /// (e.g. `DEVICE_CODE_TTL`, `DEVICE_INTERVAL`, `DEVICE_SLOW_DOWN_FIRST`).
+    pub fn start_with_settings(
+        audience: &str,
+        access_token_ttl_secs: u64,
+        settings: &[(&str, &str)],
+    ) -> Result<Self> {
+        Self::start_with(audience, access_token_ttl_secs, None, settings)
     }
 
     /// Like [`OidcProvider::start`], but serving https with the PEM
     /// certificate and key `tls` (the issuer is then `https://127.0.0.1:<port>`,
-    /// as with real providers). [`OidcProvider::client_credentials_token`]
-    /// does not trust that certificate; callers bring their own client.
+    /// as with real providers). Its own requests
+    /// ([`OidcProvider::client_credentials_token`] …) trust that certificate.
     pub fn start_tls(
         audience: &str,
         access_token_ttl_secs: u64,
         tls: (&Path, &Path),
     ) -> Result<Self> {
-        Self::start_with(audience, access_token_ttl_secs, Some(tls))
+        Self::start_with(audience, access_token_ttl_secs, Some(tls), &[])
     }
 
     fn start_with(
         audience: &str,
         access_token_ttl_secs: u64,
         tls: Option<(&Path, &Path)>,
+        settings: &[(&str, &str)],
     ) -> Result<Self> {
         let node = require_program("node")?;
         let dir = project_dir();
@@ -112,6 +133,10 @@ impl OidcProvider {
             .env_remove("PORT")
             .env_remove("TLS_CERT")
             .env_remove("TLS_KEY")
+            .env_remove("DEVICE_CODE_TTL")
+            .env_remove("DEVICE_INTERVAL")
+            .env_remove("DEVICE_SLOW_DOWN_FIRST")
+            .envs(settings.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some((cert, key)) = tls {
@@ -126,11 +151,14 @@ impl OidcProvider {
             .trim()
             .to_string();
 
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .no_proxy()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .context("building the HTTP client")?;
+            .timeout(REQUEST_TIMEOUT);
+        if let Some((cert, _)) = tls {
+            http =
+                http.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(cert)?)?);
+        }
+        let http = http.build().context("building the HTTP client")?;
         Ok(Self {
             _child: child,
             issuer,
@@ -158,6 +186,41 @@ impl OidcProvider {
     /// `<issuer>/token`.
     pub fn token_endpoint(&self) -> String {
         format!("{}/token", self.issuer)
+    }
+
+    /// Every device-code poll of the token endpoint so far, in order
+    /// (recorded when the provider was started with `DEVICE_INTERVAL`).
+    pub async fn device_polls(&self) -> Result<Vec<DevicePoll>> {
+        let url = format!("{}/admin/device-polls", self.issuer);
+        let polls = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(polls)
+    }
+
+    /// Runs the refresh_token grant for the agent's client with `refresh`,
+    /// as the agent would: the HTTP status and the JSON answer.
+    pub async fn refresh_grant(&self, refresh: &str) -> Result<(u16, serde_json::Value)> {
+        let url = self.token_endpoint();
+        let response = self
+            .http
+            .post(&url)
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", AGENT_CLIENT_ID),
+                ("refresh_token", refresh),
+            ])
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await?))
     }
 
     /// Runs the client_credentials grant as the confidential client
