@@ -93,9 +93,15 @@ reason = "pushing needs the developers group"
     .await?
     .unwrap_err();
     let err = format!("{err:#}");
+    // The helper names the step that failed ("pushing to …" only once the
+    // clone worked); the relay's own reason must reach the user through git.
     assert!(
-        err.contains("pushing"),
+        err.contains("pushing to"),
         "the clone should work and the push fail: {err}"
+    );
+    assert!(
+        err.contains("pushing needs the developers group"),
+        "git should show the relay's reason: {err}"
     );
     assert!(err.contains("403"), "{err}");
     assert_eq!(
