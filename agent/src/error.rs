@@ -11,9 +11,14 @@ pub enum AgentError {
     /// No token is available from the configured source.
     #[error("no access token: {0}")]
     NoToken(String),
-    /// The relay could not be reached or the connection broke.
-    #[error("relay unreachable: {0}")]
-    Unreachable(String),
+    /// The relay could not be reached or the connection broke: what was
+    /// tried, and the underlying failure when there is one.
+    #[error("relay unreachable: {what}{}", colon(.source))]
+    Unreachable {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The relay answered, but not as a Gangway relay of a compatible version.
     #[error("relay protocol error: {0}")]
     Protocol(String),
@@ -49,19 +54,60 @@ pub enum AgentError {
     )]
     SignedInButRefused { subject: String, reason: String },
     /// TLS setup (e.g. the CA file) failed.
-    #[error("TLS: {0}")]
-    Tls(String),
+    #[error("TLS: {what}{}", colon(.source))]
+    Tls {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// Signing in, refreshing, or the keychain failed; the inner error says
     /// whether a new sign-in is needed or a retry may help.
     #[error(transparent)]
     SignIn(#[from] crate::signin::SignInError),
 }
 
+/// An underlying failure kept as the source of an [`AgentError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// ": <source and its causes>", or nothing: a variant's message carries its
+/// source's words too, so `to_string()` alone is a whole sentence, while
+/// `source()` still hands programs the typed cause.
+fn colon(source: &Option<BoxError>) -> String {
+    source
+        .as_ref()
+        .map(|e| format!(": {}", error_chain(e.as_ref())))
+        .unwrap_or_default()
+}
+
 impl AgentError {
+    /// The relay could not be reached: `what` says what was tried.
+    pub fn unreachable(what: impl Into<String>) -> Self {
+        AgentError::Unreachable {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// The relay could not be reached because of `source`.
+    pub fn unreachable_by(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        AgentError::Unreachable {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// TLS setup failed because of `source` (if any).
+    pub fn tls(what: impl Into<String>, source: Option<BoxError>) -> Self {
+        AgentError::Tls {
+            what: what.into(),
+            source,
+        }
+    }
+
     /// Whether trying again later may succeed without the user doing anything.
     pub fn retryable(&self) -> bool {
         match self {
-            AgentError::Unreachable(_) => true,
+            AgentError::Unreachable { .. } => true,
             AgentError::Refused(r) => r.code.retryable(),
             AgentError::SignIn(e) => e.retryable(),
             _ => false,
@@ -94,4 +140,32 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         src = s.source();
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn the_cause_is_kept_typed_and_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let e = AgentError::unreachable_by("https://relay.example", io);
+        assert_eq!(
+            e.to_string(),
+            "relay unreachable: https://relay.example: connection refused"
+        );
+        let cause = e.source().expect("a source");
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .expect("the io error");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+        // The chain does not repeat what the message already says.
+        assert_eq!(error_chain(&e), e.to_string());
+        assert!(e.retryable());
+        assert_eq!(
+            AgentError::unreachable("session closed").to_string(),
+            "relay unreachable: session closed"
+        );
+    }
 }

@@ -187,7 +187,9 @@ pub fn plain_problem(display_name: &str, e: &AgentError) -> Option<String> {
                 ),
             })
         }
-        AgentError::Unreachable(_) | AgentError::Unauthorized(_) | AgentError::SignIn(_) => None,
+        AgentError::Unreachable { .. } | AgentError::Unauthorized(_) | AgentError::SignIn(_) => {
+            None
+        }
         other => Some(format!("{display_name}: {other}")),
     }
 }
@@ -297,13 +299,13 @@ async fn carry(
         let session = tokio::select! {
             s = tunnel.session(connect_wait) => s?,
             _ = stop.cancelled() => {
-                return Err(AgentError::Unreachable("the environment was stopped".into()))
+                return Err(AgentError::unreachable("the environment was stopped"))
             }
         };
         match session.open_pipelined(&service.name, on_answer()).await {
             // The session died under us (e.g. the relay restarted and we
             // have not noticed yet): wait for the next one, once.
-            Err(AgentError::Unreachable(e)) => {
+            Err(e @ AgentError::Unreachable { .. }) => {
                 match tokio::time::timeout(Duration::from_secs(1), session.closed()).await {
                     Ok(_) => {
                         tunnel
@@ -312,7 +314,7 @@ async fn carry(
                             .open_pipelined(&service.name, on_answer())
                             .await
                     }
-                    Err(_) => Err(AgentError::Unreachable(e)),
+                    Err(_) => Err(e),
                 }
             }
             other => other,
@@ -354,7 +356,7 @@ async fn carry(
                 }
                 return Err(e);
             }
-            r.map_err(|e| AgentError::Unreachable(format!("stream broke: {e}")))?;
+            r.map_err(|e| AgentError::unreachable_by("stream broke", e))?;
         }
     }
     Ok(())
@@ -435,7 +437,7 @@ mod tests {
         );
         // The tunnel's own state reports these.
         assert_eq!(
-            plain_problem("Bitbucket", &AgentError::Unreachable("down".into())),
+            plain_problem("Bitbucket", &AgentError::unreachable("down")),
             None
         );
     }

@@ -24,7 +24,7 @@ impl RelayApi {
             .timeout(Duration::from_secs(15))
             .user_agent(concat!("gangway/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| AgentError::Tls(e.to_string()))?;
+            .map_err(|e| AgentError::tls("HTTP client", Some(e.into())))?;
         Ok(Self { base, http })
     }
 
@@ -63,7 +63,7 @@ impl RelayApi {
         }
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
-            return Err(AgentError::Unreachable(format!(
+            return Err(AgentError::unreachable(format!(
                 "{url}: HTTP {status}: {}",
                 body.trim()
             )));
@@ -81,12 +81,6 @@ impl RelayApi {
 }
 
 fn unreachable(url: &Url, e: reqwest::Error) -> AgentError {
-    // reqwest's Display hides the cause; walk the chain for a useful line.
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        msg = format!("{msg}: {s}");
-        src = s.source();
-    }
-    AgentError::Unreachable(format!("{url}: {msg}"))
+    // reqwest's Display hides the cause; the message walks the chain.
+    AgentError::unreachable_by(url.to_string(), e)
 }

@@ -65,7 +65,7 @@ impl Session {
     ) -> Result<Session, AgentError> {
         tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(relay, tls, token))
             .await
-            .map_err(|_| AgentError::Unreachable(format!("{relay}: timed out connecting")))?
+            .map_err(|_| AgentError::unreachable(format!("{relay}: timed out connecting")))?
     }
 
     async fn connect_inner(
@@ -94,7 +94,7 @@ impl Session {
 
         let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
             .await
-            .map_err(|e| AgentError::Unreachable(format!("{relay}: {e}")))?;
+            .map_err(|e| AgentError::unreachable_by(relay.to_string(), e))?;
         let _ = tcp.set_nodelay(true);
         let io: Box<dyn Io> = if secure {
             let name =
@@ -103,7 +103,7 @@ impl Session {
             let mut tls = tokio_rustls::TlsConnector::from(tls)
                 .connect(name, gangway_transport::socket::buffered(tcp))
                 .await
-                .map_err(|e| AgentError::Unreachable(format!("{relay}: TLS: {e}")))?;
+                .map_err(|e| AgentError::unreachable_by(format!("{relay}: TLS"), e))?;
             tls.get_mut()
                 .1
                 .set_buffer_limit(Some(gangway_transport::socket::TLS_BUFFER_LIMIT));
@@ -135,10 +135,10 @@ impl Session {
                 if resp.status() == http::StatusCode::UNAUTHORIZED {
                     AgentError::Unauthorized(body)
                 } else {
-                    AgentError::Unreachable(format!("{relay}: HTTP {}: {body}", resp.status()))
+                    AgentError::unreachable(format!("{relay}: HTTP {}: {body}", resp.status()))
                 }
             }
-            other => AgentError::Unreachable(format!("{relay}: {other}")),
+            other => AgentError::unreachable_by(relay.to_string(), other),
         })?;
 
         // Versioned handshake, then the control stream (transport's
@@ -197,10 +197,10 @@ impl Session {
         let mut stream = self.open_pipelined(service, None).await?;
         tokio::time::timeout(Duration::from_secs(30), stream.answer())
             .await
-            .map_err(|_| AgentError::Unreachable("relay did not answer the stream open".into()))?
+            .map_err(|_| AgentError::unreachable("relay did not answer the stream open"))?
             .map_err(|e| match stream.refusal() {
                 Some(r) => AgentError::Refused(r.clone()),
-                None => AgentError::Unreachable(e.to_string()),
+                None => AgentError::unreachable_by("opening a stream", e),
             })?;
         Ok(stream)
     }
@@ -219,13 +219,13 @@ impl Session {
             .opener
             .open()
             .await
-            .map_err(|e| AgentError::Unreachable(e.to_string()))?;
+            .map_err(|e| AgentError::unreachable_by("opening a stream", e))?;
         let mut buf = BytesMut::new();
         header.encode(&mut buf);
         stream
             .write_all(&buf)
             .await
-            .map_err(|e| AgentError::Unreachable(e.to_string()))?;
+            .map_err(|e| AgentError::unreachable_by("opening a stream", e))?;
         Ok(PipelinedStream::new(stream, on_answer))
     }
 
@@ -234,7 +234,7 @@ impl Session {
         self.control
             .send(Control::RefreshToken(token))
             .await
-            .map_err(|_| AgentError::Unreachable("session closed".into()))
+            .map_err(|_| AgentError::unreachable("session closed"))
     }
 
     /// Resolves when the session has ended, with the reason.
@@ -319,7 +319,7 @@ async fn control_loop(
 /// the relay is not speaking our protocol.
 fn handshake_error(e: HandshakeError) -> AgentError {
     if e.is_connection() {
-        AgentError::Unreachable(e.to_string())
+        AgentError::unreachable_by("opening the session", e)
     } else {
         AgentError::Protocol(e.to_string())
     }

@@ -14,29 +14,28 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig
         let _ = roots.add(cert);
     }
     if let Some(path) = extra_ca {
-        let pem = std::fs::read(path)
-            .map_err(|e| AgentError::Tls(format!("CA file {}: {e}", path.display())))?;
+        let what = || format!("CA file {}", path.display());
+        let pem = std::fs::read(path).map_err(|e| AgentError::tls(what(), Some(e.into())))?;
         let mut n = 0;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert =
-                cert.map_err(|e| AgentError::Tls(format!("CA file {}: {e}", path.display())))?;
+            let cert = cert.map_err(|e| AgentError::tls(what(), Some(e.into())))?;
             roots
                 .add(cert)
-                .map_err(|e| AgentError::Tls(format!("CA file {}: {e}", path.display())))?;
+                .map_err(|e| AgentError::tls(what(), Some(e.into())))?;
             n += 1;
         }
         if n == 0 {
-            return Err(AgentError::Tls(format!(
-                "CA file {} holds no certificate",
-                path.display()
-            )));
+            return Err(AgentError::tls(
+                format!("CA file {} holds no certificate", path.display()),
+                None,
+            ));
         }
     }
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| AgentError::Tls(e.to_string()))?
+    .map_err(|e| AgentError::tls("protocol versions", Some(e.into())))?
     .with_root_certificates(roots)
     .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];

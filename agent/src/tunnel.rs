@@ -127,9 +127,9 @@ impl Tunnel {
                 TunnelState::SignInNeeded(why) => {
                     Err(AgentError::Unauthorized(format!("sign-in needed: {why}")))
                 }
-                _ => Err(AgentError::Unreachable("the agent is stopping".into())),
+                _ => Err(AgentError::unreachable("the agent is stopping")),
             },
-            Ok(Err(_)) => Err(AgentError::Unreachable("the agent is stopping".into())),
+            Ok(Err(_)) => Err(AgentError::unreachable("the agent is stopping")),
             Err(_) => {
                 let why = match &*self.state.borrow() {
                     TunnelState::Connecting {
@@ -138,7 +138,7 @@ impl Tunnel {
                     } => e.clone(),
                     _ => "still connecting".into(),
                 };
-                Err(AgentError::Unreachable(format!(
+                Err(AgentError::unreachable(format!(
                     "relay not reachable after waiting {}s: {why}",
                     limit.as_secs()
                 )))

@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("gangway: {e:#}");
+            eprintln!("gangway: {}", gangway_agent::error::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

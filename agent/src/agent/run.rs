@@ -375,12 +375,7 @@ mod tests {
             max: Duration::from_secs(1),
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let (p, wait, next) = classify(
-            &AgentError::Unreachable("refused".into()),
-            3,
-            &backoff,
-            &mut rng,
-        );
+        let (p, wait, next) = classify(&AgentError::unreachable("refused"), 3, &backoff, &mut rng);
         assert!(
             matches!(p, Phase::Connecting { last_error: Some(ref e) } if e.contains("refused"))
         );
