@@ -7,7 +7,7 @@
 //! - `raw.rs`: the file as written (serde, `deny_unknown_fields`, a doc
 //!   comment per key);
 //! - [`tls`], [`identity`], [`services`], [`http`] (a service's http-only
-//!   keys), [`assertion`]: each section's validated type with its
+//!   keys), [`assertion`], [`limits`]: each section's validated type with its
 //!   raw → validated conversion beside it.
 //!
 //! Every error names the file, the key and the reason, e.g.
@@ -17,6 +17,7 @@
 pub mod assertion;
 pub mod http;
 pub mod identity;
+pub mod limits;
 mod raw;
 pub mod services;
 pub mod tls;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 pub use assertion::AssertionConfig;
 pub use http::{Balance, HealthConfig, HttpSettings, RouteConfig, RuleConfig};
 pub use identity::IdentityConfig;
+pub use limits::LimitsConfig;
 pub use services::{ServiceConfig, ServiceKind};
 pub use tls::TlsMode;
 
@@ -76,6 +78,8 @@ pub struct RelayConfig {
     pub audit_path: Option<PathBuf>,
     pub assertion: AssertionConfig,
     pub services: Vec<ServiceConfig>,
+    /// Timeouts and caps (`[limits]`).
+    pub limits: LimitsConfig,
 }
 
 impl RelayConfig {
@@ -111,6 +115,7 @@ impl RelayConfig {
             services: services::from_raw(raw.services, &src)?,
             assertion: AssertionConfig::from_raw(raw.assertion, &src)?,
             audit_path: raw.audit.path.as_deref().map(|p| src.resolve(p)),
+            limits: LimitsConfig::from_raw(raw.limits, &src)?,
         })
     }
 
