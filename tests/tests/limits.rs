@@ -547,3 +547,111 @@ async fn provider_outage_is_503_not_a_sign_out() -> Result<()> {
     assert_no_panic(&relay);
     Ok(())
 }
+
+/// One subject may hold `max_sessions_per_subject` sessions; the next
+/// upgrade is 429 with the reason, and room comes back when one ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_per_subject_are_capped() -> Result<()> {
+    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
+    let sink = Sink::start().await?;
+    let cert = TestCert::new()?;
+    let dir = tempfile::tempdir()?;
+    let relay = relay(
+        dir.path(),
+        &cert,
+        &idp,
+        sink.addr,
+        "max_sessions_per_subject = 1",
+    )?;
+    let token = idp.client_credentials_token(CI_DEV).await?;
+    let first = RawAgent::connect(&relay, &cert, &token).await?;
+    let second = RawAgent::connect(&relay, &cert, &token).await;
+    let e = format!("{:#}", second.err().context("a second session was let in")?);
+    assert!(e.contains("429"), "{e}");
+    // The first one leaves: the relay sees its connection close.
+    first.driver.abort();
+    drop(first.control);
+    drop(first.opener);
+    eventually(
+        "room for a new session",
+        Duration::from_secs(10),
+        || async { RawAgent::connect(&relay, &cert, &token).await.is_ok() },
+    )
+    .await?;
+    assert!(relay
+        .audit()
+        .iter()
+        .any(|e| e["event"] == "session_refused" && e["code"] == "too_many_sessions"));
+    assert_no_panic(&relay);
+    Ok(())
+}
+
+/// The relay's resident memory, KiB (`VmRSS`).
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+/// Not a check: prints the relay's RSS per idle session (50 sessions) and
+/// with 1,000 streams open in one session, each having carried 16 KiB to
+/// its backend. For BENCHMARKS.md; loopback, bounded in count.
+/// `cargo nextest run -p gangway-tests --test limits --run-ignored only rss`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn rss_per_idle_session_and_with_1000_streams() -> Result<()> {
+    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 300)?;
+    let mut sink = Sink::start().await?;
+    let cert = TestCert::new()?;
+    let dir = tempfile::tempdir()?;
+    let relay = relay(
+        dir.path(),
+        &cert,
+        &idp,
+        sink.addr,
+        "max_sessions_per_subject = 64\nmax_streams_per_session = 1000",
+    )?;
+    let token = idp.client_credentials_token(CI_DEV).await?;
+    // Warm up: one session and stream, so lazily built state is counted out.
+    let warm = RawAgent::connect(&relay, &cert, &token).await?;
+    let (_w, _) = warm.open("sink").await?;
+    let _wb = sink.next().await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = rss_kib(relay.pid())?;
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(RawAgent::connect(&relay, &cert, &token).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let with_idle = rss_kib(relay.pid())?;
+    drop(idle);
+
+    let busy = RawAgent::connect(&relay, &cert, &token).await?;
+    let before_streams = rss_kib(relay.pid())?;
+    let payload = vec![7u8; 16 * 1024];
+    let mut streams = Vec::new();
+    let mut backends = Vec::new();
+    for _ in 0..1000 {
+        let (mut s, answer) = busy.open("sink").await?;
+        ensure!(answer == OpenResult::Accepted, "{answer:?}");
+        s.get_mut().write_all(&payload).await?;
+        streams.push(s);
+        let mut b = sink.next().await?;
+        let mut got = vec![0u8; payload.len()];
+        b.read_exact(&mut got).await?;
+        backends.push(b);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let with_streams = rss_kib(relay.pid())?;
+    eprintln!(
+        "RSS: base {base} KiB; +50 idle sessions {with_idle} KiB ({:.1} KiB/session); \
+         one session before streams {before_streams} KiB; 1000 streams {with_streams} KiB \
+         ({:.1} KiB/stream)",
+        (with_idle as f64 - base as f64) / 50.0,
+        (with_streams as f64 - before_streams as f64) / 1000.0,
+    );
+    Ok(())
+}
