@@ -655,3 +655,71 @@ async fn rss_per_idle_session_and_with_1000_streams() -> Result<()> {
     );
     Ok(())
 }
+
+/// After TLS, a request head must come within `request_header_timeout`:
+/// a client that sends nothing, or half a head (slowloris), is closed; and
+/// a keep-alive connection with no request in flight is closed after
+/// `http_idle_timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_clients_that_send_no_request_or_idle_are_closed() -> Result<()> {
+    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
+    let sink = Sink::start().await?;
+    let cert = TestCert::new()?;
+    let dir = tempfile::tempdir()?;
+    let relay = relay(
+        dir.path(),
+        &cert,
+        &idp,
+        sink.addr,
+        "request_header_timeout_secs = 2\nhttp_idle_timeout_secs = 1",
+    )?;
+    let tls = gangway_agent::tls::client_config(Some(&cert.cert))?;
+    let connect = || async {
+        let tcp = TcpStream::connect(relay.addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+        anyhow::Ok(
+            tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(name, tcp)
+                .await?,
+        )
+    };
+    let closed = |mut s: tokio_rustls::client::TlsStream<TcpStream>| async move {
+        let mut buf = Vec::new();
+        let started = Instant::now();
+        // EOF or an error: the relay closed it (a 408 may come first).
+        let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        (
+            r.is_ok(),
+            started.elapsed(),
+            String::from_utf8_lossy(&buf).into_owned(),
+        )
+    };
+
+    // Nothing after the handshake.
+    let (ok, took, _) = closed(connect().await?).await;
+    assert!(
+        ok && took < Duration::from_secs(6),
+        "silent: {ok} after {took:?}"
+    );
+    // Half a request head, then nothing.
+    let mut half = connect().await?;
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await?;
+    let (ok, took, _) = closed(half).await;
+    assert!(
+        ok && took < Duration::from_secs(6),
+        "slowloris: {ok} after {took:?}"
+    );
+    // One request answered, then idle on keep-alive.
+    let mut kept = connect().await?;
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let (ok, took, text) = closed(kept).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        ok && took < Duration::from_secs(6),
+        "idle: {ok} after {took:?}"
+    );
+    assert_no_panic(&relay);
+    Ok(())
+}
