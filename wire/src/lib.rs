@@ -31,6 +31,8 @@
 mod codec;
 pub mod control;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod open;
 pub mod refusal;

@@ -15,6 +15,8 @@
 //! fixtures in `relay/tests/fixtures/invalid` each name the error they expect.
 
 pub mod assertion;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod identity;
 pub mod limits;
@@ -169,6 +171,22 @@ mod tests {
         for f in files {
             RelayConfig::load(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         }
+    }
+
+    /// The fuzz corpus of the `config` target (`fuzz/corpus/config`), as
+    /// regression tests: no input there may panic.
+    #[test]
+    fn fuzz_corpus_replays_without_panic() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/config");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let bytes = std::fs::read(e.unwrap().path()).unwrap();
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                fuzzing::run(text);
+            }
+            n += 1;
+        }
+        assert!(n > 0, "empty corpus in {}", dir.display());
     }
 
     /// Each invalid fixture's first line is `# expect: <key>: <reason fragment>`.
