@@ -15,7 +15,7 @@ use gangway_wire::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use url::Url;
@@ -30,6 +30,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const PING_EVERY: Duration = Duration::from_secs(15);
 const PONG_DEADLINE: Duration = Duration::from_secs(30);
+/// How long the relay may take to answer an in-band token refresh (it may
+/// have to fetch its provider's keys first).
+const REFRESH_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The relay's answer to an in-band refresh: accepted (new expiry), or
+/// refused with its reason.
+type RefreshAnswer = oneshot::Sender<Result<u64, String>>;
 
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +51,7 @@ pub enum Ended {
 #[derive(Clone)]
 pub struct Session {
     opener: Opener,
-    control: mpsc::Sender<Control>,
+    control: mpsc::Sender<(Control, Option<RefreshAnswer>)>,
     ended: watch::Receiver<Option<Ended>>,
     pub id: String,
 }
@@ -229,12 +236,27 @@ impl Session {
         Ok(PipelinedStream::new(stream, on_answer))
     }
 
-    /// Sends a fresh access token in-band; open streams are not disturbed.
+    /// Sends a fresh access token in-band (open streams are not disturbed)
+    /// and waits for the relay's answer: a refusal is
+    /// [`AgentError::Unauthorized`] with the relay's reason, for the caller
+    /// to act on (retry, then reconnect with the new token) — the session
+    /// would otherwise end when the old token expires.
     pub async fn refresh_token(&self, token: Token) -> Result<(), AgentError> {
+        let (answer, answered) = oneshot::channel();
         self.control
-            .send(Control::RefreshToken(token))
+            .send((Control::RefreshToken(token), Some(answer)))
             .await
-            .map_err(|_| AgentError::unreachable("session closed"))
+            .map_err(|_| AgentError::unreachable("session closed"))?;
+        match tokio::time::timeout(REFRESH_ANSWER_TIMEOUT, answered).await {
+            Ok(Ok(Ok(_expires_at))) => Ok(()),
+            Ok(Ok(Err(reason))) => Err(AgentError::Unauthorized(reason)),
+            Ok(Err(_)) => Err(AgentError::unreachable(
+                "session closed before the relay answered the token refresh",
+            )),
+            Err(_) => Err(AgentError::unreachable(
+                "relay did not answer the token refresh",
+            )),
+        }
     }
 
     /// Resolves when the session has ended, with the reason.
@@ -257,9 +279,11 @@ impl Session {
 async fn control_loop(
     mut reader: ControlReader<Stream>,
     mut writer: ControlWriter<Stream>,
-    mut outgoing: mpsc::Receiver<Control>,
+    mut outgoing: mpsc::Receiver<(Control, Option<RefreshAnswer>)>,
     ended: watch::Sender<Option<Ended>>,
 ) {
+    // Refreshes sent and not yet answered; the relay answers in order.
+    let mut awaiting = std::collections::VecDeque::<RefreshAnswer>::new();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_pong = tokio::time::Instant::now();
@@ -288,9 +312,11 @@ async fn control_loop(
                 }
                 Ok(Some(Control::TokenAccepted { expires_at })) => {
                     tracing::debug!(expires_at, "relay accepted the refreshed token");
+                    if let Some(a) = awaiting.pop_front() { let _ = a.send(Ok(expires_at)); }
                 }
                 Ok(Some(Control::TokenRejected { reason })) => {
                     tracing::warn!(%reason, "relay rejected the refreshed token");
+                    if let Some(a) = awaiting.pop_front() { let _ = a.send(Err(reason)); }
                 }
                 Ok(Some(Control::Notice { level, text })) => {
                     tracing::info!(?level, %text, "notice from relay");
@@ -300,7 +326,10 @@ async fn control_loop(
                 Err(e) => { end(Ended::Lost(format!("control channel: {e}"))); break; }
             },
             out = outgoing.recv() => match out {
-                Some(msg) => if writer.send(&msg).await.is_err() { break; },
+                Some((msg, answer)) => {
+                    if writer.send(&msg).await.is_err() { break; }
+                    awaiting.extend(answer);
+                }
                 None => break,
             },
             _ = ping.tick() => {

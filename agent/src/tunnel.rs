@@ -12,7 +12,6 @@
 //! becomes [`TunnelState::SignInNeeded`] with the reason, and listeners
 //! answer new connections with it.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -192,7 +191,10 @@ async fn supervise(
                 );
                 let ended = tokio::select! {
                     e = session.closed() => e,
-                    never = fresh => match never {},
+                    refused = fresh => Ended::Lost(format!(
+                        "the relay refused the refreshed access token twice ({}); reconnecting with it",
+                        refused.0
+                    )),
                     _ = stop.cancelled() => break,
                 };
                 let why = match &ended {
@@ -314,7 +316,11 @@ enum Freshness {
 /// session is gone), and reports through `signal`. Transient failures are
 /// retried with backoff; a needed sign-in is reported and then looked for
 /// every [`SIGN_IN_POLL`] (a `gangway login` elsewhere fills the keychain).
-/// Never returns: the supervisor drops it when the session ends.
+/// A newer token the relay refuses in-band is sent once more after
+/// [`REFUSED_RETRY`]; refused again, this returns, and the supervisor
+/// reconnects with it (a new connection's 401 is then handled as at
+/// start) — before the old token expires, not after. Otherwise it never
+/// returns: the supervisor drops it when the session ends.
 async fn keep_fresh<R, RF, S, SF>(
     mut held: TimedToken,
     renew: R,
@@ -322,7 +328,7 @@ async fn keep_fresh<R, RF, S, SF>(
     signal: impl Fn(Freshness),
     renewable: impl Fn() -> bool,
     now: impl Fn() -> f64,
-) -> Infallible
+) -> RefusedRefresh
 where
     R: Fn(Option<u64>) -> RF,
     RF: Future<Output = Result<TimedToken, AgentError>>,
@@ -352,10 +358,20 @@ where
         }
         match renew(held.expires_at).await {
             Ok(new) if is_later(new.expires_at, held.expires_at) => {
-                if send(new.token.clone()).await.is_err() {
-                    // The session is closing; the supervisor will notice.
-                    wait = None;
-                    continue;
+                let mut sent = send(new.token.clone()).await;
+                if let Err(AgentError::Unauthorized(why)) = &sent {
+                    tracing::warn!("relay refused the refreshed token ({why}); sending it again");
+                    tokio::time::sleep(REFUSED_RETRY).await;
+                    sent = send(new.token.clone()).await;
+                }
+                match sent {
+                    Ok(()) => {}
+                    Err(AgentError::Unauthorized(why)) => return RefusedRefresh(why),
+                    Err(_) => {
+                        // The session is closing; the supervisor will notice.
+                        wait = None;
+                        continue;
+                    }
                 }
                 tracing::info!(
                     expires_in_secs = new.expires_at.map(|e| e.saturating_sub(now() as u64)),
@@ -383,6 +399,14 @@ where
         }
     }
 }
+
+/// How long to wait before sending a refused token once more (the relay
+/// may have been fetching its provider's keys).
+const REFUSED_RETRY: Duration = Duration::from_secs(2);
+
+/// The relay refused a refreshed token twice, with this reason.
+#[derive(Debug, PartialEq, Eq)]
+struct RefusedRefresh(String);
 
 fn is_later(new: Option<u64>, old: Option<u64>) -> bool {
     match (new, old) {
@@ -505,7 +529,7 @@ mod tests {
             || fake.now(),
         );
         tokio::select! {
-            never = task => match never {},
+            r = task => panic!("keep_fresh returned {r:?}"),
             _ = tokio::time::sleep(Duration::from_secs(400)) => {}
         }
         let sent = fake.sent.lock().unwrap().clone();
@@ -563,7 +587,7 @@ mod tests {
             || 5.0,
         );
         tokio::select! {
-            never = task => match never {},
+            r = task => panic!("keep_fresh returned {r:?}"),
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
         assert_eq!(*sent.lock().unwrap(), 0);
@@ -586,5 +610,59 @@ mod tests {
         // Jitter: two draws for the same attempt are not always equal.
         let draws: std::collections::HashSet<_> = (0..20).map(|_| b.delay(5, &mut rng)).collect();
         assert!(draws.len() > 1);
+    }
+
+    /// A refused in-band refresh is sent again; refused twice, keep_fresh
+    /// returns (the supervisor reconnects) well before the old token expires.
+    #[tokio::test(start_paused = true)]
+    async fn refused_refresh_is_retried_then_reconnects_before_expiry() {
+        let fake = StdArc::new(Fake {
+            start: tokio::time::Instant::now(),
+            ttl: 100,
+            script: Mutex::new(vec![Ok(()), Ok(()), Ok(())]),
+            sent: Mutex::new(vec![]),
+            signals: Mutex::new(vec![]),
+            n: Mutex::new(0),
+        });
+        let first = fake.token();
+        let old_expiry = first.expires_at.unwrap() as f64;
+        let f = fake.clone();
+        // The relay refuses the first token sent twice.
+        let refusals = StdArc::new(Mutex::new(2u32));
+        let r = refusals.clone();
+        let refused = keep_fresh(
+            first,
+            |_| {
+                let f = f.clone();
+                async move { f.renew().await }
+            },
+            |t: Token| {
+                let (f, r) = (f.clone(), r.clone());
+                async move {
+                    f.sent
+                        .lock()
+                        .unwrap()
+                        .push((f.now(), t.expose().to_string()));
+                    let mut left = r.lock().unwrap();
+                    if *left > 0 {
+                        *left -= 1;
+                        Err(AgentError::Unauthorized("keys_unavailable".into()))
+                    } else {
+                        Ok(())
+                    }
+                }
+            },
+            |s| fake.signals.lock().unwrap().push((fake.now(), s)),
+            || true,
+            || fake.now(),
+        )
+        .await;
+        assert_eq!(refused, RefusedRefresh("keys_unavailable".into()));
+        let sent = fake.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(sent[0].1, sent[1].1, "the same new token, sent again");
+        let gap = sent[1].0 - sent[0].0;
+        assert!((gap - REFUSED_RETRY.as_secs_f64()).abs() < 0.5, "{sent:?}");
+        assert!(fake.now() < old_expiry - 10.0, "gave up too late: {sent:?}");
     }
 }

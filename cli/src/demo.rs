@@ -99,6 +99,7 @@ pub async fn run() -> anyhow::Result<()> {
         },
         audit_path: Some(dir.path().join("audit.jsonl")),
         assertion: Default::default(),
+        limits: Default::default(),
         services: vec![
             service(
                 "git",

@@ -1,9 +1,19 @@
 //! Access-token validation against the identity provider's JWKS.
 //!
 //! Checks, in order: the header's algorithm is one we accept (never `none`
-//! or a shared-secret one), the key named by `kid` is known (JWKS refetched
-//! on an unknown `kid`, at most once per `jwks_min_refetch`), the signature,
-//! then `iss`, `aud`, `exp` and `nbf` with a small leeway.
+//! or a shared-secret one), its `typ` is an access token's (RFC 9068
+//! `at+jwt`, or the generic `JWT` many providers use; anything else, such
+//! as an ID token's or a logout token's type, is refused), the key named by
+//! `kid` is known (JWKS refetched on an unknown `kid`, at most once per
+//! `jwks_min_refetch`), the signature, then `iss`, `aud`, `exp` and `nbf`
+//! with a small leeway, and that the claims are not an ID token's (`nonce`,
+//! `at_hash`, `c_hash`, or Keycloak's `typ: "ID"`).
+//!
+//! An identity-provider blip is not a sign-out: when the JWKS cannot be
+//! fetched (or a fetch is still under way), a token with an unseen key gets
+//! [`AuthError::KeysUnavailable`] (503), not [`AuthError::UnknownKey`]
+//! (401), until a fetch succeeds. Text taken from the token is cleaned
+//! ([`crate::text`]) before it goes into an error.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,6 +24,11 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::config::IdentityConfig;
+use crate::text;
+
+/// How long a request with an unseen key waits for a JWKS fetch already
+/// under way before it is told to come back (503).
+const FETCH_WAIT: Duration = Duration::from_secs(3);
 
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +62,8 @@ pub enum AuthError {
     WrongAudience,
     #[error("missing claim {0}")]
     MissingClaim(String),
+    #[error("not an access token: {0}")]
+    NotAccessToken(String),
     #[error("identity provider keys unavailable: {0}")]
     KeysUnavailable(String),
 }
@@ -65,6 +82,7 @@ impl AuthError {
             AuthError::WrongIssuer => "wrong_issuer",
             AuthError::WrongAudience => "wrong_audience",
             AuthError::MissingClaim(_) => "missing_claim",
+            AuthError::NotAccessToken(_) => "not_access_token",
             AuthError::KeysUnavailable(_) => "keys_unavailable",
         }
     }
@@ -88,6 +106,8 @@ struct KeyCache {
     /// Keys without a `kid`, tried when the token has none.
     anonymous: Vec<Jwk>,
     last_fetch: Option<Instant>,
+    /// Why the last fetch failed; `None` once one succeeds.
+    last_error: Option<String>,
 }
 
 /// Validates access tokens for one issuer and audience.
@@ -95,6 +115,8 @@ pub struct Verifier {
     cfg: IdentityConfig,
     source: KeySource,
     cache: Mutex<KeyCache>,
+    /// Held while a JWKS fetch is under way: other misses wait for it.
+    fetching: Mutex<()>,
 }
 
 impl Verifier {
@@ -103,6 +125,7 @@ impl Verifier {
             keys: HashMap::new(),
             anonymous: Vec::new(),
             last_fetch: None,
+            last_error: None,
         };
         if let KeySource::Static(set) = &source {
             cache.load(set.clone());
@@ -111,6 +134,7 @@ impl Verifier {
             cfg,
             source,
             cache: Mutex::new(cache),
+            fetching: Mutex::new(()),
         }
     }
 
@@ -120,11 +144,12 @@ impl Verifier {
 
     /// Verifies `token` and returns who it names.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Malformed(text::clean(&e.to_string()).into_owned()))?;
         if !self.cfg.algorithms.contains(&header.alg) {
             return Err(AuthError::Algorithm(format!("{:?}", header.alg)));
         }
+        check_typ(header.typ.as_deref())?;
         let jwk = self.key_for(header.kid.as_deref()).await?;
         if let Some(key_alg) = jwk.common.key_algorithm {
             if format!("{key_alg:?}") != format!("{:?}", header.alg) {
@@ -154,10 +179,11 @@ impl Verifier {
                     K::InvalidAudience => AuthError::WrongAudience,
                     K::InvalidAlgorithm => AuthError::Algorithm(format!("{:?}", header.alg)),
                     K::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
-                    _ => AuthError::Malformed(e.to_string()),
+                    _ => AuthError::Malformed(text::clean(&e.to_string()).into_owned()),
                 }
             })?;
         let claims = data.claims;
+        check_not_id_token(&claims)?;
         let subject = claims
             .get("sub")
             .and_then(Value::as_str)
@@ -183,33 +209,98 @@ impl Verifier {
         })
     }
 
+    /// The key `kid` names: from the cache, else from a JWKS fetch (at most
+    /// one at a time, and one per `jwks_min_refetch`).
     async fn key_for(&self, kid: Option<&str>) -> Result<Jwk, AuthError> {
-        let unknown = || AuthError::UnknownKey(kid.unwrap_or("").into());
-        {
-            let mut cache = self.cache.lock().await;
-            if let Some(k) = cache.find(kid) {
-                return Ok(k);
-            }
-            let may_fetch = matches!(self.source, KeySource::Discovery(_))
-                && cache
-                    .last_fetch
-                    .is_none_or(|t| t.elapsed() >= self.cfg.jwks_min_refetch);
-            if !may_fetch {
-                return Err(unknown());
-            }
-            // Claimed before the fetch, so concurrent misses don't all fetch.
-            cache.last_fetch = Some(Instant::now());
+        let unknown = || AuthError::UnknownKey(text::clean(kid.unwrap_or("")).into_owned());
+        if let Some(k) = self.cache.lock().await.find(kid) {
+            return Ok(k);
         }
         let KeySource::Discovery(http) = &self.source else {
             return Err(unknown());
         };
-        // The lock is not held during the fetch: tokens with known keys
-        // keep being verified meanwhile.
-        let set = fetch_jwks(http, &self.cfg.issuer).await?;
-        tracing::info!(keys = set.keys.len(), issuer = %self.cfg.issuer, "fetched JWKS");
+        // A fetch under way may bring the key: wait for it, briefly.
+        let Ok(_fetching) = tokio::time::timeout(FETCH_WAIT, self.fetching.lock()).await else {
+            return Err(AuthError::KeysUnavailable(
+                "still fetching the identity provider's keys; try again".into(),
+            ));
+        };
+        {
+            let cache = self.cache.lock().await;
+            if let Some(k) = cache.find(kid) {
+                return Ok(k);
+            }
+            let recent = cache
+                .last_fetch
+                .is_some_and(|t| t.elapsed() < self.cfg.jwks_min_refetch);
+            if recent {
+                // The provider answered lately: an unseen key is unknown.
+                // It failed lately: we cannot tell, and say so.
+                return Err(match &cache.last_error {
+                    Some(e) => AuthError::KeysUnavailable(e.clone()),
+                    None => unknown(),
+                });
+            }
+        }
+        // Only misses wait on this fetch; tokens with known keys are
+        // verified meanwhile (the cache lock is not held).
+        let fetched = fetch_jwks(http, &self.cfg.issuer).await;
         let mut cache = self.cache.lock().await;
-        cache.load(set);
-        cache.find(kid).ok_or_else(unknown)
+        cache.last_fetch = Some(Instant::now());
+        match fetched {
+            Ok(set) => {
+                tracing::info!(keys = set.keys.len(), issuer = %self.cfg.issuer, "fetched JWKS");
+                cache.load(set);
+                cache.last_error = None;
+                cache.find(kid).ok_or_else(unknown)
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %self.cfg.issuer, error = %e, "cannot fetch JWKS");
+                cache.last_error = Some(match &e {
+                    AuthError::KeysUnavailable(why) => why.clone(),
+                    other => other.to_string(),
+                });
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The header's `typ`, when set, must be an access token's: RFC 9068's
+/// `at+jwt` (or `application/at+jwt`), or the generic `JWT` that Entra ID,
+/// Keycloak and others put on access tokens.
+fn check_typ(typ: Option<&str>) -> Result<(), AuthError> {
+    let Some(typ) = typ else { return Ok(()) };
+    let t = typ.to_ascii_lowercase();
+    let t = t.strip_prefix("application/").unwrap_or(&t);
+    if matches!(t, "at+jwt" | "jwt") {
+        Ok(())
+    } else {
+        Err(AuthError::NotAccessToken(format!(
+            "typ {:?} (want at+jwt)",
+            text::clean(typ)
+        )))
+    }
+}
+
+/// Refuses an ID token presented as an access token: it carries `nonce`,
+/// `at_hash` or `c_hash`, or says `typ: "ID"` (Keycloak).
+fn check_not_id_token(claims: &HashMap<String, Value>) -> Result<(), AuthError> {
+    let id_claim = ["nonce", "at_hash", "c_hash"]
+        .into_iter()
+        .find(|c| claims.contains_key(*c));
+    let says_id = claims
+        .get("typ")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.eq_ignore_ascii_case("id"));
+    match (id_claim, says_id) {
+        (Some(c), _) => Err(AuthError::NotAccessToken(format!(
+            "an ID token (it has {c}); send the access token"
+        ))),
+        (None, true) => Err(AuthError::NotAccessToken(
+            "an ID token (typ \"ID\"); send the access token".into(),
+        )),
+        (None, false) => Ok(()),
     }
 }
 
@@ -291,4 +382,79 @@ pub fn bearer(header: Option<&http::HeaderValue>) -> Result<&str, AuthError> {
         ));
     }
     Ok(token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_token_types_pass_and_others_are_refused() {
+        for ok in [
+            None,
+            Some("at+jwt"),
+            Some("application/at+JWT"),
+            Some("JWT"),
+        ] {
+            assert_eq!(check_typ(ok), Ok(()), "{ok:?}");
+        }
+        for bad in ["id+jwt", "logout+jwt", "dpop+jwt", "at+jwt\n"] {
+            let e = check_typ(Some(bad)).unwrap_err();
+            assert_eq!(e.code(), "not_access_token");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn id_tokens_are_refused_by_their_claims() {
+        let claims = |pairs: &[(&str, &str)]| -> HashMap<String, Value> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                .collect()
+        };
+        assert!(check_not_id_token(&claims(&[("sub", "alice"), ("scope", "openid")])).is_ok());
+        for c in [
+            claims(&[("nonce", "n")]),
+            claims(&[("at_hash", "h")]),
+            claims(&[("typ", "ID")]),
+        ] {
+            assert_eq!(
+                check_not_id_token(&c).unwrap_err().code(),
+                "not_access_token"
+            );
+        }
+    }
+
+    fn verifier(issuer: &str) -> Verifier {
+        let cfg = IdentityConfig {
+            issuer: issuer.into(),
+            audience: "relay".into(),
+            client_id: "gangway".into(),
+            scopes: vec![],
+            groups_claim: "groups".into(),
+            algorithms: vec![jsonwebtoken::Algorithm::RS256],
+            leeway: Duration::from_secs(0),
+            jwks_min_refetch: Duration::from_secs(30),
+            jwks_file: None,
+        };
+        Verifier::new(cfg, KeySource::Discovery(reqwest::Client::new()))
+    }
+
+    /// A provider that cannot be reached: an unseen key is a 503 every
+    /// time, also within the refetch interval; never a 401.
+    #[tokio::test]
+    async fn unreachable_provider_means_keys_unavailable_not_unknown_key() {
+        // A port nothing listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let v = verifier(&format!("http://127.0.0.1:{port}"));
+        for _ in 0..3 {
+            let e = v.key_for(Some("k1")).await.unwrap_err();
+            assert!(e.is_server_side(), "{e:?}");
+        }
+    }
 }

@@ -1,10 +1,14 @@
 //! The relay's HTTP surface: discovery, catalog, health, and the tunnel
 //! upgrade. Everything else is 404.
+//!
+//! Responses are built without a fallible builder, and any client text in
+//! them (a token's reason for refusal) goes through [`crate::text`]: no
+//! input can make a response fail to build.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -13,51 +17,93 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::admission::Unauthenticated;
 use crate::audit::Event;
 use crate::auth::{bearer, AuthError, Identity};
-use crate::{policy, tunnel, Relay};
+use crate::{policy, text, tunnel, Relay};
 use gangway_wire::api::{Catalog, Discovery, Service};
 
 type Body = Full<Bytes>;
 
+/// One client connection, as its requests see it.
+pub struct Conn {
+    /// The client's address, `ip:port`.
+    pub peer: String,
+    /// Its place among its address's unauthenticated connections, given
+    /// back at its first authenticated request.
+    unauthenticated: Mutex<Option<Unauthenticated>>,
+}
+
+impl Conn {
+    pub fn new(peer: String, unauthenticated: Unauthenticated) -> Self {
+        Self {
+            peer,
+            unauthenticated: Mutex::new(Some(unauthenticated)),
+        }
+    }
+
+    /// The connection has authenticated: it no longer counts against its
+    /// address's unauthenticated cap.
+    fn authenticated(&self) {
+        let slot = self
+            .unauthenticated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(slot);
+    }
+}
+
 /// Routes one request.
 pub async fn handle(
     relay: Arc<Relay>,
-    peer: String,
+    conn: Arc<Conn>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
+    let peer = conn.peer.clone();
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/.well-known/gangway") => discovery(&relay),
         (&Method::GET, "/.well-known/jwks.json") => json(&relay.signer.jwks()),
         (&Method::GET, "/v1/catalog") => {
             match authenticate(&relay, &req, &peer, "/v1/catalog").await {
-                Ok(id) => catalog(&relay, &id),
+                Ok(id) => {
+                    conn.authenticated();
+                    catalog(&relay, &id)
+                }
                 Err(resp) => resp,
             }
         }
-        (&Method::GET, "/v1/tunnel") => tunnel_upgrade(relay, peer, req).await,
+        (&Method::GET, "/v1/tunnel") => tunnel_upgrade(relay, &conn, req).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(resp)
 }
 
+/// A response with `status`, `content_type` and `body`: nothing in it can
+/// fail to build.
+fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
 fn text(status: StatusCode, body: &str) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("static response")
+    response(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from(body.to_string()),
+    )
 }
 
 fn json(value: &impl Serialize) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_default();
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CACHE_CONTROL, "no-store")
-        .body(Full::new(Bytes::from(body)))
-        .expect("static response")
+    let mut resp = response(StatusCode::OK, "application/json", Bytes::from(body));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 fn discovery(relay: &Relay) -> Response<Body> {
@@ -117,36 +163,45 @@ async fn authenticate(
     })
 }
 
+/// 401 with `WWW-Authenticate` (RFC 6750) naming the reason, or 503 when
+/// the fault is ours. The reason can quote the token: cleaned for both.
 fn unauthorized(e: &AuthError) -> Response<Body> {
+    let reason = text::clean(&e.to_string()).into_owned();
     if e.is_server_side() {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
-            &format!("cannot check tokens now: {e}\n"),
+            &format!("cannot check tokens now: {reason}\n"),
         );
     }
-    let description = e.to_string().replace('"', "'");
-    Response::builder()
-        .status(StatusCode::UNAUTHORIZED)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .header(
-            header::WWW_AUTHENTICATE,
-            format!("Bearer error=\"invalid_token\", error_description=\"{description}\""),
-        )
-        .body(Full::new(Bytes::from(format!("invalid token: {e}\n"))))
-        .expect("static response")
+    let mut resp = text(
+        StatusCode::UNAUTHORIZED,
+        &format!("invalid token: {reason}\n"),
+    );
+    let challenge = format!(
+        "Bearer error=\"invalid_token\", error_description=\"{}\"",
+        text::quotable(&e.to_string())
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_str(&challenge)
+            .unwrap_or(HeaderValue::from_static("Bearer error=\"invalid_token\"")),
+    );
+    resp
 }
 
 /// `GET /v1/tunnel`: authenticate, then upgrade to a WebSocket and hand the
 /// connection to [`tunnel::serve`].
 async fn tunnel_upgrade(
     relay: Arc<Relay>,
-    peer: String,
+    conn: &Conn,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
+    let peer = conn.peer.clone();
     let identity = match authenticate(&relay, &req, &peer, "/v1/tunnel").await {
         Ok(id) => id,
         Err(resp) => return resp,
     };
+    conn.authenticated();
     let headers = req.headers();
     let is_upgrade = headers
         .get(header::UPGRADE)
@@ -164,9 +219,31 @@ async fn tunnel_upgrade(
             "expected a WebSocket upgrade (version 13)\n",
         );
     };
-    let accept = derive_accept_key(key.as_bytes());
+    let Some(slot) = relay.admission.session(&identity.subject) else {
+        let max = relay.config.limits.max_sessions_per_subject;
+        relay.audit.record(&Event {
+            event: "session_refused",
+            subject: Some(&identity.subject),
+            peer: Some(peer.clone()),
+            code: Some("too_many_sessions"),
+            reason: Some(format!("already {max} sessions open")),
+            ..Default::default()
+        });
+        return text(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "{} has {max} tunnel sessions open on this relay already (max_sessions_per_subject); close one\n",
+                identity.subject
+            ),
+        );
+    };
+    let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) else {
+        return text(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key\n");
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
+        // Held for as long as the session lives.
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
@@ -180,11 +257,11 @@ async fn tunnel_upgrade(
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .body(Full::new(Bytes::new()))
-        .expect("static response")
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    resp
 }

@@ -13,7 +13,8 @@
 //! | --- | --- |
 //! | [`config`] | the TOML file, raw → validated by section |
 //! | [`state`] | [`Relay`], the shared state of a running relay |
-//! | [`server`] | [`run`], the accept loop, TLS and graceful drain |
+//! | [`server`] | [`run`], the accept loop, TLS and graceful drain, connection timeouts |
+//! | [`admission`] | caps: connections, unauthenticated ones per address, sessions per subject |
 //! | [`workers`] | the worker threads connections live on |
 //! | [`endpoints`] | the relay's own HTTP surface: discovery, catalog, health, tunnel upgrade |
 //! | [`auth`] | access-token validation against the provider's JWKS |
@@ -23,6 +24,7 @@
 //! | [`http`] | http services: the reverse proxy, as named phases |
 //! | [`backends`] | backend pools, balancing, affinity, health checks |
 //! | [`assertion`], [`audit`], [`tls`] | the signed identity assertion, audit lines, TLS setup |
+//! | [`text`] | client text made safe for headers and logs |
 //!
 //! [`run`] serves a pre-bound listener until `shutdown` resolves; the relay
 //! keeps no state another relay needs, so many can run behind a balancer.
@@ -30,6 +32,7 @@
 //! runtime per CPU, where each stays until it closes.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod assertion;
 pub mod audit;
 pub mod auth;
@@ -41,6 +44,7 @@ pub mod http;
 pub mod policy;
 pub mod server;
 pub mod state;
+pub mod text;
 pub mod tls;
 pub mod tunnel;
 pub mod workers;

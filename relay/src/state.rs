@@ -1,6 +1,6 @@
 //! [`Relay`]: the shared state of a running relay, built once from a
 //! validated config and handed (in an `Arc`) to every connection: config,
-//! token verifier, audit log, assertion signer, the runtime side of each
+//! token verifier, audit log, assertion signer, admission caps, the runtime side of each
 //! service (backend pools), and the shutdown signal sessions watch.
 //!
 //! The accept loop that serves it is [`crate::server`]'s.
@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Admission;
 use crate::auth::{KeySource, Verifier};
 use crate::config::{RelayConfig, ServiceKind};
 use crate::{assertion, audit, forward, http, RelayError};
@@ -21,6 +22,8 @@ pub struct Relay {
     pub verifier: Verifier,
     pub audit: audit::Audit,
     pub signer: assertion::Signer,
+    /// Connection, per-address and per-subject caps (`[limits]`).
+    pub admission: Admission,
     tcp_services: HashMap<String, forward::Pool>,
     http_services: HashMap<String, Arc<http::HttpService>>,
     shutdown: CancellationToken,
@@ -49,6 +52,7 @@ impl Relay {
         Ok(Self {
             verifier: Verifier::new(config.identity.clone(), source),
             signer: assertion::Signer::from_config(&config.assertion)?,
+            admission: Admission::new(&config.limits),
             config,
             audit,
             tcp_services,

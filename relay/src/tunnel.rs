@@ -4,6 +4,15 @@
 //! its control stream (`start_control`) → data streams until something
 //! ends the session (`accept_streams`) → goodbye and the audit line.
 //!
+//! A session that ends ends everything in it, whatever the agent does:
+//! every stream task is tracked and aborted, the goodbye is sent with a
+//! deadline (an agent that stopped reading its control stream cannot hold
+//! the session open), and the mux driver is aborted if it does not finish
+//! closing in time. Its streams are capped (`max_streams_per_session`; the
+//! excess is refused as "rate limited") and so is what it can make the
+//! relay buffer (`stream_receive_window_kib`, see
+//! [`gangway_transport::mux::bounded_config`]).
+//!
 //! Each data stream goes through the relay's phases in order
 //! (`serve_stream`): read the open header → authorize (service known,
 //! token still valid, group allowed: [`crate::policy`]) → for an http
@@ -23,17 +32,27 @@ use gangway_wire::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::audit::Event;
 use crate::auth::{now_unix, Identity};
 use crate::config::ServiceConfig;
 use crate::policy::{self, ServiceDenial};
-use crate::Relay;
+use crate::{text, Relay};
 
 /// How long an agent has to send its hello, control stream, or open header.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the goodbye may take to reach the agent, and the mux to close
+/// after it, before the session is cut regardless.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Refusals being written at once (beyond this, excess streams are reset
+/// without an answer); within the mux's slack above the stream cap.
+const MAX_REFUSING: usize = crate::config::limits::STREAM_SLACK / 2;
 
 /// Serves one upgraded WebSocket until the agent leaves, the relay shuts
 /// down, or the session's token expires without renewal.
@@ -47,9 +66,11 @@ pub async fn serve<S>(
 {
     let session = relay.next_session_id();
     let started = Instant::now();
-    let Some(hello) = handshake(&mut ws, &session).await else {
+    let Some(mut hello) = handshake(&mut ws, &session).await else {
         return;
     };
+    // Free text from the agent, bound for a log line and an audit line.
+    hello.agent = text::clean(&hello.agent).into_owned();
     relay.audit.record(&Event {
         event: "session_open",
         subject: Some(&identity.subject),
@@ -60,8 +81,13 @@ pub async fn serve<S>(
     });
     tracing::info!(%session, subject = %identity.subject, agent = %hello.agent, "session open");
 
-    let (opener, mut inbound, driver) = mux::start(WsByteStream::new(ws), Mode::Server);
-    let driver = tokio::spawn(driver);
+    let limits = &relay.config.limits;
+    let (opener, mut inbound, driver) = mux::start_with(
+        WsByteStream::new(ws),
+        Mode::Server,
+        mux::bounded_config(limits.mux_streams(), limits.stream_receive_window),
+    );
+    let mut driver = tokio::spawn(driver);
     let control = match handshake::accept_control(&mut inbound, HANDSHAKE_TIMEOUT).await {
         Ok(s) => s,
         Err(e) => {
@@ -72,9 +98,11 @@ pub async fn serve<S>(
     };
     let (identity_tx, identity_rx) = watch::channel(identity.clone());
     let control = start_control(&relay, control, identity_tx, &session);
+    let mut streams = Streams::new(limits.max_streams_per_session);
     let end = accept_streams(
         &relay,
         &mut inbound,
+        &mut streams,
         &identity_rx,
         &control.tx,
         &session,
@@ -82,15 +110,17 @@ pub async fn serve<S>(
     )
     .await;
 
-    if let Some((code, reason)) = end.goodbye {
-        let _ = control.tx.send(Control::Goodbye { code, reason }).await;
-        // Let the goodbye reach the agent before the session goes.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    control.stop();
+    control.say_goodbye(end.goodbye).await;
+    streams.end();
     drop(inbound);
     drop(opener);
-    let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+    if tokio::time::timeout(CLOSE_TIMEOUT, &mut driver)
+        .await
+        .is_err()
+    {
+        tracing::debug!(%session, "mux did not close in time; cutting the connection");
+        driver.abort();
+    }
     relay.audit.record(&Event {
         event: "session_close",
         subject: Some(&identity.subject),
@@ -149,10 +179,72 @@ struct ControlChannel {
 }
 
 impl ControlChannel {
-    fn stop(self) {
-        drop(self.tx);
-        self.reader.abort();
-        self.writer.abort();
+    /// Sends `goodbye` (if any) and stops both tasks. Bounded in time: if
+    /// the agent has stopped reading, the writer is stuck behind a full
+    /// stream window and the goodbye is dropped rather than awaited.
+    async fn say_goodbye(self, goodbye: Option<(RefusalCode, String)>) {
+        let ControlChannel {
+            tx,
+            mut writer,
+            reader,
+        } = self;
+        // The reader holds a sender too; once it is gone, dropping ours
+        // lets the writer finish when it has written what is queued.
+        reader.abort();
+        let _ = reader.await;
+        if let Some((code, reason)) = goodbye {
+            let _ = tx.try_send(Control::Goodbye { code, reason });
+        }
+        drop(tx);
+        if tokio::time::timeout(GOODBYE_TIMEOUT, &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+    }
+}
+
+/// The session's data streams: every task tracked, so that the session's
+/// end ends them; at most `max` served at once.
+struct Streams {
+    serving: JoinSet<()>,
+    refusing: JoinSet<()>,
+    max: usize,
+    /// Cancelled when the session ends: what a stream task started apart
+    /// from itself (an upgraded WebSocket's copy) stops with it.
+    ended: CancellationToken,
+}
+
+impl Streams {
+    fn new(max: usize) -> Self {
+        Self {
+            serving: JoinSet::new(),
+            refusing: JoinSet::new(),
+            max,
+            ended: CancellationToken::new(),
+        }
+    }
+
+    /// Forgets finished tasks.
+    fn reap(&mut self) {
+        while self.serving.try_join_next().is_some() {}
+        while self.refusing.try_join_next().is_some() {}
+    }
+
+    /// True when another stream may be served now.
+    fn has_room(&mut self) -> bool {
+        self.reap();
+        self.serving.len() < self.max
+    }
+
+    /// Ends every stream of the session now.
+    fn end(mut self) {
+        self.ended.cancel();
+        self.serving.abort_all();
+        self.refusing.abort_all();
+        // Dropping the sets aborts anything left, too.
+        self.reap();
     }
 }
 
@@ -193,6 +285,7 @@ struct End {
 async fn accept_streams(
     relay: &Arc<Relay>,
     inbound: &mut mpsc::UnboundedReceiver<Stream>,
+    streams: &mut Streams,
     identity_rx: &watch::Receiver<Identity>,
     ctl_tx: &mpsc::Sender<Control>,
     session: &str,
@@ -204,11 +297,33 @@ async fn accept_streams(
         let until_expiry = Duration::from_secs(expires_at.saturating_sub(now_unix())) + grace;
         tokio::select! {
             s = inbound.recv() => match s {
-                Some(stream) => {
-                    tokio::spawn(serve_stream(relay.clone(), stream, identity_rx.clone(), session.to_string(), peer.to_string()));
+                Some(stream) if streams.has_room() => {
+                    streams.serving.spawn(serve_stream(
+                        relay.clone(),
+                        stream,
+                        identity_rx.clone(),
+                        session.to_string(),
+                        peer.to_string(),
+                        streams.ended.clone(),
+                    ));
                 }
+                Some(stream) if streams.refusing.len() < MAX_REFUSING => {
+                    let identity = identity_rx.borrow().clone();
+                    streams.refusing.spawn(refuse_over_cap(
+                        relay.clone(),
+                        stream,
+                        identity,
+                        session.to_string(),
+                        peer.to_string(),
+                        streams.max,
+                    ));
+                }
+                // Dropped: yamux resets it.
+                Some(_) => tracing::debug!(%session, "stream flood; resetting"),
                 None => return End { reason: "agent closed", goodbye: None },
             },
+            // Keeps the sets small between new streams.
+            Some(_) = streams.serving.join_next(), if !streams.serving.is_empty() => {}
             _ = relay.shutdown().cancelled() => return End {
                 reason: "relay shutting down",
                 goodbye: Some((
@@ -355,6 +470,40 @@ impl Caller<'_> {
     }
 }
 
+/// A stream over `max_streams_per_session`: read its header (to audit the
+/// service it wanted), refuse it as rate limited.
+async fn refuse_over_cap(
+    relay: Arc<Relay>,
+    stream: Stream,
+    identity: Identity,
+    session: String,
+    peer: String,
+    max: usize,
+) {
+    let mut framed = FramedIo::new(stream);
+    let open = match tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.read(OpenStream::decode)).await
+    {
+        Ok(Ok(Some(open))) => open,
+        _ => return,
+    };
+    let caller = Caller {
+        relay: &relay,
+        identity: &identity,
+        session: &session,
+        peer: &peer,
+        service: &open.service,
+    };
+    let refusal = Refusal {
+        code: RefusalCode::RateLimited,
+        message: format!(
+            "this session has {max} streams open already (the relay's max_streams_per_session); close some connections and retry"
+        ),
+    };
+    caller
+        .refuse(&mut framed, refusal, &format!("over {max} streams"))
+        .await;
+}
+
 /// One data stream through the phases: open header → authorize → the
 /// service's kind takes it from there.
 async fn serve_stream(
@@ -363,6 +512,7 @@ async fn serve_stream(
     identity_rx: watch::Receiver<Identity>,
     session: String,
     peer: String,
+    ended: CancellationToken,
 ) {
     let identity = identity_rx.borrow().clone();
     let mut framed = FramedIo::new(stream);
@@ -413,6 +563,7 @@ async fn serve_stream(
                 identity: identity_rx,
                 session: session.clone(),
                 client_ip,
+                ended,
             };
             let io = gangway_transport::rewind::Rewind::new(early.freeze(), stream);
             crate::http::serve(ctx, io).await;

@@ -165,6 +165,11 @@ impl RelayProcess {
         format!("https://{}", self.addr)
     }
 
+    /// The relay's process id (e.g. to read its memory from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
     /// Audit lines written so far, parsed.
     pub fn audit(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.audit)

@@ -65,11 +65,47 @@ pub fn config() -> yamux::Config {
     cfg
 }
 
-/// Starts a session over `io`. Returns the opener, the inbound streams and
-/// the driver future, which the caller spawns; it ends when the session does.
+/// Starts a session over `io` with [`config`]. Returns the opener, the
+/// inbound streams and the driver future, which the caller spawns; it ends
+/// when the session does.
 pub fn start<T>(
     io: T,
     mode: Mode,
+) -> (
+    Opener,
+    mpsc::UnboundedReceiver<Stream>,
+    impl std::future::Future<Output = Result<(), MuxError>>,
+)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    start_with(io, mode, config())
+}
+
+/// Settings that bound what one session can make this side hold: at most
+/// `max_streams` streams, and a connection-wide receive window that gives
+/// every stream yamux's initial 256 KiB and lets one grow to
+/// `stream_window` (yamux auto-tunes a stream's window from 256 KiB up to
+/// what the connection window leaves). The relay uses this with its
+/// `[limits]`; the agent keeps [`config`].
+pub fn bounded_config(max_streams: usize, stream_window: usize) -> yamux::Config {
+    const BASE: usize = yamux::DEFAULT_CREDIT as usize;
+    let max_streams = max_streams.max(1);
+    let mut cfg = yamux::Config::default();
+    // Streams first: yamux checks window >= 256 KiB × streams on each set.
+    cfg.set_max_num_streams(max_streams);
+    cfg.set_max_connection_receive_window(Some(
+        max_streams * BASE + stream_window.saturating_sub(BASE),
+    ));
+    cfg.set_split_send_size(64 * 1024);
+    cfg
+}
+
+/// [`start`] with settings of the caller's, e.g. [`bounded_config`].
+pub fn start_with<T>(
+    io: T,
+    mode: Mode,
+    cfg: yamux::Config,
 ) -> (
     Opener,
     mpsc::UnboundedReceiver<Stream>,
@@ -82,7 +118,7 @@ where
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let corked = Corked::new(io);
     let socket = corked.clone();
-    let mut conn = yamux::Connection::new(corked, config(), mode);
+    let mut conn = yamux::Connection::new(corked, cfg, mode);
     let driver = async move {
         let mut pending: Option<OpenReply> = None;
         let mut openers_gone = false;

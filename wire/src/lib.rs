@@ -36,6 +36,8 @@ pub mod api;
 mod codec;
 pub mod control;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod open;
 pub mod refusal;

@@ -7,7 +7,7 @@
 //! - `raw.rs`: the file as written (serde, `deny_unknown_fields`, a doc
 //!   comment per key);
 //! - [`tls`], [`identity`], [`services`], [`http`] (a service's http-only
-//!   keys), [`assertion`]: each section's validated type with its
+//!   keys), [`assertion`], [`limits`]: each section's validated type with its
 //!   raw → validated conversion beside it.
 //!
 //! Every error names the file, the key and the reason, e.g.
@@ -15,8 +15,11 @@
 //! fixtures in `relay/tests/fixtures/invalid` each name the error they expect.
 
 pub mod assertion;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod identity;
+pub mod limits;
 mod raw;
 pub mod services;
 pub mod tls;
@@ -27,6 +30,7 @@ use std::path::{Path, PathBuf};
 pub use assertion::AssertionConfig;
 pub use http::{Balance, GitService, HealthConfig, HttpSettings, RouteConfig, RuleConfig};
 pub use identity::IdentityConfig;
+pub use limits::LimitsConfig;
 pub use services::{ServiceConfig, ServiceKind};
 pub use tls::TlsMode;
 
@@ -76,6 +80,8 @@ pub struct RelayConfig {
     pub audit_path: Option<PathBuf>,
     pub assertion: AssertionConfig,
     pub services: Vec<ServiceConfig>,
+    /// Timeouts and caps (`[limits]`).
+    pub limits: LimitsConfig,
 }
 
 impl RelayConfig {
@@ -111,6 +117,7 @@ impl RelayConfig {
             services: services::from_raw(raw.services, &src)?,
             assertion: AssertionConfig::from_raw(raw.assertion, &src)?,
             audit_path: raw.audit.path.as_deref().map(|p| src.resolve(p)),
+            limits: LimitsConfig::from_raw(raw.limits, &src)?,
         })
     }
 
@@ -164,6 +171,22 @@ mod tests {
         for f in files {
             RelayConfig::load(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         }
+    }
+
+    /// The fuzz corpus of the `config` target (`fuzz/corpus/config`), as
+    /// regression tests: no input there may panic.
+    #[test]
+    fn fuzz_corpus_replays_without_panic() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/config");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let bytes = std::fs::read(e.unwrap().path()).unwrap();
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                fuzzing::run(text);
+            }
+            n += 1;
+        }
+        assert!(n > 0, "empty corpus in {}", dir.display());
     }
 
     /// Each invalid fixture's first line is `# expect: <key>: <reason fragment>`.

@@ -31,6 +31,57 @@ pub(super) struct RawConfig {
     /// The services reachable through the relay.
     #[serde(default, rename = "service")]
     pub(super) services: Vec<RawService>,
+    /// Timeouts and caps that keep one client from holding the relay down.
+    #[serde(default)]
+    pub(super) limits: RawLimits,
+}
+
+/// `[limits]`: timeouts and caps, each with a default sized for a company
+/// relay (README, "Limits", says why each default is what it is).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLimits {
+    /// Seconds a new connection has to finish its TLS handshake.
+    pub(super) tls_handshake_timeout_secs: u64,
+    /// Seconds a client has to send a complete request head, counted from
+    /// when the connection starts waiting for it (hyper's header timer).
+    pub(super) request_header_timeout_secs: u64,
+    /// Seconds a non-tunnel HTTP connection may stay open with no request
+    /// in flight; at most `request_header_timeout_secs`.
+    pub(super) http_idle_timeout_secs: u64,
+    /// Connections open at once, all clients together; more are closed at
+    /// accept.
+    pub(super) max_connections: u64,
+    /// Connections from one client address that have not yet made an
+    /// authenticated request; more from that address are closed at accept.
+    pub(super) max_unauthenticated_per_address: u64,
+    /// Seconds of silence before the kernel probes a connection (TCP
+    /// keepalive), so tunnels to vanished laptops are found and closed.
+    pub(super) tcp_keepalive_secs: u64,
+    /// Streams one session may have open at once; more are refused with
+    /// "rate limited".
+    pub(super) max_streams_per_session: u64,
+    /// Tunnel sessions one subject may have open at once on this relay.
+    pub(super) max_sessions_per_subject: u64,
+    /// KiB the receive window of one stream may grow to (yamux auto-tunes
+    /// it from 256 KiB); bounds what a session can make the relay buffer.
+    pub(super) stream_receive_window_kib: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            tls_handshake_timeout_secs: 10,
+            request_header_timeout_secs: 10,
+            http_idle_timeout_secs: 10,
+            max_connections: 10_000,
+            max_unauthenticated_per_address: 64,
+            tcp_keepalive_secs: 60,
+            max_streams_per_session: 100,
+            max_sessions_per_subject: 8,
+            stream_receive_window_kib: 16 * 1024,
+        }
+    }
 }
 
 /// `[assertion]`: the identity assertion signed for http backends.

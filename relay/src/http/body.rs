@@ -22,22 +22,26 @@ pub fn empty() -> ProxyBody {
 }
 
 /// A short error page that names the service and the reason.
+/// Built without a fallible builder: no text can make it fail.
 pub fn page(status: StatusCode, text: &str) -> Response<ProxyBody> {
     let body = format!("Gangway: {text}\n");
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .header(
-            "x-gangway-error",
-            HeaderValue::from_str(&text.replace(['\r', '\n'], " "))
-                .unwrap_or(HeaderValue::from_static("error")),
-        )
-        .body(
-            Full::new(Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed(),
-        )
-        .expect("static response")
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        "x-gangway-error",
+        HeaderValue::from_str(&crate::text::header_safe(text))
+            .unwrap_or(HeaderValue::from_static("error")),
+    );
+    resp
 }
 
 /// A response body that keeps its backend's in-flight count until done.

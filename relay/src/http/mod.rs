@@ -111,6 +111,8 @@ pub struct StreamCtx {
     pub identity: watch::Receiver<Identity>,
     pub session: String,
     pub client_ip: String,
+    /// Cancelled when the session ends: an upgraded WebSocket's copy stops.
+    pub ended: tokio_util::sync::CancellationToken,
 }
 
 /// Serves HTTP/1.1 on one tunnel stream until the client closes it.

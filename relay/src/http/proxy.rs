@@ -97,7 +97,7 @@ async fn proxy(
     let route = authorize(ctx, identity, target)?;
     let mut up = prepare(ctx, identity, req, target, route);
     let sent = send_with_retry(&ctx.svc, reuse, ctx.svc.pool(route), &mut up).await?;
-    Ok(respond(&ctx.svc, up, sent))
+    Ok(respond(&ctx.svc, up, sent, &ctx.ended))
 }
 
 /// Why a request got an error page instead of the backend's answer.
@@ -345,7 +345,12 @@ fn upstream_host(cfg: &ServiceConfig, addr: &str) -> HeaderValue {
 }
 
 /// Phase 4: the answer as the client gets it; with the node's address.
-fn respond(svc: &HttpService, up: Upstream, sent: Sent) -> (Response<ProxyBody>, String) {
+fn respond(
+    svc: &HttpService,
+    up: Upstream,
+    sent: Sent,
+    ended: &tokio_util::sync::CancellationToken,
+) -> (Response<ProxyBody>, String) {
     let Sent {
         mut resp,
         backend,
@@ -355,7 +360,13 @@ fn respond(svc: &HttpService, up: Upstream, sent: Sent) -> (Response<ProxyBody>,
     let mut out = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = up.client_upgrade {
             let server = hyper::upgrade::on(&mut resp);
-            tokio::spawn(upstream::splice_upgraded(client, server, guard));
+            let ended = ended.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = upstream::splice_upgraded(client, server, guard) => {}
+                    _ = ended.cancelled() => {}
+                }
+            });
         }
         let (p, _) = resp.into_parts();
         Response::from_parts(p, empty())
