@@ -23,7 +23,9 @@ use gangway_tests::gangway::{
 use gangway_tests::peers::browser::Browser;
 use gangway_tests::peers::keychain::SecretService;
 use gangway_tests::peers::oidc::{DevicePoll, OidcProvider, CI_DEV, DEFAULT_AUDIENCE};
-use gangway_tests::peers::process::{assert_failure, assert_success, poll, Finished, Process};
+use gangway_tests::peers::process::{
+    assert_failure, assert_success, poll, startup_timeout, Finished, Process,
+};
 
 // ---------------------------------------------------------------- helpers
 
@@ -195,15 +197,21 @@ async fn refusals_reach_the_real_listener_as_403_page_and_closed_tcp() -> Result
         &services("\"admins\"", &http, &tcp),
     )?;
     let relay = RelayProcess::start(&config)?;
-    poll("the agent to reconnect", Duration::from_secs(30), || {
-        let connected = agent
-            .process
-            .stderr()
-            .iter()
-            .filter(|l| l.contains("tunnel connected"))
-            .count();
-        Ok((connected >= 2).then_some(()))
-    })
+    // The agent's backoff (up to 30 s between tries) runs while the relay
+    // restarts: allow two full steps, stretched by the machine's load.
+    poll(
+        "the agent to reconnect",
+        startup_timeout(Duration::from_secs(65)),
+        || {
+            let connected = agent
+                .process
+                .stderr()
+                .iter()
+                .filter(|l| l.contains("tunnel connected"))
+                .count();
+            Ok((connected >= 2).then_some(()))
+        },
+    )
     .await?;
 
     // http: the agent's own page, with the relay's reason.
