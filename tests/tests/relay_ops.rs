@@ -395,17 +395,20 @@ fn thread_names(pid: u32) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// `workers = 3` (more than this machine's CPUs, so not the default):
-/// the relay runs exactly three worker threads (named `relay-worker-N`),
-/// and sessions of several agents at once, spread over them, each carry
-/// their traffic. Without the key the relay runs one per CPU.
+/// `workers = N`, one more than this machine's CPUs (so not the
+/// default): the relay runs exactly N worker threads (named
+/// `relay-worker-0` …), and N + 1 agents' sessions at once, spread over
+/// them, each carry their traffic. Without the key the relay runs one per
+/// CPU.
 #[tokio::test(flavor = "multi_thread")]
 async fn workers_sets_the_number_of_worker_threads_serving_sessions() -> Result<()> {
     let setup = RelaySetup::new()?;
     let echo = EchoServer::start()?;
+    let cpus = std::thread::available_parallelism()?.get();
+    let n = cpus + 1;
     let mut relay = setup.relay_named(
-        "three",
-        "listen = \"127.0.0.1:0\"\nworkers = 3",
+        "n",
+        &format!("listen = \"127.0.0.1:0\"\nworkers = {n}"),
         &echo_service(&echo),
     )?;
     let workers = |pid: u32| -> Result<Vec<String>> {
@@ -421,15 +424,14 @@ async fn workers_sets_the_number_of_worker_threads_serving_sessions() -> Result<
             l.contains("worker threads started")
         })
         .await?;
-    assert!(started.contains("workers=3"), "{started}");
-    assert_eq!(
-        workers(relay.pid())?,
-        ["relay-worker-0", "relay-worker-1", "relay-worker-2"]
-    );
+    assert!(started.contains(&format!("workers={n}")), "{started}");
+    let mut want: Vec<String> = (0..n).map(|i| format!("relay-worker-{i}")).collect();
+    want.sort();
+    assert_eq!(workers(relay.pid())?, want);
 
-    // Four agents (four sessions, at least one per worker), all at once.
+    // N + 1 agents (as many sessions, at least one per worker), all at once.
     let mut agents = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..=n {
         agents.push(setup.agent(&relay, CI_DEV, &["echo"]).await?);
     }
     let data: Arc<Vec<u8>> = Arc::new((0..1 << 20).map(|i| (i % 251) as u8).collect());
@@ -446,7 +448,7 @@ async fn workers_sets_the_number_of_worker_threads_serving_sessions() -> Result<
         .iter()
         .filter(|e| e["event"] == "session_open")
         .count();
-    assert!(sessions >= 4, "{sessions} sessions opened");
+    assert!(sessions > n, "{sessions} sessions opened");
     for a in &mut agents {
         a.stop();
     }
@@ -459,7 +461,6 @@ async fn workers_sets_the_number_of_worker_threads_serving_sessions() -> Result<
             l.contains("worker threads started")
         })
         .await?;
-    let cpus = std::thread::available_parallelism()?.get();
     assert_eq!(workers(default.pid())?.len(), cpus);
     Ok(())
 }
