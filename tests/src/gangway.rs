@@ -262,6 +262,25 @@ impl RelaySetup {
         RelayProcess::start(&config)
     }
 
+    /// A relay whose config and audit file live in `dir`'s subdirectory
+    /// `name` (so several relays of one test keep theirs apart), with `top`
+    /// (raw TOML: `listen`, `workers`) instead of `listen = "127.0.0.1:0"`,
+    /// and `tables` (`[assertion]`, `[limits]`, `[[service]]` blocks, raw
+    /// TOML) at the end.
+    pub fn relay_named(&self, name: &str, top: &str, tables: &str) -> Result<RelayProcess> {
+        RelayProcess::start(&self.relay_config_named(name, top, tables)?)
+    }
+
+    /// The config [`RelaySetup::relay_named`] starts a relay with.
+    pub fn relay_config_named(&self, name: &str, top: &str, tables: &str) -> Result<PathBuf> {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir)?;
+        let path = relay_config_for_idp(&dir, &self.cert, &self.idp, tables)?;
+        let text = std::fs::read_to_string(&path)?.replacen("listen = \"127.0.0.1:0\"", top, 1);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
     /// `gangway up` against `relay` with a token issued to `client`,
     /// listening for `services`.
     pub async fn agent(
@@ -324,6 +343,13 @@ impl AgentProcess {
         for s in services {
             cmd.arg("--listen").arg(format!("{s}=127.0.0.1:0"));
         }
+        Self::spawn(cmd, services)
+    }
+
+    /// Runs `cmd` (a `gangway up` the caller set up, e.g. with
+    /// `GANGWAY_TOKEN` instead of a token file, and a `--listen` flag per
+    /// service) and waits for a listener for each of `services`.
+    pub fn spawn(mut cmd: Command, services: &[&str]) -> Result<Self> {
         let mut process = Process::spawn_captured("agent", &mut cmd)?;
         let mut listening = HashMap::new();
         for s in services {
