@@ -185,6 +185,23 @@ async fn refusals_reach_the_real_listener_as_403_page_and_closed_tcp() -> Result
         &env.env,
     )?;
 
+    // Its listeners are up before its tunnel: wait for the first session,
+    // so that the restart below makes the agent reconnect.
+    let tunnels = |agent: &AgentProcess| {
+        agent
+            .process
+            .stderr()
+            .iter()
+            .filter(|l| l.contains("tunnel connected"))
+            .count()
+    };
+    poll(
+        "the first tunnel",
+        startup_timeout(Duration::from_secs(30)),
+        || Ok((tunnels(&agent) >= 1).then_some(())),
+    )
+    .await?;
+
     // The administrator tightens the policy; the agent reconnects by itself
     // and keeps serving both listeners from the catalog it has.
     let port = relay.addr;
@@ -202,15 +219,7 @@ async fn refusals_reach_the_real_listener_as_403_page_and_closed_tcp() -> Result
     poll(
         "the agent to reconnect",
         startup_timeout(Duration::from_secs(65)),
-        || {
-            let connected = agent
-                .process
-                .stderr()
-                .iter()
-                .filter(|l| l.contains("tunnel connected"))
-                .count();
-            Ok((connected >= 2).then_some(()))
-        },
+        || Ok((tunnels(&agent) >= 2).then_some(())),
     )
     .await?;
 

@@ -267,7 +267,12 @@ impl Browser {
             let status = resp.status();
             let v: Value = resp.json().await?;
             let error = v["value"]["error"].as_str().unwrap_or_default();
-            if matches!(error, "stale element reference" | "no such element") {
+            // ChromeDriver may also answer a node detached mid-navigation
+            // with an "unknown error" naming it: gone all the same.
+            let detached = v["value"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("does not belong to the document"));
+            if matches!(error, "stale element reference" | "no such element") || detached {
                 return Ok(());
             }
             if !status.is_success() {
