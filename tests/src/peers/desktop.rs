@@ -101,13 +101,19 @@ impl Display {
             "true",
         ])
         .envs(env.iter().cloned())
-        .env("DISPLAY", &self.name)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        self.trayer = Some(Process::spawn("trayer", &mut cmd)?);
-        self.wait_until("trayer's window", || {
-            Ok(!self.windows_of_class("trayer")?.is_empty())
+        .env("DISPLAY", &self.name);
+        // Its output is kept: when its window does not come, it says why
+        // (or that it exited).
+        let mut trayer = Process::spawn_captured("trayer", &mut cmd)?;
+        let what = format!("trayer's window on {}", self.name);
+        let shown = blocking_poll(&what, startup_timeout(START_TIMEOUT), || {
+            trayer.check_alive()?;
+            let windows = self.windows_of_class("trayer").unwrap_or_default();
+            Ok((!windows.is_empty()).then_some(()))
         })
+        .with_context(|| format!("trayer's output:\n{}", trayer.output()));
+        self.trayer = Some(trayer);
+        shown
     }
 
     fn wait_until(&self, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
