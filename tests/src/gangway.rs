@@ -232,6 +232,16 @@ impl RelayProcess {
     }
 }
 
+/// A `[[service]]` block (raw TOML) for an http service `name` on
+/// `local_port` with these backends, then the `extra` lines (more keys,
+/// then sub-tables such as `[service.health]` or `[[service.rule]]`).
+pub fn http_service(name: &str, local_port: u16, backends: &[SocketAddr], extra: &str) -> String {
+    let backends: Vec<String> = backends.iter().map(ToString::to_string).collect();
+    format!(
+        "\n[[service]]\nname = {name:?}\nkind = \"http\"\nlocal_port = {local_port}\nbackends = {backends:?}\n{extra}\n"
+    )
+}
+
 /// A relay config trusting the test identity provider `idp` (no leeway),
 /// with the given `[[service]]` blocks (raw TOML), audit lines to
 /// `dir/audit.jsonl`; written to `dir/relay.toml`.
