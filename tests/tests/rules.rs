@@ -425,29 +425,18 @@ async fn synchrony_keeps_the_page_node() -> Result<()> {
     ];
     let other = ConfluenceNode::start("bb1")?;
     let (echo, _echo_task) = ws_echo().await?;
-    let svc = format!(
-        r#"
-[[service]]
-name = "confluence"
-kind = "http"
-local_port = 8090
-backends = ["{}", "{}"]
-affinity_cookie = "GANGWAY_ROUTE"
+    let affinity = r#"affinity_cookie = "GANGWAY_ROUTE""#;
+    let svc = http_service(
+        "confluence",
+        8090,
+        &[nodes[0].addr(), nodes[1].addr()],
+        &format!(
+            r#"{affinity}
 [[service.route]]
 prefix = "/synchrony"
-backends = ["{echo}"]
-
-[[service]]
-name = "bitbucket"
-kind = "http"
-local_port = 7990
-backends = ["{}"]
-affinity_cookie = "GANGWAY_ROUTE"
-"#,
-        nodes[0].addr(),
-        nodes[1].addr(),
-        other.addr()
-    );
+backends = ["{echo}"]"#
+        ),
+    ) + &http_service("bitbucket", 7990, &[other.addr()], affinity);
     let relay = s.relay(&svc)?;
     let agent = s
         .agent(&relay, CI_DEV, &["confluence", "bitbucket"])
