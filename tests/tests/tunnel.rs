@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use gangway_tests::gangway::{
-    write_relay_config, AgentProcess, CountingBackend, IdentitySpec, RelayProcess, ServiceSpec,
-    TestCert,
+    write_relay_config, AgentProcess, CountingBackend, IdentitySpec, RelayProcess, RelaySetup,
+    ServiceSpec, TestCert,
 };
 use gangway_tests::peers::git::{self, GitDaemon, GitHttpServer, RepoFixture};
 use gangway_tests::peers::oidc::{OidcProvider, CI_DEV, CI_READONLY, DEFAULT_AUDIENCE};
@@ -176,10 +176,8 @@ async fn stream_refusals_are_typed_and_never_reach_the_backend() -> Result<()> {
     use gangway_agent::AgentError;
     use gangway_wire::{RefusalCode, Token};
 
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
+    let RelaySetup { idp, cert, dir } = RelaySetup::new()?;
     let backend = CountingBackend::start()?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
     let relay = start_relay(
         dir.path(),
         &cert,
@@ -258,9 +256,7 @@ async fn stream_refusals_are_typed_and_never_reach_the_backend() -> Result<()> {
 /// instead of hanging.
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_http_stream_answers_with_the_reason() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
+    let RelaySetup { idp, cert, dir } = RelaySetup::new()?;
     // A backend that is down: the relay cannot reach it.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let relay = start_relay(
