@@ -478,22 +478,15 @@ async fn measure_http(path: &RunningPath, args: &Args, results: &mut Results) {
         let cpu0 = tunnel_cpu(path, results);
         match load::wrk(&url, conns, args.secs).await {
             Ok(r) => {
-                let per_req = cpu_used(path, results, cpu0)
-                    .filter(|_| r.requests > 0)
-                    .map(|c| c * 1e6 / r.requests as f64);
+                let per_req = cpu_per_op(path, results, cpu0, r.requests, cpu);
                 eprintln!(
                     "  {:<9} wrk -c{conns}{what}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms{}",
                     kind.label(),
                     r.requests_per_sec,
                     r.p50_ms,
                     r.p99_ms,
-                    per_req
-                        .map(|c| format!(", tunnel CPU {c:.1} µs/req"))
-                        .unwrap_or_default()
+                    cpu_note(per_req, "req")
                 );
-                if let Some(c) = per_req {
-                    results.add(cpu, kind, c);
-                }
                 results.add(rps, kind, r.requests_per_sec);
                 results.add(p50, kind, r.p50_ms);
                 results.add(p99, kind, r.p99_ms);
@@ -517,22 +510,15 @@ async fn measure_conns(path: &RunningPath, args: &Args, results: &mut Results) {
         let cpu0 = tunnel_cpu(path, results);
         match load::conn_rate(a.echo, workers, limit, args.max_conns).await {
             Ok(r) => {
-                let per_conn = cpu_used(path, results, cpu0)
-                    .filter(|_| r.completed > 0)
-                    .map(|c| c * 1e6 / r.completed as f64);
+                let per_conn = cpu_per_op(path, results, cpu0, r.completed, cpu);
                 eprintln!(
                     "  {:<9} new conns x{workers}: {:.0}/s ({} done, {} errors){}",
                     kind.label(),
                     r.per_sec,
                     r.completed,
                     r.errors,
-                    per_conn
-                        .map(|c| format!(", tunnel CPU {c:.1} µs/conn"))
-                        .unwrap_or_default()
+                    cpu_note(per_conn, "conn")
                 );
-                if let Some(c) = per_conn {
-                    results.add(cpu, kind, c);
-                }
                 results.add(figure, kind, r.per_sec);
                 if r.errors > 0 {
                     results.error(kind, format!("new conns x{workers}: {} errors", r.errors));
@@ -585,6 +571,31 @@ fn tunnel_cpu(path: &RunningPath, results: &mut Results) -> Option<f64> {
 /// CPU seconds the tunnel processes used since `before`.
 fn cpu_used(path: &RunningPath, results: &mut Results, before: Option<f64>) -> Option<f64> {
     Some(tunnel_cpu(path, results)? - before?)
+}
+
+/// The tunnel's CPU µs per operation since `before`, over `ops` operations
+/// (none when there were none), recorded as `figure`.
+fn cpu_per_op(
+    path: &RunningPath,
+    results: &mut Results,
+    before: Option<f64>,
+    ops: u64,
+    figure: Figure,
+) -> Option<f64> {
+    let per_op = cpu_used(path, results, before)
+        .filter(|_| ops > 0)
+        .map(|c| c * 1e6 / ops as f64);
+    if let Some(c) = per_op {
+        results.add(figure, path.kind, c);
+    }
+    per_op
+}
+
+/// `, tunnel CPU N µs/<unit>`, or nothing without a figure.
+fn cpu_note(per_op: Option<f64>, unit: &str) -> String {
+    per_op
+        .map(|c| format!(", tunnel CPU {c:.1} µs/{unit}"))
+        .unwrap_or_default()
 }
 
 fn record_rss(path: &RunningPath, results: &mut Results, client: Figure, server: Figure) {

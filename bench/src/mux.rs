@@ -392,22 +392,18 @@ pub async fn run_kind(kind: Kind, settings: &Settings, server: &Handle) -> anyho
             (figures.single_gbps, figures.single_cpu_per_gb) = bulk(settings.bulk, 1, one).await?;
             (figures.multi_gbps, figures.multi_cpu_per_gb) =
                 bulk(settings.multi, settings.streams, one).await?;
-            let cpu0 = cpu_now()?;
-            let deadline = Instant::now() + settings.echo;
-            let start = Instant::now();
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                let mut s = opener.open().await?;
+            let opener_ref = &opener;
+            (figures.echo_per_sec, figures.echo_cpu_us) = echo_rate(settings.echo, || async move {
+                let mut s = opener_ref.open().await?;
                 s.write_all(b"Ex").await?;
                 s.flush().await?;
                 let mut b = [0u8; 1];
                 s.read_exact(&mut b).await?;
                 ensure!(&b == b"x", "yamux echo mismatch");
                 s.shutdown().await?;
-                n += 1;
-            }
-            figures.echo_per_sec = Some(n as f64 / start.elapsed().as_secs_f64());
-            figures.echo_cpu_us = Some((cpu_now()? - cpu0) * 1e6 / n as f64);
+                Ok(())
+            })
+            .await?;
             drop(opener);
             driver.abort();
         }
@@ -426,21 +422,37 @@ pub async fn run_kind(kind: Kind, settings: &Settings, server: &Handle) -> anyho
             (figures.single_gbps, figures.single_cpu_per_gb) = bulk(settings.bulk, 1, one).await?;
             (figures.multi_gbps, figures.multi_cpu_per_gb) =
                 bulk(settings.multi, settings.streams, one).await?;
-            let cpu0 = cpu_now()?;
-            let deadline = Instant::now() + settings.echo;
-            let start = Instant::now();
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                h2_echo(client.clone()).await?;
-                n += 1;
-            }
-            figures.echo_per_sec = Some(n as f64 / start.elapsed().as_secs_f64());
-            figures.echo_cpu_us = Some((cpu_now()? - cpu0) * 1e6 / n as f64);
+            (figures.echo_per_sec, figures.echo_cpu_us) =
+                echo_rate(settings.echo, || h2_echo(client.clone())).await?;
             drop(client);
             conn.abort();
         }
     }
     Ok(figures)
+}
+
+/// Runs `echo` (one stream opened, one byte there and back) over and over
+/// for `secs`: echoes a second, and the CPU µs the process spent on each.
+async fn echo_rate<F, Fut>(
+    secs: Duration,
+    mut echo: F,
+) -> anyhow::Result<(Option<f64>, Option<f64>)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let cpu0 = cpu_now()?;
+    let deadline = Instant::now() + secs;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        echo().await?;
+        n += 1;
+    }
+    Ok((
+        Some(n as f64 / start.elapsed().as_secs_f64()),
+        Some((cpu_now()? - cpu0) * 1e6 / n as f64),
+    ))
 }
 
 /// Runs `streams` senders until `secs` from now: aggregate Gbit/s of the

@@ -110,49 +110,26 @@ jwks_file = "{jwks}"
 
 [audit]
 path = "{audit}"
-
-[[service]]
-name = "web"
-kind = "tcp"
-local_port = 8080
-backends = ["{web}"]
-
-[[service]]
-name = "web-http"
-kind = "http"
-local_port = 8081
-backends = ["{web}"]
-
-[[service]]
-name = "iperf"
-kind = "tcp"
-local_port = 5201
-backends = ["{iperf}"]
-
-[[service]]
-name = "echo"
-kind = "tcp"
-local_port = 7007
-backends = ["{echo}"]
 "#,
         cert = creds.cert.display(),
         key = creds.key.display(),
         jwks = creds.jwks.display(),
         audit = dir.join("audit.jsonl").display(),
-        web = upstream.web,
-        iperf = upstream.iperf,
-        echo = upstream.echo,
     );
-    if let Some(git) = upstream.git {
-        config.push_str(&format!(
-            r#"
-[[service]]
-name = "git"
-kind = "http"
-local_port = 7990
-backends = ["{git}"]
-"#
-        ));
+    for (name, kind, local_port, backend) in [
+        ("web", "tcp", 8080, Some(upstream.web)),
+        ("web-http", "http", 8081, Some(upstream.web)),
+        ("iperf", "tcp", 5201, Some(upstream.iperf)),
+        ("echo", "tcp", 7007, Some(upstream.echo)),
+        // The git server, if any, is carried as Bitbucket is.
+        ("git", "http", 7990, upstream.git),
+    ] {
+        if let Some(backend) = backend {
+            config.push_str(&format!(
+                "\n[[service]]\nname = \"{name}\"\nkind = \"{kind}\"\n\
+                 local_port = {local_port}\nbackends = [\"{backend}\"]\n"
+            ));
+        }
     }
     let config_path = dir.join("relay.toml");
     std::fs::write(&config_path, config)?;

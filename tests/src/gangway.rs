@@ -16,6 +16,33 @@ use tempfile::TempDir;
 use crate::peers::oidc::{OidcProvider, DEFAULT_AUDIENCE};
 use crate::peers::process::{startup_timeout, Process};
 
+/// `gangway ARGS…` for a test that sets its own environment on top: `info`
+/// logs, and none of the caller's token, control socket or display.
+pub fn gangway_command(args: &[&str]) -> Result<Command> {
+    let mut cmd = Command::new(bin_path("gangway")?);
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("GANGWAY_TOKEN")
+        .env_remove("GANGWAY_CONTROL_SOCKET")
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY");
+    Ok(cmd)
+}
+
+/// Starts `cmd` (a `gangway login --device`); returns it and the
+/// verification URL it printed, within 20 s.
+pub async fn start_device_login(cmd: Command) -> Result<(Process, String)> {
+    let mut login = Process::spawn_captured("gangway login --device", cmd)?;
+    let url = login
+        .wait_line("the verification URL", Duration::from_secs(20), |l| {
+            l.trim_start().starts_with("http://")
+        })
+        .await?
+        .trim()
+        .to_string();
+    Ok((login, url))
+}
+
 /// Path of a binary built from this workspace, next to the test executable's
 /// `deps/` directory (`cargo build --workspace` or the test command builds it).
 pub fn bin_path(name: &str) -> Result<PathBuf> {
@@ -203,6 +230,16 @@ impl RelayProcess {
     pub fn kill(&mut self) {
         self.process.stop();
     }
+}
+
+/// A `[[service]]` block (raw TOML) for an http service `name` on
+/// `local_port` with these backends, then the `extra` lines (more keys,
+/// then sub-tables such as `[service.health]` or `[[service.rule]]`).
+pub fn http_service(name: &str, local_port: u16, backends: &[SocketAddr], extra: &str) -> String {
+    let backends: Vec<String> = backends.iter().map(ToString::to_string).collect();
+    format!(
+        "\n[[service]]\nname = {name:?}\nkind = \"http\"\nlocal_port = {local_port}\nbackends = {backends:?}\n{extra}\n"
+    )
 }
 
 /// A relay config trusting the test identity provider `idp` (no leeway),

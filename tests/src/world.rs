@@ -14,7 +14,7 @@ use anyhow::Result;
 use tempfile::TempDir;
 
 use crate::gangway::{
-    bin_path, write_relay_config, IdentitySpec, RelayProcess, ServiceSpec, TestCert,
+    gangway_command, write_relay_config, IdentitySpec, RelayProcess, ServiceSpec, TestCert,
 };
 use crate::peers::browser::Browser;
 use crate::peers::desktop::{EchoServer, HttpStub};
@@ -153,14 +153,8 @@ impl World {
 
     /// `gangway ARGS…` with the world's environment.
     pub fn gangway(&self, args: &[&str]) -> Result<Command> {
-        let mut cmd = Command::new(bin_path("gangway")?);
-        cmd.args(args)
-            .envs(self.env())
-            .env("RUST_LOG", "info")
-            .env_remove("GANGWAY_TOKEN")
-            .env_remove("GANGWAY_CONTROL_SOCKET")
-            .env_remove("DISPLAY")
-            .env_remove("WAYLAND_DISPLAY");
+        let mut cmd = gangway_command(args)?;
+        cmd.envs(self.env());
         Ok(cmd)
     }
 

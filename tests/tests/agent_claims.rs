@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use gangway_tests::gangway::{
-    bin_path, relay_config_for_idp, AgentProcess, CountingBackend, RelayProcess, TestCert,
+    bin_path, gangway_command, relay_config_for_idp, start_device_login, AgentProcess,
+    CountingBackend, RelayProcess, TestCert,
 };
 use gangway_tests::peers::browser::Browser;
 use gangway_tests::peers::keychain::SecretService;
@@ -32,33 +33,59 @@ use gangway_tests::peers::process::{
 /// An http `bitbucket` and a tcp `bitbucket-ssh`, both for `groups`, each
 /// on its own counting backend.
 fn services(groups: &str, http: &CountingBackend, tcp: &CountingBackend) -> String {
-    format!(
-        r#"
+    let service = |name: &str, display: &str, kind: &str, backend: SocketAddr| {
+        format!(
+            r#"
 [[service]]
-name = "bitbucket"
-display_name = "Bitbucket"
-kind = "http"
+name = "{name}"
+display_name = "{display}"
+kind = "{kind}"
 local_port = 0
-backends = ["{http}"]
+backends = ["{backend}"]
 allow_groups = [{groups}]
 connect_timeout_secs = 3
-
-[[service]]
-name = "bitbucket-ssh"
-display_name = "Bitbucket SSH"
-kind = "tcp"
-local_port = 0
-backends = ["{tcp}"]
-allow_groups = [{groups}]
-connect_timeout_secs = 3
-"#,
-        http = http.addr,
-        tcp = tcp.addr,
-    )
+"#
+        )
+    };
+    service("bitbucket", "Bitbucket", "http", http.addr)
+        + &service("bitbucket-ssh", "Bitbucket SSH", "tcp", tcp.addr)
 }
 
 /// Writes the relay config for `services` into `dir`, listening on
 /// `listen` (port 0, or the port of a relay to replace).
+/// A relay (on any port, config in `dir`) serving [`services`] to
+/// developers, and an agent with a CI token and `extra_args` serving both
+/// through it, in its own [`AgentEnv`].
+async fn developers_relay_and_agent(
+    dir: &Path,
+    cert: &TestCert,
+    idp: &OidcProvider,
+    http: &CountingBackend,
+    tcp: &CountingBackend,
+    extra_args: &[&str],
+) -> Result<(RelayProcess, AgentEnv, AgentProcess)> {
+    let config = relay_config(
+        dir,
+        cert,
+        idp,
+        "127.0.0.1:0".parse()?,
+        &services("\"developers\"", http, tcp),
+    )?;
+    let relay = RelayProcess::start(&config)?;
+    let token = dir.join("ci-dev.token");
+    std::fs::write(&token, idp.client_credentials_token(CI_DEV).await?)?;
+    let env = AgentEnv::new()?;
+    let agent = AgentProcess::start_with_env(
+        &relay.url(),
+        &cert.cert,
+        &token,
+        &["bitbucket", "bitbucket-ssh"],
+        extra_args,
+        &env.env,
+    )?;
+    Ok((relay, env, agent))
+}
+
 fn relay_config(
     dir: &Path,
     cert: &TestCert,
@@ -164,26 +191,8 @@ async fn refusals_reach_the_real_listener_as_403_page_and_closed_tcp() -> Result
     let tcp = CountingBackend::start()?;
     let cert = TestCert::new()?;
     let dir = tempfile::tempdir()?;
-    let loopback0: SocketAddr = "127.0.0.1:0".parse()?;
-    let config = relay_config(
-        dir.path(),
-        &cert,
-        &idp,
-        loopback0,
-        &services("\"developers\"", &http, &tcp),
-    )?;
-    let mut relay = RelayProcess::start(&config)?;
-    let token = dir.path().join("ci-dev.token");
-    std::fs::write(&token, idp.client_credentials_token(CI_DEV).await?)?;
-    let env = AgentEnv::new()?;
-    let mut agent = AgentProcess::start_with_env(
-        &relay.url(),
-        &cert.cert,
-        &token,
-        &["bitbucket", "bitbucket-ssh"],
-        &[],
-        &env.env,
-    )?;
+    let (mut relay, env, mut agent) =
+        developers_relay_and_agent(dir.path(), &cert, &idp, &http, &tcp, &[]).await?;
 
     // Its listeners are up before its tunnel: wait for the first session,
     // so that the restart below makes the agent reconnect.
@@ -320,25 +329,15 @@ async fn connect_wait_running_out_is_a_502_page_and_a_closed_tcp_connection() ->
     let tcp = CountingBackend::start()?;
     let cert = TestCert::new()?;
     let dir = tempfile::tempdir()?;
-    let config = relay_config(
+    let (mut relay, _env, mut agent) = developers_relay_and_agent(
         dir.path(),
         &cert,
         &idp,
-        "127.0.0.1:0".parse()?,
-        &services("\"developers\"", &http, &tcp),
-    )?;
-    let mut relay = RelayProcess::start(&config)?;
-    let token = dir.path().join("ci-dev.token");
-    std::fs::write(&token, idp.client_credentials_token(CI_DEV).await?)?;
-    let env = AgentEnv::new()?;
-    let mut agent = AgentProcess::start_with_env(
-        &relay.url(),
-        &cert.cert,
-        &token,
-        &["bitbucket", "bitbucket-ssh"],
+        &http,
+        &tcp,
         &["--connect-wait", "2"],
-        &env.env,
-    )?;
+    )
+    .await?;
     agent
         .process
         .wait_line("tunnel connected", Duration::from_secs(20), |l| {
@@ -418,34 +417,17 @@ impl DeviceSetup {
     }
 
     fn gangway(&self, args: &[&str]) -> Result<Command> {
-        let mut cmd = Command::new(bin_path("gangway")?);
-        cmd.args(args)
-            .args(["--relay", &self.relay.url(), "--ca-file"])
+        let mut cmd = gangway_command(args)?;
+        cmd.args(["--relay", &self.relay.url(), "--ca-file"])
             .arg(&self.cert.cert)
             .envs(self.keychain.env())
-            .env("BROWSER", "/bin/false")
-            .env("RUST_LOG", "info")
-            .env_remove("GANGWAY_TOKEN")
-            .env_remove("GANGWAY_CONTROL_SOCKET")
-            .env_remove("DISPLAY")
-            .env_remove("WAYLAND_DISPLAY");
+            .env("BROWSER", "/bin/false");
         Ok(cmd)
     }
 
     /// Starts `gangway login --device`; returns it and the URL it printed.
     async fn login(&self) -> Result<(Process, String)> {
-        let mut login = Process::spawn_captured(
-            "gangway login --device",
-            self.gangway(&["login", "--device"])?,
-        )?;
-        let url = login
-            .wait_line("the verification URL", Duration::from_secs(20), |l| {
-                l.trim_start().starts_with("http://")
-            })
-            .await?
-            .trim()
-            .to_string();
-        Ok((login, url))
+        start_device_login(self.gangway(&["login", "--device"])?).await
     }
 
     /// The refresh token stored for the relay (read with `secret-tool`).

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::{SinkExt, StreamExt};
-use gangway_tests::gangway::RelaySetup;
+use gangway_tests::gangway::{http_service, RelaySetup};
 use gangway_tests::peers::git::{self, GitHttpServer, RepoFixture};
 use gangway_tests::peers::nginx::ConfluenceNode;
 use gangway_tests::peers::oidc::{CI_DEV, CI_READONLY};
@@ -24,24 +24,18 @@ async fn two_git_nodes_failover_and_read_only_push_refused() -> Result<()> {
     let repos = RepoFixture::create("demo")?;
     let mut node1 = GitHttpServer::start(repos.root())?;
     let node2 = GitHttpServer::start(repos.root())?;
-    let relay = s.relay(&format!(
-        r#"
-[[service]]
-name = "bitbucket"
-kind = "http"
-local_port = 7990
-backends = ["{}", "{}"]
-allow_groups = ["developers", "readers"]
+    let relay = s.relay(&http_service(
+        "bitbucket",
+        7990,
+        &[node1.addr(), node2.addr()],
+        r#"allow_groups = ["developers", "readers"]
 [service.health]
 path = "/scm/demo.git/info/refs"
 interval_secs = 1
 [[service.rule]]
 path_contains = "git-receive-pack"
 allow_groups = ["developers"]
-reason = "pushing needs the developers group"
-"#,
-        node1.addr(),
-        node2.addr()
+reason = "pushing needs the developers group""#,
     ))?;
     let dev = s.agent(&relay, CI_DEV, &["bitbucket"]).await?;
     let url = format!("http://{}/scm/demo.git", dev.addr("bitbucket"));
@@ -312,19 +306,16 @@ async fn synchrony_websocket_passes_through() -> Result<()> {
     let s = RelaySetup::new()?;
     let node = ConfluenceNode::start("node1")?;
     let echo = ws_echo().await?;
-    let relay = s.relay(&format!(
-        r#"
-[[service]]
-name = "confluence"
-kind = "http"
-local_port = 8090
-backends = ["{}"]
-affinity_cookie = "GANGWAY_ROUTE"
+    let relay = s.relay(&http_service(
+        "confluence",
+        8090,
+        &[node.addr()],
+        &format!(
+            r#"affinity_cookie = "GANGWAY_ROUTE"
 [[service.route]]
 prefix = "/synchrony"
-backends = ["{echo}"]
-"#,
-        node.addr()
+backends = ["{echo}"]"#
+        ),
     ))?;
     let agent = s.agent(&relay, CI_DEV, &["confluence"]).await?;
     let tcp = tokio::net::TcpStream::connect(agent.addr("confluence")).await?;

@@ -34,6 +34,27 @@ use tokio_tungstenite::tungstenite::Message;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+/// What every test here starts with: a provider whose tokens live
+/// `token_secs`, a sink, and a relay for both with the `[limits]` lines
+/// given (its config in the returned directory).
+async fn setup(
+    token_secs: u64,
+    limits: &str,
+) -> Result<(
+    OidcProvider,
+    Sink,
+    TestCert,
+    tempfile::TempDir,
+    RelayProcess,
+)> {
+    let idp = OidcProvider::start(DEFAULT_AUDIENCE, token_secs)?;
+    let sink = Sink::start().await?;
+    let cert = TestCert::new()?;
+    let dir = tempfile::tempdir()?;
+    let relay = relay(dir.path(), &cert, &idp, sink.addr, limits)?;
+    Ok((idp, sink, cert, dir, relay))
+}
+
 /// A relay for `idp` with one tcp service `sink` (to `sink`) and the
 /// `[limits]` lines given; the config and audit live in `dir`.
 fn relay(
@@ -233,17 +254,11 @@ impl RawAgent {
 /// timeout, while a real client is served meanwhile.
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_connections_that_never_start_tls_are_closed() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
-    let sink = Sink::start().await?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
-    let relay = relay(
-        dir.path(),
-        &cert,
-        &idp,
-        sink.addr,
+    let (idp, _sink, cert, _dir, relay) = setup(
+        60,
         "tls_handshake_timeout_secs = 1\nmax_unauthenticated_per_address = 100",
-    )?;
+    )
+    .await?;
     let token = idp.client_credentials_token(CI_DEV).await?;
     let http = https(&cert)?;
 
@@ -274,17 +289,13 @@ async fn idle_connections_that_never_start_tls_are_closed() -> Result<()> {
 /// they go.
 #[tokio::test(flavor = "multi_thread")]
 async fn unauthenticated_connections_per_address_are_capped() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
-    let sink = Sink::start().await?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
-    let relay = relay(
-        dir.path(),
-        &cert,
-        &idp,
-        sink.addr,
-        "max_unauthenticated_per_address = 5\ntls_handshake_timeout_secs = 30\nrequest_header_timeout_secs = 30",
-    )?;
+    let (idp, _sink, cert, _dir, relay) = setup(
+        60,
+        "max_unauthenticated_per_address = 5\n\
+         tls_handshake_timeout_secs = 30\n\
+         request_header_timeout_secs = 30",
+    )
+    .await?;
     let token = idp.client_credentials_token(CI_DEV).await?;
 
     let mut held = Vec::new();
@@ -329,11 +340,7 @@ async fn unauthenticated_connections_per_address_are_capped() -> Result<()> {
 /// reach a header), no panic, and the relay keeps serving.
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_alg_is_refused_without_a_panic() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
-    let sink = Sink::start().await?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
-    let relay = relay(dir.path(), &cert, &idp, sink.addr, "")?;
+    let (idp, _sink, cert, _dir, relay) = setup(60, "").await?;
     let good = idp.client_credentials_token(CI_DEV).await?;
     let http = https(&cert)?;
     let payload = good.split('.').nth(1).context("payload")?;
@@ -370,11 +377,7 @@ async fn malformed_alg_is_refused_without_a_panic() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn session_that_never_reads_is_cut_with_its_streams_at_expiry() -> Result<()> {
     // Tokens live 4 s; leeway 0.
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 4)?;
-    let mut sink = Sink::start().await?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
-    let relay = relay(dir.path(), &cert, &idp, sink.addr, "")?;
+    let (idp, mut sink, cert, _dir, relay) = setup(4, "").await?;
     let token = idp.client_credentials_token(CI_DEV).await?;
     let claims: serde_json::Value =
         serde_json::from_slice(&B64.decode(token.split('.').nth(1).context("payload")?)?)?;
@@ -439,17 +442,7 @@ async fn session_that_never_reads_is_cut_with_its_streams_at_expiry() -> Result<
 /// when one closes there is room again.
 #[tokio::test(flavor = "multi_thread")]
 async fn streams_beyond_the_cap_get_a_typed_refusal() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
-    let mut sink = Sink::start().await?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
-    let relay = relay(
-        dir.path(),
-        &cert,
-        &idp,
-        sink.addr,
-        "max_streams_per_session = 3",
-    )?;
+    let (idp, mut sink, cert, _dir, relay) = setup(60, "max_streams_per_session = 3").await?;
     let token = idp.client_credentials_token(CI_DEV).await?;
     let agent = RawAgent::connect(&relay, &cert, &token).await?;
 
@@ -495,11 +488,7 @@ async fn streams_beyond_the_cap_get_a_typed_refusal() -> Result<()> {
 /// keep working.
 #[tokio::test(flavor = "multi_thread")]
 async fn provider_outage_is_503_not_a_sign_out() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
-    let sink = Sink::start().await?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
-    let relay = relay(dir.path(), &cert, &idp, sink.addr, "")?;
+    let (idp, _sink, cert, _dir, relay) = setup(60, "").await?;
     let good = idp.client_credentials_token(CI_DEV).await?;
     let http = https(&cert)?;
     // The relay fetches and caches the provider's keys.
@@ -552,17 +541,7 @@ async fn provider_outage_is_503_not_a_sign_out() -> Result<()> {
 /// upgrade is 429 with the reason, and room comes back when one ends.
 #[tokio::test(flavor = "multi_thread")]
 async fn sessions_per_subject_are_capped() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
-    let sink = Sink::start().await?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
-    let relay = relay(
-        dir.path(),
-        &cert,
-        &idp,
-        sink.addr,
-        "max_sessions_per_subject = 1",
-    )?;
+    let (idp, _sink, cert, _dir, relay) = setup(60, "max_sessions_per_subject = 1").await?;
     let token = idp.client_credentials_token(CI_DEV).await?;
     let first = RawAgent::connect(&relay, &cert, &token).await?;
     let second = RawAgent::connect(&relay, &cert, &token).await;
@@ -603,17 +582,11 @@ fn rss_kib(pid: u32) -> Result<u64> {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore]
 async fn rss_per_idle_session_and_with_1000_streams() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 300)?;
-    let mut sink = Sink::start().await?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
-    let relay = relay(
-        dir.path(),
-        &cert,
-        &idp,
-        sink.addr,
+    let (idp, mut sink, cert, _dir, relay) = setup(
+        300,
         "max_sessions_per_subject = 64\nmax_streams_per_session = 1000",
-    )?;
+    )
+    .await?;
     let token = idp.client_credentials_token(CI_DEV).await?;
     // Warm up: one session and stream, so lazily built state is counted out.
     let warm = RawAgent::connect(&relay, &cert, &token).await?;
@@ -662,17 +635,11 @@ async fn rss_per_idle_session_and_with_1000_streams() -> Result<()> {
 /// `http_idle_timeout`.
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_clients_that_send_no_request_or_idle_are_closed() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
-    let sink = Sink::start().await?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
-    let relay = relay(
-        dir.path(),
-        &cert,
-        &idp,
-        sink.addr,
+    let (_idp, _sink, cert, _dir, relay) = setup(
+        60,
         "request_header_timeout_secs = 2\nhttp_idle_timeout_secs = 1",
-    )?;
+    )
+    .await?;
     let tls = gangway_agent::tls::client_config(Some(&cert.cert))?;
     let connect = || async {
         let tcp = TcpStream::connect(relay.addr).await?;

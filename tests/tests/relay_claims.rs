@@ -28,7 +28,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use gangway_tests::gangway::{relay_config_for_idp, AgentProcess, RelayProcess, TestCert};
+use gangway_tests::gangway::{
+    http_service, relay_config_for_idp, AgentProcess, RelayProcess, TestCert,
+};
 use gangway_tests::peers::cgi::CgiServer;
 use gangway_tests::peers::nginx::ConfluenceNode;
 use gangway_tests::peers::oidc::{OidcProvider, CI_DEV, DEFAULT_AUDIENCE};
@@ -170,18 +172,11 @@ async fn wait_logged(node: &ConfluenceNode, request: &str, status: u16, n: usize
 }
 
 fn two_node_confluence(nodes: &[ConfluenceNode], extra: &str) -> String {
-    format!(
-        r#"
-[[service]]
-name = "confluence"
-display_name = "Confluence"
-kind = "http"
-local_port = 8090
-backends = ["{}", "{}"]
-{extra}
-"#,
-        nodes[0].addr(),
-        nodes[1].addr()
+    http_service(
+        "confluence",
+        8090,
+        &[nodes[0].addr(), nodes[1].addr()],
+        &format!("display_name = \"Confluence\"\n{extra}"),
     )
 }
 
@@ -525,16 +520,11 @@ async fn content_location_naming_a_public_url_or_the_node_comes_back_local() -> 
             return 201 "node=@NODE@ created\n";
         }"#,
     )?;
-    let services = format!(
-        r#"
-[[service]]
-name = "confluence"
-kind = "http"
-local_port = 8090
-backends = ["{}"]
-public_urls = ["https://confluence.example.com"]
-"#,
-        node.addr()
+    let services = http_service(
+        "confluence",
+        8090,
+        &[node.addr()],
+        r#"public_urls = ["https://confluence.example.com"]"#,
     );
     let r = Relayed::start("confluence", &services).await?;
     let http = client(Duration::from_secs(10))?;
@@ -595,16 +585,7 @@ public_urls = ["https://confluence.example.com"]
 #[tokio::test(flavor = "multi_thread")]
 async fn forwarded_proto_and_port_name_the_local_address() -> Result<()> {
     let node = ConfluenceNode::start("node1")?;
-    let services = format!(
-        r#"
-[[service]]
-name = "confluence"
-kind = "http"
-local_port = 8090
-backends = ["{}"]
-"#,
-        node.addr()
-    );
+    let services = http_service("confluence", 8090, &[node.addr()], "");
     let r = Relayed::start("confluence", &services).await?;
     let http = client(Duration::from_secs(10))?;
     let local_port = r.base.rsplit(':').next().unwrap().to_string();
@@ -662,17 +643,11 @@ printf 'Content-Type: text/plain\r\n\r\n'
 printf 'method=%s length=%s sha256=%s\n' "$REQUEST_METHOD" "$CONTENT_LENGTH" "$sum""#;
 
 fn cgi_service(cgi: &CgiServer, extra: &str) -> String {
-    format!(
-        r#"
-[[service]]
-name = "bitbucket"
-display_name = "Bitbucket"
-kind = "http"
-local_port = 7990
-backends = ["{}"]
-{extra}
-"#,
-        cgi.addr()
+    http_service(
+        "bitbucket",
+        7990,
+        &[cgi.addr()],
+        &format!("display_name = \"Bitbucket\"\n{extra}"),
     )
 }
 

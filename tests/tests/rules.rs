@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::{SinkExt, StreamExt};
-use gangway_tests::gangway::{RelayProcess, RelaySetup};
+use gangway_tests::gangway::{http_service, RelayProcess, RelaySetup};
 use gangway_tests::peers::git::{self, GitHttpServer, RepoFixture};
 use gangway_tests::peers::nginx::ConfluenceNode;
 use gangway_tests::peers::oidc::{CI_DEV, CI_READONLY};
@@ -113,17 +113,33 @@ fn refused(relay: &RelayProcess, status: u16, path: &str) -> usize {
         .count()
 }
 
-fn bitbucket(backend: SocketAddr, rule: &str) -> String {
+/// A relay setup, and the `demo` repository served over smart HTTP.
+fn git_setup() -> Result<(RelaySetup, RepoFixture, GitHttpServer)> {
+    let s = RelaySetup::new()?;
+    let repos = RepoFixture::create("demo")?;
+    let git_server = GitHttpServer::start(repos.root())?;
+    Ok((s, repos, git_server))
+}
+
+/// A `[[service.rule]]`: what `matcher` (one TOML line) matches is for
+/// developers only, refused to others with `reason`.
+fn developers_only(matcher: &str, reason: &str) -> String {
     format!(
         r#"
-[[service]]
-name = "bitbucket"
-kind = "http"
-local_port = 7990
-backends = ["{backend}"]
-allow_groups = ["developers", "readers"]
-{rule}
+[[service.rule]]
+{matcher}
+allow_groups = ["developers"]
+reason = "{reason}"
 "#
+    )
+}
+
+fn bitbucket(backend: SocketAddr, rule: &str) -> String {
+    http_service(
+        "bitbucket",
+        7990,
+        &[backend],
+        &format!("allow_groups = [\"developers\", \"readers\"]\n{rule}"),
     )
 }
 
@@ -133,17 +149,13 @@ allow_groups = ["developers", "readers"]
 /// audit line, and nothing of them reaches git http-backend.
 #[tokio::test(flavor = "multi_thread")]
 async fn encoded_push_by_a_reader_is_refused_before_the_backend() -> Result<()> {
-    let s = RelaySetup::new()?;
-    let repos = RepoFixture::create("demo")?;
-    let git_server = GitHttpServer::start(repos.root())?;
+    let (s, _repos, git_server) = git_setup()?;
     let tap = Tap::start(git_server.addr()).await?;
-    let rule = r#"
-[[service.rule]]
-path_contains = "git-receive-pack"
-allow_groups = ["developers"]
-reason = "pushing needs the developers group"
-"#;
-    let relay = s.relay(&bitbucket(tap.addr, rule))?;
+    let rule = developers_only(
+        r#"path_contains = "git-receive-pack""#,
+        "pushing needs the developers group",
+    );
+    let relay = s.relay(&bitbucket(tap.addr, &rule))?;
     let reader = s.agent(&relay, CI_READONLY, &["bitbucket"]).await?;
     let local = reader.addr("bitbucket");
     let host = format!("Host: {local}");
@@ -207,9 +219,7 @@ reason = "pushing needs the developers group"
 /// backend.
 #[tokio::test(flavor = "multi_thread")]
 async fn ambiguous_targets_are_refused_with_400() -> Result<()> {
-    let s = RelaySetup::new()?;
-    let repos = RepoFixture::create("demo")?;
-    let git_server = GitHttpServer::start(repos.root())?;
+    let (s, _repos, git_server) = git_setup()?;
     let tap = Tap::start(git_server.addr()).await?;
     let relay = s.relay(&bitbucket(tap.addr, ""))?;
     let dev = s.agent(&relay, CI_DEV, &["bitbucket"]).await?;
@@ -267,16 +277,12 @@ async fn ambiguous_targets_are_refused_with_400() -> Result<()> {
 /// still pushes.
 #[tokio::test(flavor = "multi_thread")]
 async fn git_rule_blocks_a_real_push_and_lets_clone_through() -> Result<()> {
-    let s = RelaySetup::new()?;
-    let repos = RepoFixture::create("demo")?;
-    let git_server = GitHttpServer::start(repos.root())?;
-    let rule = r#"
-[[service.rule]]
-git = "receive-pack"
-allow_groups = ["developers"]
-reason = "readers may not push; ask in #scm-access"
-"#;
-    let relay = s.relay(&bitbucket(git_server.addr(), rule))?;
+    let (s, repos, git_server) = git_setup()?;
+    let rule = developers_only(
+        r#"git = "receive-pack""#,
+        "readers may not push; ask in #scm-access",
+    );
+    let relay = s.relay(&bitbucket(git_server.addr(), &rule))?;
     let before = repos.head_commit("demo")?;
     let reader = s.agent(&relay, CI_READONLY, &["bitbucket"]).await?;
     let url = git::http_repo_url(reader.addr("bitbucket"), "demo");
@@ -317,16 +323,7 @@ async fn underscore_identity_headers_never_reach_the_backend() -> Result<()> {
     let s = RelaySetup::new()?;
     let node = ConfluenceNode::start("node1")?;
     let tap = Tap::start(node.addr()).await?;
-    let svc = format!(
-        r#"
-[[service]]
-name = "confluence"
-kind = "http"
-local_port = 8090
-backends = ["{}"]
-"#,
-        tap.addr
-    );
+    let svc = http_service("confluence", 8090, &[tap.addr], "");
     let relay = s.relay(&svc)?;
     let dev = s.agent(&relay, CI_DEV, &["confluence"]).await?;
     let local = dev.addr("confluence");
@@ -428,29 +425,18 @@ async fn synchrony_keeps_the_page_node() -> Result<()> {
     ];
     let other = ConfluenceNode::start("bb1")?;
     let (echo, _echo_task) = ws_echo().await?;
-    let svc = format!(
-        r#"
-[[service]]
-name = "confluence"
-kind = "http"
-local_port = 8090
-backends = ["{}", "{}"]
-affinity_cookie = "GANGWAY_ROUTE"
+    let affinity = r#"affinity_cookie = "GANGWAY_ROUTE""#;
+    let svc = http_service(
+        "confluence",
+        8090,
+        &[nodes[0].addr(), nodes[1].addr()],
+        &format!(
+            r#"{affinity}
 [[service.route]]
 prefix = "/synchrony"
-backends = ["{echo}"]
-
-[[service]]
-name = "bitbucket"
-kind = "http"
-local_port = 7990
-backends = ["{}"]
-affinity_cookie = "GANGWAY_ROUTE"
-"#,
-        nodes[0].addr(),
-        nodes[1].addr(),
-        other.addr()
-    );
+backends = ["{echo}"]"#
+        ),
+    ) + &http_service("bitbucket", 7990, &[other.addr()], affinity);
     let relay = s.relay(&svc)?;
     let agent = s
         .agent(&relay, CI_DEV, &["confluence", "bitbucket"])

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use gangway_tests::gangway::{
-    bin_path, write_relay_config, CountingBackend, IdentitySpec, RelayProcess, ServiceSpec,
-    TestCert,
+    bin_path, start_device_login, write_relay_config, CountingBackend, IdentitySpec, RelayProcess,
+    ServiceSpec, TestCert,
 };
 use gangway_tests::peers::browser::Browser;
 use gangway_tests::peers::git::{self, GitDaemon, GitHttpServer, RepoFixture};
@@ -505,15 +505,7 @@ async fn device_flow_reader_sees_less_and_is_refused_with_reason() -> Result<()>
     .await?;
     let browser = Browser::start().await?;
 
-    let mut login =
-        Process::spawn_captured("gangway login --device", s.gangway("login", &["--device"])?)?;
-    let url = login
-        .wait_line("the verification URL", Duration::from_secs(20), |l| {
-            l.trim_start().starts_with("http://")
-        })
-        .await?
-        .trim()
-        .to_string();
+    let (mut login, url) = start_device_login(s.gangway("login", &["--device"])?).await?;
     let code = login
         .wait_line("the user code", Duration::from_secs(5), |l| {
             l.contains("shows the code:")

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use gangway_tests::gangway::{
-    write_relay_config, AgentProcess, CountingBackend, IdentitySpec, RelayProcess, ServiceSpec,
-    TestCert,
+    write_relay_config, AgentProcess, CountingBackend, IdentitySpec, RelayProcess, RelaySetup,
+    ServiceSpec, TestCert,
 };
 use gangway_tests::peers::git::{self, GitDaemon, GitHttpServer, RepoFixture};
 use gangway_tests::peers::oidc::{OidcProvider, CI_DEV, CI_READONLY, DEFAULT_AUDIENCE};
@@ -17,6 +17,32 @@ const DEV: &[&str] = &["developers"];
 
 fn loopback0() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().unwrap()
+}
+
+/// A service of `kind` with one backend, for `allow_groups` (None: all).
+fn service<'a>(
+    name: &'a str,
+    kind: &'a str,
+    backend: std::net::SocketAddr,
+    allow_groups: Option<&'a [&'a str]>,
+) -> ServiceSpec<'a> {
+    ServiceSpec {
+        name,
+        kind,
+        backends: vec![backend.to_string()],
+        allow_groups,
+    }
+}
+
+/// A relay on any port for `idp` with `services`, its config in `dir`.
+fn start_relay(
+    dir: &Path,
+    cert: &TestCert,
+    idp: &OidcProvider,
+    services: &[ServiceSpec],
+) -> Result<RelayProcess> {
+    let config = write_relay_config(dir, loopback0(), cert, &identity(idp), services)?;
+    RelayProcess::start(&config)
 }
 
 fn identity(idp: &OidcProvider) -> IdentitySpec<'_> {
@@ -45,27 +71,15 @@ async fn git_clone_and_push_through_the_tunnel() -> Result<()> {
     let daemon = GitDaemon::start(repos.root())?;
     let cert = TestCert::new()?;
     let dir = tempfile::tempdir()?;
-    let config = write_relay_config(
+    let relay = start_relay(
         dir.path(),
-        loopback0(),
         &cert,
-        &identity(&idp),
+        &idp,
         &[
-            ServiceSpec {
-                name: "bitbucket",
-                kind: "http",
-                backends: vec![http.addr().to_string()],
-                allow_groups: Some(DEV),
-            },
-            ServiceSpec {
-                name: "git",
-                kind: "tcp",
-                backends: vec![daemon.addr().to_string()],
-                allow_groups: Some(DEV),
-            },
+            service("bitbucket", "http", http.addr(), Some(DEV)),
+            service("git", "tcp", daemon.addr(), Some(DEV)),
         ],
     )?;
-    let relay = RelayProcess::start(&config)?;
     let token = token_file(&idp, CI_DEV, dir.path()).await?;
     let agent = AgentProcess::start(&relay.url(), &cert.cert, &token, &["bitbucket", "git"], &[])?;
 
@@ -120,22 +134,8 @@ async fn agent_reconnects_after_relay_restart() -> Result<()> {
     let daemon = GitDaemon::start(repos.root())?;
     let cert = TestCert::new()?;
     let dir = tempfile::tempdir()?;
-    let services = |d: &GitDaemon| {
-        vec![ServiceSpec {
-            name: "git",
-            kind: "tcp",
-            backends: vec![d.addr().to_string()],
-            allow_groups: None,
-        }]
-    };
-    let config = write_relay_config(
-        dir.path(),
-        loopback0(),
-        &cert,
-        &identity(&idp),
-        &services(&daemon),
-    )?;
-    let mut relay = RelayProcess::start(&config)?;
+    let services = |d: &GitDaemon| vec![service("git", "tcp", d.addr(), None)];
+    let mut relay = start_relay(dir.path(), &cert, &idp, &services(&daemon))?;
     let token = token_file(&idp, CI_DEV, dir.path()).await?;
     let agent = AgentProcess::start(&relay.url(), &cert.cert, &token, &["git"], &[])?;
     let url = format!("git://{}/demo.git", agent.addr("git"));
@@ -176,31 +176,22 @@ async fn stream_refusals_are_typed_and_never_reach_the_backend() -> Result<()> {
     use gangway_agent::AgentError;
     use gangway_wire::{RefusalCode, Token};
 
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
+    let RelaySetup { idp, cert, dir } = RelaySetup::new()?;
     let backend = CountingBackend::start()?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
-    let config = write_relay_config(
+    let relay = start_relay(
         dir.path(),
-        loopback0(),
         &cert,
-        &identity(&idp),
+        &idp,
         &[
-            ServiceSpec {
-                name: "bitbucket",
-                kind: "tcp",
-                backends: vec![backend.addr.to_string()],
-                allow_groups: Some(DEV),
-            },
-            ServiceSpec {
-                name: "confluence",
-                kind: "tcp",
-                backends: vec![backend.addr.to_string()],
-                allow_groups: Some(&["developers", "readers"]),
-            },
+            service("bitbucket", "tcp", backend.addr, Some(DEV)),
+            service(
+                "confluence",
+                "tcp",
+                backend.addr,
+                Some(&["developers", "readers"]),
+            ),
         ],
     )?;
-    let relay = RelayProcess::start(&config)?;
     let reader = Token::new(idp.client_credentials_token(CI_READONLY).await?);
     let tls = gangway_agent::tls::client_config(Some(&cert.cert))?;
     let url = url::Url::parse(&relay.url())?;
@@ -265,24 +256,15 @@ async fn stream_refusals_are_typed_and_never_reach_the_backend() -> Result<()> {
 /// instead of hanging.
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_http_stream_answers_with_the_reason() -> Result<()> {
-    let idp = OidcProvider::start(DEFAULT_AUDIENCE, 60)?;
-    let cert = TestCert::new()?;
-    let dir = tempfile::tempdir()?;
+    let RelaySetup { idp, cert, dir } = RelaySetup::new()?;
     // A backend that is down: the relay cannot reach it.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let config = write_relay_config(
+    let relay = start_relay(
         dir.path(),
-        loopback0(),
         &cert,
-        &identity(&idp),
-        &[ServiceSpec {
-            name: "bitbucket",
-            kind: "http",
-            backends: vec![dead.to_string()],
-            allow_groups: None,
-        }],
+        &idp,
+        &[service("bitbucket", "http", dead, None)],
     )?;
-    let relay = RelayProcess::start(&config)?;
     let token = token_file(&idp, CI_DEV, dir.path()).await?;
     let agent = AgentProcess::start(&relay.url(), &cert.cert, &token, &["bitbucket"], &[])?;
     let resp = reqwest::get(format!(

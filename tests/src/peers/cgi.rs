@@ -12,16 +12,12 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use tempfile::TempDir;
 
-use super::process::{require_program, start_on_free_port, startup_timeout, Process};
-
-/// How long lighttpd gets to start listening.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+use super::lighttpd::{self, quote};
+use super::process::Process;
 
 /// lighttpd on 127.0.0.1 serving each script at `/cgi/<name>`; stopped
 /// on drop.
@@ -42,14 +38,11 @@ impl CgiServer {
     /// Starts lighttpd with `scripts` (name → script body, without the
     /// `#!/bin/sh` line). Names are `[a-z0-9_-]`.
     pub fn start(scripts: &[(&str, &str)]) -> Result<Self> {
-        let lighttpd = require_program("lighttpd")?;
         let dir = tempfile::Builder::new()
             .prefix("gangway-cgi-")
             .tempdir()
             .context("creating the lighttpd directory")?;
-        for sub in ["htdocs", "uploads", "cgi"] {
-            std::fs::create_dir(dir.path().join(sub))?;
-        }
+        std::fs::create_dir(dir.path().join("cgi"))?;
         for (name, body) in scripts {
             ensure!(
                 !name.is_empty()
@@ -62,31 +55,12 @@ impl CgiServer {
             std::fs::write(&path, format!("#!/bin/sh\n{body}\n"))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
         }
-        let conf = dir.path().join("lighttpd.conf");
-        let errorlog = dir.path().join("error.log");
-        let stderr_log = dir.path().join("stderr.log");
-        let (child, addr) = start_on_free_port("lighttpd + CGI scripts", |addr| {
-            std::fs::write(&conf, lighttpd_conf(addr.port(), dir.path())?)
-                .context("writing lighttpd.conf")?;
-            let stderr = std::fs::File::create(&stderr_log)?;
-            let mut cmd = Command::new(&lighttpd);
-            cmd.arg("-D")
-                .arg("-f")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(stderr);
-            let mut child = Process::spawn("lighttpd-cgi", &mut cmd)?;
-            child
-                .blocking_wait_for_port(addr, startup_timeout(START_TIMEOUT))
-                .with_context(|| {
-                    format!(
-                        "lighttpd logs:\n{}{}",
-                        read_log(&errorlog),
-                        read_log(&stderr_log)
-                    )
-                })?;
-            Ok((child, addr))
-        })?;
+        let (child, addr) = lighttpd::start(
+            "lighttpd + CGI scripts",
+            "lighttpd-cgi",
+            dir.path(),
+            |port| lighttpd_conf(port, dir.path()),
+        )?;
         Ok(Self {
             child,
             addr,
@@ -107,36 +81,13 @@ impl CgiServer {
 }
 
 fn lighttpd_conf(port: u16, dir: &Path) -> Result<String> {
-    let q = |p: &Path| -> Result<String> {
-        let s = p
-            .to_str()
-            .with_context(|| format!("path {} is not UTF-8", p.display()))?;
-        if s.contains('"') || s.contains('\\') {
-            bail!("path {s} cannot be quoted in lighttpd.conf");
-        }
-        Ok(format!("\"{s}\""))
-    };
+    let base = lighttpd::base_conf("peers/cgi.rs", r#""mod_alias", "mod_cgi""#, port, dir)?;
     Ok(format!(
-        r#"# Written by gangway-tests (peers/cgi.rs).
-server.modules = ("mod_alias", "mod_cgi")
-server.bind = "127.0.0.1"
-server.port = {port}
-server.document-root = {htdocs}
-server.errorlog = {errorlog}
-server.upload-dirs = ({uploads})
-server.stream-response-body = 2
-alias.url = ("/cgi/" => {cgi})
+        r#"{base}alias.url = ("/cgi/" => {cgi})
 $HTTP["url"] =~ "^/cgi/" {{
     cgi.assign = ("" => "")
 }}
 "#,
-        htdocs = q(&dir.join("htdocs"))?,
-        errorlog = q(&dir.join("error.log"))?,
-        uploads = q(&dir.join("uploads"))?,
-        cgi = q(&dir.join("cgi/"))?,
+        cgi = quote(&dir.join("cgi/"))?,
     ))
-}
-
-fn read_log(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
+use super::lighttpd::{self, read_log};
 use super::process::{
     blocking_poll, require_program, start_on_free_port, startup_timeout, wait_until_refused,
     Process,
@@ -148,79 +149,36 @@ impl RepoFixture {
 /// writes them, as a proxy would see them. Stopped on drop.
 ///
 /// Also serves the repository of gangway-bench's git clone figure.
-pub struct GitHttpServer {
-    child: Process,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
+pub struct GitHttpServer(Served);
 
 impl GitHttpServer {
     /// Starts lighttpd serving the bare repositories under `root`.
     pub fn start(root: &Path) -> Result<Self> {
-        let lighttpd = require_program("lighttpd")?;
         let backend = http_backend_path()?;
-        let root = root
-            .canonicalize()
-            .with_context(|| format!("git root {}", root.display()))?;
-
-        let dir = tempfile::Builder::new()
-            .prefix("gangway-lighttpd-")
-            .tempdir()
-            .context("creating the lighttpd directory")?;
-        for sub in ["htdocs", "uploads"] {
-            std::fs::create_dir(dir.path().join(sub))?;
-        }
-        let conf = dir.path().join("lighttpd.conf");
-        let errorlog = dir.path().join("error.log");
-        let stderr_log = dir.path().join("stderr.log");
-
-        start_on_free_port("lighttpd + git http-backend", |addr| {
-            std::fs::write(
-                &conf,
-                lighttpd_conf(addr.port(), dir.path(), &backend, &root)?,
-            )
-            .context("writing lighttpd.conf")?;
-            let stderr = std::fs::File::create(&stderr_log)?;
-            let mut cmd = Command::new(&lighttpd);
-            cmd.arg("-D")
-                .arg("-f")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(stderr);
-            let mut child = Process::spawn("lighttpd", &mut cmd)?;
-            child
-                .blocking_wait_for_port(addr, startup_timeout(START_TIMEOUT))
-                .with_context(|| {
-                    format!(
-                        "lighttpd logs:\n{}{}",
-                        read_log(&errorlog),
-                        read_log(&stderr_log)
-                    )
-                })?;
-            Ok((child, addr))
-        })
-        .map(|(child, addr)| Self {
-            child,
-            addr,
-            _dir: dir,
-        })
+        let (root, dir) = Served::dirs(root, "lighttpd")?;
+        lighttpd::start(
+            "lighttpd + git http-backend",
+            "lighttpd",
+            dir.path(),
+            |port| lighttpd_conf(port, dir.path(), &backend, &root),
+        )
+        .map(|(child, addr)| Self(Served::new(child, addr, dir)))
     }
 
     /// The address lighttpd listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.0.addr
     }
 
     /// `http://ADDR/scm/<name>.git`.
     pub fn repo_url(&self, name: &str) -> String {
-        http_repo_url(self.addr, name)
+        http_repo_url(self.0.addr, name)
     }
 
     /// Stops lighttpd now (also done on drop); on return the port refuses
     /// connections. CGI requests in flight finish in their own processes.
     pub fn stop(&mut self) {
-        self.child.stop();
-        wait_until_refused(self.addr);
+        self.0.stop();
     }
 }
 
@@ -235,25 +193,15 @@ pub fn http_repo_url(addr: SocketAddr, name: &str) -> String {
 /// (`stream-response-body = 2`: no buffering of a whole pack first, and a
 /// slow client slows the backend).
 fn lighttpd_conf(port: u16, dir: &Path, backend: &Path, root: &Path) -> Result<String> {
-    let q = |p: &Path| -> Result<String> {
-        let s = p
-            .to_str()
-            .with_context(|| format!("path {} is not UTF-8", p.display()))?;
-        if s.contains('"') || s.contains('\\') {
-            bail!("path {s} cannot be quoted in lighttpd.conf");
-        }
-        Ok(format!("\"{s}\""))
-    };
+    let q = lighttpd::quote;
+    let base = lighttpd::base_conf(
+        "peers/git.rs",
+        r#""mod_alias", "mod_cgi", "mod_setenv""#,
+        port,
+        dir,
+    )?;
     Ok(format!(
-        r#"# Written by gangway-tests (peers/git.rs).
-server.modules = ("mod_alias", "mod_cgi", "mod_setenv")
-server.bind = "127.0.0.1"
-server.port = {port}
-server.document-root = {htdocs}
-server.errorlog = {errorlog}
-server.upload-dirs = ({uploads})
-server.stream-response-body = 2
-alias.url = ("/scm/" => {backend})
+        r#"{base}alias.url = ("/scm/" => {backend})
 $HTTP["url"] =~ "^/scm/" {{
     cgi.assign = ("" => "")
     setenv.set-environment = (
@@ -266,8 +214,6 @@ $HTTP["url"] =~ "^/scm/" {{
 }}
 "#,
         htdocs = q(&dir.join("htdocs"))?,
-        errorlog = q(&dir.join("error.log"))?,
-        uploads = q(&dir.join("uploads"))?,
         // The trailing slash keeps `/scm/x` mapped to `<backend>/x`, so
         // lighttpd runs the backend with PATH_INFO=/x.
         backend = q(&PathBuf::from(format!("{}/", backend.display())))?,
@@ -303,23 +249,13 @@ fn git_daemon_path() -> Result<PathBuf> {
 
 /// `git daemon` serving git:// on 127.0.0.1, with receive-pack enabled and
 /// every repository under the root exported. Stopped on drop.
-pub struct GitDaemon {
-    child: Process,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
+pub struct GitDaemon(Served);
 
 impl GitDaemon {
     /// Starts `git daemon` serving the bare repositories under `root`.
     pub fn start(root: &Path) -> Result<Self> {
         let daemon_bin = git_daemon_path()?;
-        let root = root
-            .canonicalize()
-            .with_context(|| format!("git root {}", root.display()))?;
-        let dir = tempfile::Builder::new()
-            .prefix("gangway-git-daemon-")
-            .tempdir()
-            .context("creating the git daemon directory")?;
+        let (root, dir) = Served::dirs(root, "git-daemon")?;
         let log = dir.path().join("daemon.log");
 
         start_on_free_port("git daemon", |addr| {
@@ -343,27 +279,60 @@ impl GitDaemon {
                 .with_context(|| format!("git daemon log:\n{}", read_log(&log)))?;
             Ok((child, addr))
         })
-        .map(|(child, addr)| Self {
-            child,
-            addr,
-            _dir: dir,
-        })
+        .map(|(child, addr)| Self(Served::new(child, addr, dir)))
     }
 
     /// The address the daemon listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.0.addr
     }
 
     /// `git://ADDR/<name>.git`.
     pub fn repo_url(&self, name: &str) -> String {
-        format!("git://{}/{name}.git", self.addr)
+        format!("git://{}/{name}.git", self.0.addr)
     }
 
     /// Stops the daemon now (also done on drop); on return the port refuses
     /// connections. Connections already being served finish in their own
     /// processes.
     pub fn stop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// What both git servers hold: the server process, where it listens, and
+/// its private directory.
+struct Served {
+    // Dropped first: the process dies before its directory is removed.
+    child: Process,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Served {
+    /// `root` made absolute, and a fresh directory `gangway-<name>-*` for
+    /// the server's own files.
+    fn dirs(root: &Path, name: &str) -> Result<(PathBuf, TempDir)> {
+        let root = root
+            .canonicalize()
+            .with_context(|| format!("git root {}", root.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("gangway-{name}-"))
+            .tempdir()
+            .with_context(|| format!("creating the {name} directory"))?;
+        Ok((root, dir))
+    }
+
+    fn new(child: Process, addr: SocketAddr, dir: TempDir) -> Self {
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the process; on return the port refuses connections.
+    fn stop(&mut self) {
         self.child.stop();
         wait_until_refused(self.addr);
     }
@@ -503,8 +472,4 @@ fn concat_os(prefix: &str, path: &Path) -> OsString {
     let mut s = OsString::from(prefix);
     s.push(path);
     s
-}
-
-fn read_log(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }

@@ -5,6 +5,7 @@ pub mod cgi;
 pub mod desktop;
 pub mod git;
 pub mod keychain;
+mod lighttpd;
 pub mod nginx;
 pub mod oidc;
 pub mod process;
