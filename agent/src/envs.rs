@@ -57,6 +57,13 @@ fn environments<'a>(
         })
 }
 
+/// Where environment `name` is, or the error naming the file.
+fn index_of(envs: &ArrayOfTables, name: &str, path: &Path) -> Result<usize, AgentError> {
+    position(envs, name).ok_or_else(|| {
+        AgentError::Config(format!("{}: no environment named {name:?}", path.display()))
+    })
+}
+
 fn position(envs: &ArrayOfTables, name: &str) -> Option<usize> {
     envs.iter()
         .position(|t| t.get("name").and_then(Item::as_str) == Some(name))
@@ -98,13 +105,7 @@ pub fn add(
 pub fn remove(path: &Path, name: &str) -> Result<AgentConfig, AgentError> {
     let (_, mut doc) = read(path)?;
     let envs = environments(&mut doc, path)?;
-    let Some(i) = position(envs, name) else {
-        return Err(AgentError::Config(format!(
-            "{}: no environment named {name:?}",
-            path.display()
-        )));
-    };
-    envs.remove(i);
+    envs.remove(index_of(envs, name, path)?);
     if doc.get("default_environment").and_then(Item::as_str) == Some(name) {
         doc.remove("default_environment");
     }
@@ -115,12 +116,7 @@ pub fn remove(path: &Path, name: &str) -> Result<AgentConfig, AgentError> {
 pub fn set_default(path: &Path, name: &str) -> Result<AgentConfig, AgentError> {
     let (_, mut doc) = read(path)?;
     let envs = environments(&mut doc, path)?;
-    if position(envs, name).is_none() {
-        return Err(AgentError::Config(format!(
-            "{}: no environment named {name:?}",
-            path.display()
-        )));
-    }
+    index_of(envs, name, path)?;
     doc["default_environment"] = value(name);
     write(path, &doc)
 }

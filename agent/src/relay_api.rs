@@ -29,33 +29,18 @@ impl RelayApi {
     }
 
     pub async fn discovery(&self) -> Result<Discovery, AgentError> {
-        let url = self.url("/.well-known/gangway")?;
-        let resp = self
-            .http
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| unreachable(&url, e))?;
+        let (url, resp) = self.get("/.well-known/gangway", None).await?;
         if !resp.status().is_success() {
             return Err(AgentError::Protocol(format!(
                 "{url}: HTTP {}",
                 resp.status()
             )));
         }
-        resp.json()
-            .await
-            .map_err(|e| AgentError::Protocol(format!("{url}: {e}")))
+        json(&url, resp).await
     }
 
     pub async fn catalog(&self, token: &Token) -> Result<Catalog, AgentError> {
-        let url = self.url("/v1/catalog")?;
-        let resp = self
-            .http
-            .get(url.clone())
-            .bearer_auth(token.expose())
-            .send()
-            .await
-            .map_err(|e| unreachable(&url, e))?;
+        let (url, resp) = self.get("/v1/catalog", Some(token)).await?;
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED {
             let body = resp.text().await.unwrap_or_default();
@@ -68,9 +53,22 @@ impl RelayApi {
                 body.trim()
             )));
         }
-        resp.json()
-            .await
-            .map_err(|e| AgentError::Protocol(format!("{url}: {e}")))
+        json(&url, resp).await
+    }
+
+    /// `GET path` (with the bearer `token`, if any): the URL and the answer.
+    async fn get(
+        &self,
+        path: &str,
+        token: Option<&Token>,
+    ) -> Result<(Url, reqwest::Response), AgentError> {
+        let url = self.url(path)?;
+        let mut req = self.http.get(url.clone());
+        if let Some(t) = token {
+            req = req.bearer_auth(t.expose());
+        }
+        let resp = req.send().await.map_err(|e| unreachable(&url, e))?;
+        Ok((url, resp))
     }
 
     fn url(&self, path: &str) -> Result<Url, AgentError> {
@@ -78,6 +76,16 @@ impl RelayApi {
             .join(path)
             .map_err(|e| AgentError::Config(format!("relay URL {}: {e}", self.base)))
     }
+}
+
+/// The answer's JSON body as `T`.
+async fn json<T: serde::de::DeserializeOwned>(
+    url: &Url,
+    resp: reqwest::Response,
+) -> Result<T, AgentError> {
+    resp.json()
+        .await
+        .map_err(|e| AgentError::Protocol(format!("{url}: {e}")))
 }
 
 fn unreachable(url: &Url, e: reqwest::Error) -> AgentError {

@@ -162,7 +162,8 @@ impl Session {
             HelloReply::Unsupported { message, .. } => return Err(AgentError::Protocol(message)),
         };
 
-        let (opener, _inbound, driver) = mux::start(WsByteStream::new(ws), Mode::Client);
+        let (opener, _inbound, driver) =
+            mux::start(WsByteStream::new(ws), Mode::Client, mux::config());
         let (ended_tx, ended_rx) = watch::channel(None);
         {
             let driver_task = tokio::spawn(driver);

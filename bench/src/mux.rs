@@ -233,7 +233,7 @@ async fn serve_connection(
             let _ = raw_done.send((n, Instant::now()));
         }
         Kind::Yamux => {
-            let (_opener, mut inbound, driver) = mux::start(io, Mode::Server);
+            let (_opener, mut inbound, driver) = mux::start(io, Mode::Server, mux::config());
             let driver = tokio::spawn(driver);
             while let Some(stream) = inbound.recv().await {
                 tokio::spawn(serve_stream(stream, settings.chunk));
@@ -380,7 +380,7 @@ pub async fn run_kind(kind: Kind, settings: &Settings, server: &Handle) -> anyho
                 rate_and_cost(sent, at - start, cpu_now()? - cpu0);
         }
         Kind::Yamux => {
-            let (opener, _inbound, driver) = mux::start(io, Mode::Client);
+            let (opener, _inbound, driver) = mux::start(io, Mode::Client, mux::config());
             let driver = tokio::spawn(driver);
             let one = |deadline| {
                 let (opener, chunk) = (opener.clone(), chunk.clone());

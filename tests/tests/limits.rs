@@ -222,7 +222,8 @@ impl RawAgent {
             }
             other => bail!("no handshake reply: {other:?}"),
         }
-        let (opener, _inbound, driver) = mux::start(WsByteStream::new(ws), Mode::Client);
+        let (opener, _inbound, driver) =
+            mux::start(WsByteStream::new(ws), Mode::Client, mux::config());
         let driver = tokio::spawn(driver);
         let mut control = opener.open().await?;
         // The first frame announces the stream: the relay's control channel.

@@ -65,23 +65,6 @@ pub fn config() -> yamux::Config {
     cfg
 }
 
-/// Starts a session over `io` with [`config`]. Returns the opener, the
-/// inbound streams and the driver future, which the caller spawns; it ends
-/// when the session does.
-pub fn start<T>(
-    io: T,
-    mode: Mode,
-) -> (
-    Opener,
-    mpsc::UnboundedReceiver<Stream>,
-    impl std::future::Future<Output = Result<(), MuxError>>,
-)
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    start_with(io, mode, config())
-}
-
 /// Settings that bound what one session can make this side hold: at most
 /// `max_streams` streams, and a connection-wide receive window that gives
 /// every stream yamux's initial 256 KiB and lets one grow to
@@ -101,8 +84,10 @@ pub fn bounded_config(max_streams: usize, stream_window: usize) -> yamux::Config
     cfg
 }
 
-/// [`start`] with settings of the caller's, e.g. [`bounded_config`].
-pub fn start_with<T>(
+/// Starts a session over `io` with `cfg` ([`config`], or the relay's
+/// [`bounded_config`]). Returns the opener, the inbound streams and the
+/// driver future, which the caller spawns; it ends when the session does.
+pub fn start<T>(
     io: T,
     mode: Mode,
     cfg: yamux::Config,
@@ -267,8 +252,8 @@ mod tests {
     #[tokio::test]
     async fn many_streams_over_one_connection() {
         let (a, b) = tokio::io::duplex(256 * 1024);
-        let (client, _client_in, client_driver) = start(a.compat(), Mode::Client);
-        let (_server, mut server_in, server_driver) = start(b.compat(), Mode::Server);
+        let (client, _client_in, client_driver) = start(a.compat(), Mode::Client, config());
+        let (_server, mut server_in, server_driver) = start(b.compat(), Mode::Server, config());
         tokio::spawn(client_driver);
         tokio::spawn(server_driver);
 
@@ -305,7 +290,7 @@ mod tests {
     #[tokio::test]
     async fn open_fails_once_peer_is_gone() {
         let (a, b) = tokio::io::duplex(1024);
-        let (client, _in, driver) = start(a.compat(), Mode::Client);
+        let (client, _in, driver) = start(a.compat(), Mode::Client, config());
         let driver = tokio::spawn(driver);
         drop(b);
         // The driver notices EOF and stops; opening then fails instead of hanging.
@@ -355,8 +340,8 @@ mod tests {
             io: a.compat(),
             flushes: flushes.clone(),
         };
-        let (client, _client_in, client_driver) = start(counted, Mode::Client);
-        let (_server, mut server_in, server_driver) = start(b.compat(), Mode::Server);
+        let (client, _client_in, client_driver) = start(counted, Mode::Client, config());
+        let (_server, mut server_in, server_driver) = start(b.compat(), Mode::Server, config());
         tokio::spawn(client_driver);
         tokio::spawn(server_driver);
 

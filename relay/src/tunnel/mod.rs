@@ -81,7 +81,7 @@ pub async fn serve<S>(
     tracing::info!(%session, subject = %identity.subject, agent = %hello.agent, "session open");
 
     let limits = &relay.config.limits;
-    let (opener, mut inbound, driver) = mux::start_with(
+    let (opener, mut inbound, driver) = mux::start(
         WsByteStream::new(ws),
         Mode::Server,
         mux::bounded_config(limits.mux_streams(), limits.stream_receive_window),

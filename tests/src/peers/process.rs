@@ -21,31 +21,14 @@ const POLL_EVERY: Duration = Duration::from_millis(25);
 pub fn blocking_poll<T>(
     what: &str,
     timeout: Duration,
-    mut check: impl FnMut() -> Result<Option<T>>,
+    check: impl FnMut() -> Result<Option<T>>,
 ) -> Result<T> {
-    let deadline = Instant::now() + timeout;
+    let mut looks = Looks::new(what, timeout, check);
     loop {
-        if let Some(v) = look(&mut check, what, timeout, deadline)? {
-            return Ok(v);
+        match looks.next()? {
+            Some(v) => return Ok(v),
+            None => std::thread::sleep(POLL_EVERY),
         }
-        std::thread::sleep(POLL_EVERY);
-    }
-}
-
-/// One look of a poll: the value, or `None` to look again, or the
-/// condition's error, or the timeout's.
-fn look<T>(
-    check: &mut impl FnMut() -> Result<Option<T>>,
-    what: &str,
-    timeout: Duration,
-    deadline: Instant,
-) -> Result<Option<T>> {
-    match check()? {
-        Some(v) => Ok(Some(v)),
-        None if Instant::now() > deadline => {
-            bail!("timed out after {timeout:?} waiting for {what}")
-        }
-        None => Ok(None),
     }
 }
 
@@ -53,14 +36,49 @@ fn look<T>(
 pub async fn poll<T>(
     what: &str,
     timeout: Duration,
-    mut check: impl FnMut() -> Result<Option<T>>,
+    check: impl FnMut() -> Result<Option<T>>,
 ) -> Result<T> {
-    let deadline = Instant::now() + timeout;
+    let mut looks = Looks::new(what, timeout, check);
     loop {
-        if let Some(v) = look(&mut check, what, timeout, deadline)? {
-            return Ok(v);
+        match looks.next()? {
+            Some(v) => return Ok(v),
+            None => tokio::time::sleep(POLL_EVERY).await,
         }
-        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// The looks of one poll, up to its deadline.
+struct Looks<'a, F> {
+    what: &'a str,
+    timeout: Duration,
+    deadline: Instant,
+    check: F,
+}
+
+impl<'a, T, F: FnMut() -> Result<Option<T>>> Looks<'a, F> {
+    fn new(what: &'a str, timeout: Duration, check: F) -> Self {
+        Looks {
+            what,
+            timeout,
+            deadline: Instant::now() + timeout,
+            check,
+        }
+    }
+
+    /// The value, or `None` to look again, or the condition's error, or the
+    /// timeout's.
+    fn next(&mut self) -> Result<Option<T>> {
+        match (self.check)()? {
+            Some(v) => Ok(Some(v)),
+            None if Instant::now() > self.deadline => {
+                bail!(
+                    "timed out after {:?} waiting for {}",
+                    self.timeout,
+                    self.what
+                )
+            }
+            None => Ok(None),
+        }
     }
 }
 
