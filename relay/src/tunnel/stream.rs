@@ -74,10 +74,8 @@ pub(super) async fn refuse_over_cap(
     max: usize,
 ) {
     let mut framed = FramedIo::new(stream);
-    let open = match tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.read(OpenStream::decode)).await
-    {
-        Ok(Ok(Some(open))) => open,
-        _ => return,
+    let Some(open) = read_open(&mut framed, &session).await else {
+        return;
     };
     let caller = Caller {
         relay: &relay,
@@ -97,6 +95,19 @@ pub(super) async fn refuse_over_cap(
         .await;
 }
 
+/// The stream's open header, within [`HANDSHAKE_TIMEOUT`]; `None` when
+/// none comes (a bad one is logged).
+async fn read_open(framed: &mut FramedIo<Stream>, session: &str) -> Option<OpenStream> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.read(OpenStream::decode)).await {
+        Ok(Ok(Some(open))) => Some(open),
+        Ok(Err(e)) => {
+            tracing::debug!(%session, error = %e, "bad open header");
+            None
+        }
+        _ => None,
+    }
+}
+
 /// One data stream through the phases: open header → authorize → the
 /// service's kind takes it from there.
 pub(super) async fn serve_stream(
@@ -109,14 +120,8 @@ pub(super) async fn serve_stream(
 ) {
     let identity = identity_rx.borrow().clone();
     let mut framed = FramedIo::new(stream);
-    let open = match tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.read(OpenStream::decode)).await
-    {
-        Ok(Ok(Some(open))) => open,
-        Ok(Err(e)) => {
-            tracing::debug!(%session, error = %e, "bad open header");
-            return;
-        }
-        _ => return,
+    let Some(open) = read_open(&mut framed, &session).await else {
+        return;
     };
     let caller = Caller {
         relay: &relay,
