@@ -194,6 +194,12 @@ impl Verifier {
             .get("exp")
             .and_then(Value::as_u64)
             .ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
+        // jsonwebtoken still accepts a token at `exp + leeway == now`; the
+        // relay's one rule (RFC 7519: not on or after `exp`) is the
+        // session's, so a token is never let in only to be cut at once.
+        if crate::policy::token_expired(expires_at, self.cfg.leeway, now_unix()) {
+            return Err(AuthError::Expired);
+        }
         let groups = match claims.get(&self.cfg.groups_claim) {
             Some(Value::Array(items)) => items
                 .iter()
@@ -439,6 +445,37 @@ mod tests {
             jwks_file: None,
         };
         Verifier::new(cfg, KeySource::Discovery(reqwest::Client::new()))
+    }
+
+    /// A token is refused from its `exp` second on (RFC 7519), by the same
+    /// rule that ends a session, so none is let in only to be cut at once;
+    /// a live one is let in.
+    #[tokio::test]
+    async fn a_token_is_refused_on_its_exp_second() {
+        use base64::Engine;
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let jwks: JwkSet = serde_json::from_value(serde_json::json!({"keys": [{
+            "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": "k",
+            "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key_raw()),
+        }]}))
+        .unwrap();
+        let mut cfg = verifier("https://idp.test").cfg.clone();
+        cfg.algorithms = vec![jsonwebtoken::Algorithm::EdDSA];
+        let v = Verifier::new(cfg, KeySource::Static(jwks));
+        let key = jsonwebtoken::EncodingKey::from_ed_der(&pair.serialize_der());
+        let token = |exp: u64| {
+            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+            header.kid = Some("k".into());
+            let claims = serde_json::json!({
+                "iss": "https://idp.test", "aud": "relay", "sub": "ada", "exp": exp,
+            });
+            jsonwebtoken::encode(&header, &claims, &key).unwrap()
+        };
+        let now = now_unix();
+        let e = v.verify(&token(now)).await.unwrap_err();
+        assert_eq!(e.code(), "expired", "{e}");
+        let id = v.verify(&token(now + 60)).await.unwrap();
+        assert_eq!(id.subject, "ada");
     }
 
     /// A provider that cannot be reached: an unseen key is a 503 every

@@ -46,8 +46,8 @@ pub enum RequestDenial<'c> {
 
 /// Whether a token that expires at `expires_at` (unix seconds) is past use
 /// at `now`, allowing `leeway` for clock skew.
-pub fn token_expired(identity: &Identity, leeway: Duration, now: u64) -> bool {
-    identity.expires_at + leeway.as_secs() <= now
+pub fn token_expired(expires_at: u64, leeway: Duration, now: u64) -> bool {
+    expires_at.saturating_add(leeway.as_secs()) <= now
 }
 
 /// Whether a caller in `groups` may use `svc`; a service without
@@ -66,7 +66,7 @@ pub fn authorize_service(
     leeway: Duration,
     now: u64,
 ) -> Result<(), ServiceDenial> {
-    if token_expired(identity, leeway, now) {
+    if token_expired(identity.expires_at, leeway, now) {
         return Err(ServiceDenial::Expired);
     }
     if !may_use(svc, &identity.groups) {

@@ -331,7 +331,7 @@ async fn accept_streams(
                 )),
             },
             _ = tokio::time::sleep(until_expiry) => {
-                if policy::token_expired(&identity_rx.borrow(), grace, now_unix()) {
+                if policy::token_expired(identity_rx.borrow().expires_at, grace, now_unix()) {
                     return End {
                         reason: "token expired",
                         goodbye: Some((
