@@ -23,6 +23,7 @@
 pub mod agent;
 pub mod config;
 pub mod control;
+pub mod door;
 pub mod envs;
 pub mod error;
 pub mod keychain;

@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::door::Door;
 use crate::pipelined::OnAnswer;
 use crate::relay_api::{Service, ServiceKind};
 use crate::tunnel::Tunnel;
@@ -230,6 +231,7 @@ impl ServiceListener {
             tunnel,
             connect_wait,
             Arc::default(),
+            Arc::default(),
             TaskTracker::new(),
             stop,
         )
@@ -244,9 +246,11 @@ impl ServiceListener {
         tunnel: Tunnel,
         connect_wait: Duration,
         stats: Arc<ServiceStats>,
+        door: Arc<Door>,
         streams: TaskTracker,
         stop: CancellationToken,
     ) {
+        let _ = &door;
         loop {
             let (tcp, peer) = tokio::select! {
                 r = self.listener.accept() => match r {

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use url::Url;
 
+use crate::door::Door;
 use crate::listener::{self, BindError, ServiceStats};
 use crate::relay_api::{Catalog, Service};
 use crate::token::TokenSource;
@@ -33,6 +34,8 @@ pub struct UpOptions {
     pub listen: BTreeMap<String, SocketAddr>,
     pub connect_wait: Duration,
     pub backoff: Backoff,
+    /// The agent's local door, shared by every listener.
+    pub door: Arc<Door>,
 }
 
 /// One service being served.
@@ -104,6 +107,7 @@ pub async fn start(opts: UpOptions, catalog: Catalog, stop: CancellationToken) -
                     tunnel.clone(),
                     opts.connect_wait,
                     counters,
+                    opts.door.clone(),
                     streams.clone(),
                     stop.clone(),
                 )));

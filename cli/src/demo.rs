@@ -164,6 +164,7 @@ pub async fn run() -> anyhow::Result<()> {
             listen,
             connect_wait: Duration::from_secs(10),
             backoff: Backoff::default(),
+            door: Default::default(),
         },
         catalog,
         stop.clone(),

@@ -128,6 +128,8 @@ struct Inner {
     /// One switch, sign-out or restart at a time.
     ops: tokio::sync::Mutex<()>,
     stop: CancellationToken,
+    /// The local door of every environment's listeners.
+    door: Arc<crate::door::Door>,
 }
 
 fn now() -> u64 {
@@ -154,6 +156,7 @@ impl Agent {
                 notices,
                 ops: tokio::sync::Mutex::new(()),
                 stop: CancellationToken::new(),
+                door: Default::default(),
             }),
         };
         if let Some(env) = initial {
@@ -184,6 +187,11 @@ impl Agent {
     /// Notifications to show on the desktop.
     pub fn notices(&self) -> broadcast::Receiver<Notice> {
         self.inner.notices.subscribe()
+    }
+
+    /// The local door shared by this agent's listeners.
+    pub fn door(&self) -> &Arc<crate::door::Door> {
+        &self.inner.door
     }
 
     pub fn frontend(&self) -> Frontend {

@@ -215,6 +215,7 @@ impl Agent {
                 listen: self.inner.opts.listen.clone(),
                 connect_wait: self.inner.opts.connect_wait,
                 backoff: self.inner.opts.backoff,
+                door: self.inner.door.clone(),
             },
             catalog,
             stop.clone(),

@@ -1,0 +1,94 @@
+//! The local door: who may use the agent's listeners on 127.0.0.1.
+//!
+//! Whatever reaches a listener acts as the signed-in developer (the relay
+//! vouches for that identity to Bitbucket and Confluence), so every
+//! accepted connection and every HTTP request is checked here before a
+//! byte goes into the tunnel. A refusal is logged (naming the caller and
+//! the reason) and remembered for `gangway status` and the status window.
+//!
+//! One [`Door`] per agent process, shared by every listener of every
+//! environment.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// A caller the door turned away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedCaller {
+    /// Unix seconds.
+    pub at: u64,
+    /// The service whose listener refused it.
+    pub service: String,
+    /// Who it was, as far as the door could tell: "uid 65534 (nobody)",
+    /// "a web page at http://rebind.evil.example".
+    pub caller: String,
+    /// Why, in plain words.
+    pub reason: String,
+}
+
+/// What the door has done, for the status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoorSnapshot {
+    /// Callers refused since the agent started.
+    pub refused: u64,
+    pub last_refused: Option<RefusedCaller>,
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct Door {
+    refused: AtomicU64,
+    last_refused: Mutex<Option<RefusedCaller>>,
+}
+
+impl Door {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records (and logs) a refused caller.
+    pub fn refuse(&self, service: &str, caller: &str, reason: &str) {
+        tracing::warn!(service, caller, "local caller refused: {reason}");
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        *self
+            .last_refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(RefusedCaller {
+            at: crate::signin::now_unix(),
+            service: service.to_owned(),
+            caller: caller.to_owned(),
+            reason: reason.to_owned(),
+        });
+    }
+
+    pub fn snapshot(&self) -> DoorSnapshot {
+        DoorSnapshot {
+            refused: self.refused.load(Ordering::Relaxed),
+            last_refused: self
+                .last_refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_refusal_is_kept_and_counted() {
+        let door = Door::new();
+        assert_eq!(door.snapshot(), DoorSnapshot::default());
+        door.refuse("bitbucket", "uid 65534", "another user's connection");
+        door.refuse("confluence", "a web page", "Host is not local");
+        let s = door.snapshot();
+        assert_eq!(s.refused, 2);
+        let last = s.last_refused.unwrap();
+        assert_eq!(last.service, "confluence");
+        assert_eq!(last.reason, "Host is not local");
+    }
+}
