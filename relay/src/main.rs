@@ -126,13 +126,17 @@ async fn run(file: PathBuf, insecure_plaintext: bool) -> anyhow::Result<()> {
 /// for it; a bad file is refused (logged with file, key and reason) and
 /// the running config stays.
 #[cfg(unix)]
-fn reload_on_sighup(live: Arc<Live>, file: PathBuf, insecure_plaintext: bool) -> anyhow::Result<()> {
+fn reload_on_sighup(
+    live: Arc<Live>,
+    file: PathBuf,
+    insecure_plaintext: bool,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            let reloaded = load(&file, insecure_plaintext)
-                .and_then(|config| Ok(live.reload(&file, config)?));
+            let reloaded =
+                load(&file, insecure_plaintext).and_then(|config| Ok(live.reload(&file, config)?));
             match reloaded {
                 Ok(kept) => {
                     for warning in kept {
@@ -140,9 +144,7 @@ fn reload_on_sighup(live: Arc<Live>, file: PathBuf, insecure_plaintext: bool) ->
                     }
                     tracing::info!(file = %file.display(), "reloaded the config");
                 }
-                Err(e) => tracing::error!(
-                    "reload refused, the running config stays: {e:#}"
-                ),
+                Err(e) => tracing::error!("reload refused, the running config stays: {e:#}"),
             }
         }
     });
@@ -159,16 +161,15 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(term) => term,
-            Err(e) => {
-                tracing::error!("no SIGTERM handler ({e}); only SIGINT drains");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::error!("no SIGTERM handler ({e}); only SIGINT drains");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]

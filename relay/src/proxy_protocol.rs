@@ -143,21 +143,28 @@ mod tests {
     #[test]
     fn proxy_tcp4_and_tcp6_name_the_client() {
         let h = header(Command::Proxy, Protocol::Stream, v4());
-        assert_eq!(
-            parse(&h).unwrap(),
-            Some((Proxied::Client(v4().0), h.len()))
+        assert_eq!(parse(&h).unwrap(), Some((Proxied::Client(v4().0), h.len())));
+        let six: (SocketAddr, SocketAddr) = (
+            "[2001:db8::7]:5000".parse().unwrap(),
+            "[::1]:443".parse().unwrap(),
         );
-        let six: (SocketAddr, SocketAddr) =
-            ("[2001:db8::7]:5000".parse().unwrap(), "[::1]:443".parse().unwrap());
         let h = header(Command::Proxy, Protocol::Stream, six);
         assert_eq!(parse(&h).unwrap(), Some((Proxied::Client(six.0), h.len())));
     }
 
     #[test]
     fn local_and_unspecified_are_direct_and_udp_is_refused() {
-        let h = header(Command::Local, Protocol::Unspecified, Addresses::Unspecified);
+        let h = header(
+            Command::Local,
+            Protocol::Unspecified,
+            Addresses::Unspecified,
+        );
         assert_eq!(parse(&h).unwrap(), Some((Proxied::Local, h.len())));
-        let h = header(Command::Proxy, Protocol::Unspecified, Addresses::Unspecified);
+        let h = header(
+            Command::Proxy,
+            Protocol::Unspecified,
+            Addresses::Unspecified,
+        );
         assert_eq!(parse(&h).unwrap(), Some((Proxied::Local, h.len())));
         let h = header(Command::Proxy, Protocol::Datagram, v4());
         assert!(matches!(parse(&h), Err(HeaderError::Unsupported("UDP"))));
@@ -210,10 +217,14 @@ mod tests {
         let h = header(Command::Proxy, Protocol::Stream, v4());
         use tokio::io::AsyncWriteExt;
         client.write_all(&h[..10]).await.unwrap();
-        let e = read_header(&mut server, Duration::from_secs(5)).await.unwrap_err();
+        let e = read_header(&mut server, Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert!(matches!(e, HeaderError::Timeout(_)), "{e}");
         drop(client);
-        let e = read_header(&mut server, Duration::from_secs(5)).await.unwrap_err();
+        let e = read_header(&mut server, Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert!(matches!(e, HeaderError::Io(_)), "{e}");
     }
 }

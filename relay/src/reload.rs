@@ -46,9 +46,7 @@ impl Live {
     pub fn reload(&self, file: &Path, config: RelayConfig) -> Result<Vec<String>, ConfigError> {
         check_files(file, &config)?;
         let old = self.current();
-        let (next, kept) = old
-            .reloaded(config)
-            .map_err(|e| relay_error(file, e))?;
+        let (next, kept) = old.reloaded(config).map_err(|e| relay_error(file, e))?;
         next.spawn_health_checks();
         self.current.store(Arc::new(next));
         old.retire();
@@ -164,14 +162,19 @@ backends = ["127.0.0.1:1"]
         let first = live.current();
         assert!(first.tcp_service("git").is_some());
 
-        let moved = BASE.replace("127.0.0.1:1", "127.0.0.1:2").replace("\"git\"", "\"git2\"");
+        let moved = BASE
+            .replace("127.0.0.1:1", "127.0.0.1:2")
+            .replace("\"git\"", "\"git2\"");
         std::fs::write(&file, &moved).unwrap();
         let kept = live.reload(&file, check(&file).unwrap()).unwrap();
         assert!(kept.is_empty(), "{kept:?}");
         let second = live.current();
         assert!(second.tcp_service("git").is_none());
         assert!(second.tcp_service("git2").is_some());
-        assert!(first.retired.is_cancelled(), "the old state's health checks stop");
+        assert!(
+            first.retired.is_cancelled(),
+            "the old state's health checks stop"
+        );
         // The counters and lifetime carry over.
         assert!(Arc::ptr_eq(&first.admission, &second.admission));
         assert!(Arc::ptr_eq(&first.lifetime, &second.lifetime));
@@ -189,7 +192,10 @@ backends = ["127.0.0.1:1"]
         let e = check(&file).unwrap_err();
         assert_eq!(e.key, "identity.jwks_file");
         let cfg = RelayConfig::load(&file).unwrap();
-        assert_eq!(live.reload(&file, cfg).unwrap_err().key, "identity.jwks_file");
+        assert_eq!(
+            live.reload(&file, cfg).unwrap_err().key,
+            "identity.jwks_file"
+        );
         assert!(Arc::ptr_eq(&live.current(), &second));
     }
 

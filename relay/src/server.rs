@@ -296,6 +296,7 @@ impl Handler {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let live = self.live;
+        let cut = self.relay.cut().clone();
         let (in_flight, idle) = watch::channel(0usize);
         let in_flight = Arc::new(in_flight);
         let svc = {
@@ -320,6 +321,14 @@ impl Handler {
             r = &mut served => r,
             _ = idle_for(idle, idle_limit) => {
                 tracing::debug!(peer = %conn.peer, "idle connection; closing");
+                served.as_mut().graceful_shutdown();
+                served.await
+            }
+            // The drain deadline: the request in flight may finish, then
+            // the connection closes (while draining before that, an idle
+            // connection lasts until `http_idle_timeout`, and answers
+            // `/readyz` with 503 meanwhile).
+            _ = cut.cancelled() => {
                 served.as_mut().graceful_shutdown();
                 served.await
             }

@@ -125,18 +125,16 @@ impl Relay {
             ),
         ] {
             if *new != was {
-                kept.push(format!(
-                    "limits.{key} cannot change on reload: still {was}"
-                ));
+                kept.push(format!("limits.{key} cannot change on reload: still {was}"));
                 *new = was;
             }
         }
-        let verifier = if same(&config.identity, &old.identity) && config.identity.jwks_file.is_none()
-        {
-            self.verifier.clone()
-        } else {
-            Arc::new(Verifier::new(config.identity.clone(), key_source(&config)?))
-        };
+        let verifier =
+            if same(&config.identity, &old.identity) && config.identity.jwks_file.is_none() {
+                self.verifier.clone()
+            } else {
+                Arc::new(Verifier::new(config.identity.clone(), key_source(&config)?))
+            };
         let audit = if config.audit_path == old.audit_path {
             self.audit.clone()
         } else {

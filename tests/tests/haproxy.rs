@@ -136,12 +136,9 @@ async fn tls_from(
         tcp.write_all(&h).await?;
     }
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
-    let tls = tokio::time::timeout(
-        Duration::from_secs(10),
-        connector(ca)?.connect(name, tcp),
-    )
-    .await
-    .context("TLS handshake hung")??;
+    let tls = tokio::time::timeout(Duration::from_secs(10), connector(ca)?.connect(name, tcp))
+        .await
+        .context("TLS handshake hung")??;
     Ok(tls)
 }
 
@@ -158,7 +155,10 @@ async fn get(s: &mut Tls, path: &str) -> Result<(String, String)> {
         let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
             .await
             .with_context(|| format!("no answer to GET {path}"))??;
-        ensure!(n > 0, "the relay closed the connection instead of answering");
+        ensure!(
+            n > 0,
+            "the relay closed the connection instead of answering"
+        );
         got.extend_from_slice(&buf[..n]);
     };
     let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
@@ -264,7 +264,10 @@ async fn haproxy_health_checks_client_address_and_trust_boundaries() -> Result<(
     let mut local = tls_from(&ca, SOURCE, relay, Some(local_header())).await?;
     assert_eq!(get(&mut local, "/healthz").await?.0, "HTTP/1.1 200 OK");
     let (status, body) = get(&mut local, "/readyz").await?;
-    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ready\n"));
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ready\n")
+    );
 
     // PROXY from the trusted source: the header's client is the peer.
     let claimed: SocketAddr = "203.0.113.9:4242".parse()?;
@@ -272,9 +275,11 @@ async fn haproxy_health_checks_client_address_and_trust_boundaries() -> Result<(
     let (status, _) = get(&mut proxied, "/v1/catalog").await?;
     assert!(status.starts_with("HTTP/1.1 401"), "{status}");
     pair.a
-        .wait_audit("auth_failed from 203.0.113.9", Duration::from_secs(10), |l| {
-            l["event"] == "auth_failed" && l["peer"] == "203.0.113.9:4242"
-        })
+        .wait_audit(
+            "auth_failed from 203.0.113.9",
+            Duration::from_secs(10),
+            |l| l["event"] == "auth_failed" && l["peer"] == "203.0.113.9:4242",
+        )
         .await?;
 
     // The trusted source without a header: refused before TLS, and logged.
@@ -298,7 +303,9 @@ async fn haproxy_health_checks_client_address_and_trust_boundaries() -> Result<(
     pair.a
         .wait_audit("auth_failed from 127.0.0.1", Duration::from_secs(10), |l| {
             l["event"] == "auth_failed"
-                && l["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:"))
+                && l["peer"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("127.0.0.1:"))
         })
         .await?;
     let text = std::fs::read_to_string(pair.a.audit_path())?;
@@ -333,23 +340,31 @@ async fn killing_a_relay_mid_clone_moves_the_agent_to_the_other() -> Result<()> 
     // crash's to decide).
     let mid = {
         let (url, dest) = (url.clone(), work.path().join("mid"));
-        std::thread::spawn(move || git::git(dest.parent().unwrap(), &["clone", "--quiet", &url, "mid"]))
+        std::thread::spawn(move || {
+            git::git(dest.parent().unwrap(), &["clone", "--quiet", &url, "mid"])
+        })
     };
     serving.kill();
     let _ = mid.join();
 
     let mut n = 0;
-    poll("a clone through the other relay", Duration::from_secs(5), || {
-        n += 1;
-        let dest = format!("after{n}");
-        Ok(git::git(work.path(), &["clone", "--quiet", &url, &dest])
-            .ok()
-            .map(|_| dest))
-    })
+    poll(
+        "a clone through the other relay",
+        Duration::from_secs(5),
+        || {
+            n += 1;
+            let dest = format!("after{n}");
+            Ok(git::git(work.path(), &["clone", "--quiet", &url, &dest])
+                .ok()
+                .map(|_| dest))
+        },
+    )
     .await
     .map(|dest| {
         assert_eq!(
-            git::git(&work.path().join(&dest), &["rev-parse", "HEAD"]).unwrap().trim(),
+            git::git(&work.path().join(&dest), &["rev-parse", "HEAD"])
+                .unwrap()
+                .trim(),
             repos.head_commit("demo").unwrap()
         )
     })?;
@@ -403,9 +418,11 @@ async fn sigterm_drains_open_streams_and_new_connections_go_to_the_other_relay()
     let mut fresh = Echo::open(agent.addr("echo")).await?;
     fresh.round_trip(b"on the other relay").await?;
     other
-        .wait_audit("the new stream on the other relay", Duration::from_secs(10), |l| {
-            l["event"] == "stream_open"
-        })
+        .wait_audit(
+            "the new stream on the other relay",
+            Duration::from_secs(10),
+            |l| l["event"] == "stream_open",
+        )
         .await?;
     assert_eq!(
         audit_events(draining, "stream_open").count(),
@@ -440,12 +457,11 @@ async fn sigterm_drains_open_streams_and_new_connections_go_to_the_other_relay()
 async fn the_drain_deadline_cuts_a_stream_that_does_not_end() -> Result<()> {
     let echo = EchoServer::start()?;
     let setup = RelaySetup::new()?;
-    let relay = setup.relay_named(
+    let mut relay = setup.relay_named(
         "r",
         "listen = \"127.0.0.1:0\"",
         &tables(2, &tcp_service("echo", echo.addr)),
     )?;
-    let mut relay = relay;
     let agent = setup.agent(&relay, CI_DEV, &["echo"]).await?;
     let mut long = Echo::open(agent.addr("echo")).await?;
     signal(&relay, "TERM")?;
@@ -467,15 +483,26 @@ async fn the_drain_deadline_cuts_a_stream_that_does_not_end() -> Result<()> {
 
 /// Writes the single relay's config of the reload test: `echo` to
 /// `backend`, certificate `cert`.
-fn reload_config(setup: &RelaySetup, cert: &TestCert, backend: SocketAddr, listen: &str) -> Result<PathBuf> {
+fn reload_config(
+    setup: &RelaySetup,
+    cert: &TestCert,
+    backend: SocketAddr,
+    listen: &str,
+) -> Result<PathBuf> {
     let path = setup.relay_config_named(
         "r",
         &format!("listen = \"{listen}\""),
         &tables(30, &tcp_service("echo", backend)),
     )?;
     let text = std::fs::read_to_string(&path)?
-        .replace(&setup.cert.cert.display().to_string(), &cert.cert.display().to_string())
-        .replace(&setup.cert.key.display().to_string(), &cert.key.display().to_string());
+        .replace(
+            &setup.cert.cert.display().to_string(),
+            &cert.cert.display().to_string(),
+        )
+        .replace(
+            &setup.cert.key.display().to_string(),
+            &cert.key.display().to_string(),
+        );
     std::fs::write(&path, text)?;
     Ok(path)
 }
@@ -493,19 +520,16 @@ fn der(pem_file: &Path) -> Result<Vec<u8>> {
     Ok(base64::engine::general_purpose::STANDARD.decode(b64)?)
 }
 
-/// `gangway-relay check-config FILE`: exit status and output.
-fn check_config(file: &Path) -> Result<(bool, String)> {
+/// `gangway-relay check-config FILE`: exit status, stdout, stderr.
+fn check_config(file: &Path) -> Result<(bool, String, String)> {
     let out = Command::new(bin_path("gangway-relay")?)
         .arg("check-config")
         .arg(file)
         .output()?;
     Ok((
         out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
 }
 
@@ -520,15 +544,15 @@ async fn sighup_reloads_backends_and_certificate_and_refuses_a_broken_config() -
     let (old, new) = (EchoServer::start()?, EchoServer::start()?);
     let setup = RelaySetup::new()?;
     let path = reload_config(&setup, &setup.cert, old.addr, "127.0.0.1:0")?;
-    let relay = RelayProcess::start(&path)?;
+    let mut relay = RelayProcess::start(&path)?;
     let agent = setup.agent(&relay, CI_DEV, &["echo"]).await?;
     let mut long = Echo::open(agent.addr("echo")).await?;
-    let backends = || -> Vec<String> {
-        audit_events(&relay, "stream_open")
+    let backends = |relay: &RelayProcess| -> Vec<String> {
+        audit_events(relay, "stream_open")
             .filter_map(|l| l["backend"].as_str().map(str::to_string))
             .collect()
     };
-    assert_eq!(backends(), [old.addr.to_string()]);
+    assert_eq!(backends(&relay), [old.addr.to_string()]);
 
     // Both certificates trusted by the test's client, to see which one
     // the relay presents.
@@ -538,40 +562,41 @@ async fn sighup_reloads_backends_and_certificate_and_refuses_a_broken_config() -
         &both,
         std::fs::read_to_string(&setup.cert.cert)? + &std::fs::read_to_string(&rotated.cert)?,
     )?;
-    let presented = |tls: &Tls| -> Vec<u8> {
-        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
-    };
+    let presented =
+        |tls: &Tls| -> Vec<u8> { tls.get_ref().1.peer_certificates().unwrap()[0].to_vec() };
     let before = tls_from(&both, "127.0.0.1", relay.addr, None).await?;
     assert_eq!(presented(&before), der(&setup.cert.cert)?);
 
-    let good = reload_config(&setup, &rotated, new.addr, &relay.addr.to_string())?;
-    let (ok, out) = check_config(&good)?;
-    assert!(ok, "{out}");
-    assert_eq!(out.trim(), format!("{}: OK", good.display()));
+    let good = reload_config(&setup, &rotated, new.addr, "127.0.0.1:0")?;
+    let (ok, out, err) = check_config(&good)?;
+    assert!(ok, "{out}{err}");
+    assert_eq!(out, format!("{}: OK\n", good.display()));
     signal(&relay, "HUP")?;
-    let mut relay = relay;
     relay
         .process
         .wait_line("the reload", Duration::from_secs(10), |l| {
             l.contains("reloaded the config")
         })
         .await?;
-    long.round_trip(b"the long stream survives the reload").await?;
+    long.round_trip(b"the long stream survives the reload")
+        .await?;
     let mut fresh = Echo::open(agent.addr("echo")).await?;
     fresh.round_trip(b"new backend").await?;
-    assert_eq!(backends(), [old.addr.to_string(), new.addr.to_string()]);
+    assert_eq!(
+        backends(&relay),
+        [old.addr.to_string(), new.addr.to_string()]
+    );
     let after = tls_from(&both, "127.0.0.1", relay.addr, None).await?;
     assert_eq!(presented(&after), der(&rotated.cert)?);
 
     // A broken file: refused by check-config and by SIGHUP alike.
     let text = std::fs::read_to_string(&good)?;
     std::fs::write(&good, text.replace("kind = \"tcp\"", "kind = \"udp\""))?;
-    let (ok, out) = check_config(&good)?;
+    let (ok, out, err) = check_config(&good)?;
     assert!(!ok, "check-config passed a broken file: {out}");
-    assert!(
-        out.contains(&format!("{}: service[0].kind:", good.display())),
-        "{out}"
-    );
+    assert!(out.is_empty(), "{out}");
+    let want = format!("gangway-relay: {}: service[0].kind:", good.display());
+    assert!(err.lines().any(|l| l.starts_with(&want)), "{err}");
     signal(&relay, "HUP")?;
     let line = relay
         .process
@@ -584,8 +609,12 @@ async fn sighup_reloads_backends_and_certificate_and_refuses_a_broken_config() -
     let mut third = Echo::open(agent.addr("echo")).await?;
     third.round_trip(b"still the reloaded backend").await?;
     assert_eq!(
-        backends(),
-        [old.addr.to_string(), new.addr.to_string(), new.addr.to_string()]
+        backends(&relay),
+        [
+            old.addr.to_string(),
+            new.addr.to_string(),
+            new.addr.to_string()
+        ]
     );
     long.round_trip(b"and the long stream still").await?;
     assert_eq!(

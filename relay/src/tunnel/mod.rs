@@ -57,12 +57,8 @@ const MAX_REFUSING: usize = crate::config::limits::STREAM_SLACK / 2;
 /// down, or the session's token expires without renewal. Each new stream
 /// is served by the state `live` holds when it opens (a reload applies to
 /// the streams opened after it).
-pub async fn serve<S>(
-    live: Arc<Live>,
-    mut ws: WebSocketStream<S>,
-    identity: Identity,
-    peer: String,
-) where
+pub async fn serve<S>(live: Arc<Live>, mut ws: WebSocketStream<S>, identity: Identity, peer: String)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let relay = live.current();
@@ -296,15 +292,15 @@ async fn accept_streams(
 ) -> End {
     let shutdown = live.current().shutdown().clone();
     loop {
-        let relay = live.current();
-        let grace = relay.config.identity.leeway;
+        let grace = live.current().config.identity.leeway;
         let expires_at = identity_rx.borrow().expires_at;
         let until_expiry = Duration::from_secs(expires_at.saturating_sub(now_unix())) + grace;
         tokio::select! {
             s = inbound.recv() => match s {
+                // The state current when the stream arrives.
                 Some(stream) if streams.has_room() => {
                     streams.serving.spawn(serve_stream(
-                        relay.clone(),
+                        live.current(),
                         stream,
                         identity_rx.clone(),
                         session.to_string(),
@@ -315,7 +311,7 @@ async fn accept_streams(
                 Some(stream) if streams.refusing.len() < MAX_REFUSING => {
                     let identity = identity_rx.borrow().clone();
                     streams.refusing.spawn(refuse_over_cap(
-                        relay.clone(),
+                        live.current(),
                         stream,
                         identity,
                         session.to_string(),
@@ -330,6 +326,7 @@ async fn accept_streams(
             // Keeps the sets small between new streams.
             Some(_) = streams.serving.join_next(), if !streams.serving.is_empty() => {}
             _ = shutdown.cancelled() => {
+                let relay = live.current();
                 return drain_streams(&relay, inbound, streams, identity_rx, ctl_tx, session, peer).await;
             }
             _ = tokio::time::sleep(until_expiry) => {

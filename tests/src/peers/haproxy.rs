@@ -132,10 +132,7 @@ backend relays
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let now = self.statuses().await?;
-            if now
-                .iter()
-                .any(|(n, s)| n == name && s.starts_with(want))
-            {
+            if now.iter().any(|(n, s)| n == name && s.starts_with(want)) {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
