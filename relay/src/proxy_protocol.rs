@@ -108,9 +108,7 @@ where
     let mut buf = vec![0u8; FIXED];
     io.read_exact(&mut buf).await?;
     // The signature and version are checked before waiting for more.
-    if let Err(e) = parse(&buf) {
-        return Err(e);
-    }
+    parse(&buf)?;
     let len = announced_len(&buf).unwrap_or(FIXED);
     buf.resize(len, 0);
     io.read_exact(&mut buf[FIXED..]).await?;
