@@ -386,7 +386,7 @@ async fn sigterm_drains_open_streams_and_new_connections_go_to_the_other_relay()
     let echo = EchoServer::start()?;
     let mut pair = Pair::start(60, &tcp_service("echo", echo.addr)).await?;
     let ca = pair.setup.cert.cert.clone();
-    let agent = pair.agent(&["echo"]).await?;
+    let mut agent = pair.agent(&["echo"]).await?;
     let mut long = Echo::open(agent.addr("echo")).await?;
 
     let on_a = audit_events(&pair.a, "stream_open").next().is_some();
@@ -411,6 +411,16 @@ async fn sigterm_drains_open_streams_and_new_connections_go_to_the_other_relay()
         ("HTTP/1.1 503 Service Unavailable", "draining\n")
     );
     drop(kept_alive);
+    // The agent has the goodbye (a stream opened before it read it would
+    // be refused as "shutting down").
+    agent
+        .process
+        .wait_line(
+            "the agent to take the goodbye",
+            Duration::from_secs(10),
+            |l| l.contains("relay is draining; reconnect to another relay"),
+        )
+        .await?;
 
     // The open stream still flows on the draining relay.
     long.round_trip(b"still here after SIGTERM").await?;
@@ -483,15 +493,10 @@ async fn the_drain_deadline_cuts_a_stream_that_does_not_end() -> Result<()> {
 
 /// Writes the single relay's config of the reload test: `echo` to
 /// `backend`, certificate `cert`.
-fn reload_config(
-    setup: &RelaySetup,
-    cert: &TestCert,
-    backend: SocketAddr,
-    listen: &str,
-) -> Result<PathBuf> {
+fn reload_config(setup: &RelaySetup, cert: &TestCert, backend: SocketAddr) -> Result<PathBuf> {
     let path = setup.relay_config_named(
         "r",
-        &format!("listen = \"{listen}\""),
+        "listen = \"127.0.0.1:0\"",
         &tables(30, &tcp_service("echo", backend)),
     )?;
     let text = std::fs::read_to_string(&path)?
@@ -543,7 +548,7 @@ fn check_config(file: &Path) -> Result<(bool, String, String)> {
 async fn sighup_reloads_backends_and_certificate_and_refuses_a_broken_config() -> Result<()> {
     let (old, new) = (EchoServer::start()?, EchoServer::start()?);
     let setup = RelaySetup::new()?;
-    let path = reload_config(&setup, &setup.cert, old.addr, "127.0.0.1:0")?;
+    let path = reload_config(&setup, &setup.cert, old.addr)?;
     let mut relay = RelayProcess::start(&path)?;
     let agent = setup.agent(&relay, CI_DEV, &["echo"]).await?;
     let mut long = Echo::open(agent.addr("echo")).await?;
@@ -567,7 +572,7 @@ async fn sighup_reloads_backends_and_certificate_and_refuses_a_broken_config() -
     let before = tls_from(&both, "127.0.0.1", relay.addr, None).await?;
     assert_eq!(presented(&before), der(&setup.cert.cert)?);
 
-    let good = reload_config(&setup, &rotated, new.addr, "127.0.0.1:0")?;
+    let good = reload_config(&setup, &rotated, new.addr)?;
     let (ok, out, err) = check_config(&good)?;
     assert!(ok, "{out}{err}");
     assert_eq!(out, format!("{}: OK\n", good.display()));
@@ -621,6 +626,34 @@ async fn sighup_reloads_backends_and_certificate_and_refuses_a_broken_config() -
         audit_events(&relay, "session_open").count(),
         1,
         "the agent's session was dropped"
+    );
+    Ok(())
+}
+
+/// A relay whose provider cannot be reached has no signing keys: `/readyz`
+/// answers 503 and says so (a balancer sends it nobody), `/healthz` 200.
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_is_503_while_no_signing_keys_are_loaded() -> Result<()> {
+    let setup = RelaySetup::new()?;
+    let echo = EchoServer::start()?;
+    let path = setup.relay_config_named(
+        "r",
+        "listen = \"127.0.0.1:0\"",
+        &tables(30, &tcp_service("echo", echo.addr)),
+    )?;
+    // Nothing listens on the discard port: every JWKS fetch fails.
+    let text = std::fs::read_to_string(&path)?.replace(&setup.idp.issuer(), "http://127.0.0.1:9");
+    std::fs::write(&path, text)?;
+    let relay = RelayProcess::start(&path)?;
+    let mut s = tls_from(&setup.cert.cert, "127.0.0.1", relay.addr, None).await?;
+    assert_eq!(get(&mut s, "/healthz").await?.0, "HTTP/1.1 200 OK");
+    let (status, body) = get(&mut s, "/readyz").await?;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        (
+            "HTTP/1.1 503 Service Unavailable",
+            "no signing keys of the identity provider loaded\n"
+        )
     );
     Ok(())
 }
