@@ -197,6 +197,23 @@ mod tests {
         ));
     }
 
+    /// The fuzz corpus of `proxy_header` (`fuzz/corpus/proxy_header`), as
+    /// regression tests: no input may panic or claim more than it holds.
+    #[test]
+    fn fuzz_corpus_replays_without_panic() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/proxy_header");
+        let mut whole = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let bytes = std::fs::read(e.unwrap().path()).unwrap();
+            if let Ok(Some((_, used))) = parse(&bytes) {
+                assert!(used <= bytes.len());
+                whole += 1;
+            }
+        }
+        assert!(whole >= 3, "the seeds in {} parse", dir.display());
+    }
+
     #[tokio::test]
     async fn reads_exactly_the_header_and_leaves_the_rest() {
         let mut bytes = header(Command::Proxy, Protocol::Stream, v4());
