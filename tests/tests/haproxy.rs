@@ -657,3 +657,47 @@ async fn readyz_is_503_while_no_signing_keys_are_loaded() -> Result<()> {
     );
     Ok(())
 }
+
+/// `max_unauthenticated_per_address = 2` behind a trusted balancer: the
+/// cap counts the client address each PROXY header names, not the
+/// balancer's. Two held connections for 203.0.113.1 fill its cap, a third
+/// for it is closed; one for 203.0.113.2, from the same balancer address,
+/// is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_per_address_cap_counts_the_address_the_header_names() -> Result<()> {
+    let setup = RelaySetup::new()?;
+    let echo = EchoServer::start()?;
+    let limits = "\n[limits]\nmax_unauthenticated_per_address = 2\n";
+    let relay = setup.relay_named(
+        "r",
+        "listen = \"127.0.0.1:0\"",
+        &format!("{limits}{}", tables(30, &tcp_service("echo", echo.addr))),
+    )?;
+    let ca = &setup.cert.cert;
+    let from = |client: &str| -> Result<Vec<u8>> { Ok(proxy_header(client.parse()?, relay.addr)) };
+    let mut held = Vec::new();
+    for port in [1001, 1002] {
+        let mut s = tls_from(
+            ca,
+            SOURCE,
+            relay.addr,
+            Some(from(&format!("203.0.113.1:{port}"))?),
+        )
+        .await?;
+        assert_eq!(get(&mut s, "/healthz").await?.0, "HTTP/1.1 200 OK");
+        held.push(s);
+    }
+    let third = tls_from(ca, SOURCE, relay.addr, Some(from("203.0.113.1:1003")?)).await;
+    let refused = match third {
+        Err(_) => true,
+        Ok(mut s) => get(&mut s, "/healthz").await.is_err(),
+    };
+    assert!(
+        refused,
+        "a third unauthenticated connection for 203.0.113.1 was served"
+    );
+    let mut other = tls_from(ca, SOURCE, relay.addr, Some(from("203.0.113.2:1001")?)).await?;
+    assert_eq!(get(&mut other, "/healthz").await?.0, "HTTP/1.1 200 OK");
+    drop(held);
+    Ok(())
+}
