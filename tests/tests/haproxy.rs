@@ -642,7 +642,7 @@ async fn readyz_is_503_while_no_signing_keys_are_loaded() -> Result<()> {
         &tables(30, &tcp_service("echo", echo.addr)),
     )?;
     // Nothing listens on the discard port: every JWKS fetch fails.
-    let text = std::fs::read_to_string(&path)?.replace(&setup.idp.issuer(), "http://127.0.0.1:9");
+    let text = std::fs::read_to_string(&path)?.replace(setup.idp.issuer(), "http://127.0.0.1:9");
     std::fs::write(&path, text)?;
     let relay = RelayProcess::start(&path)?;
     let mut s = tls_from(&setup.cert.cert, "127.0.0.1", relay.addr, None).await?;
