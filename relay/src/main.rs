@@ -116,15 +116,17 @@ async fn run(file: PathBuf, insecure_plaintext: bool) -> anyhow::Result<()> {
         TlsMode::Plaintext => "http",
     };
     let live = Live::new(Arc::new(Relay::from_config(config)?));
-    tracing::info!("gangway-relay listening on {scheme}://{addr}");
+    let drain = drain_signal()?;
     reload_on_sighup(live.clone(), file, insecure_plaintext)?;
-    gangway_relay::serve(listener, live, shutdown_signal()).await?;
+    tracing::info!("gangway-relay listening on {scheme}://{addr}");
+    gangway_relay::serve(listener, live, drain).await?;
     Ok(())
 }
 
-/// On each SIGHUP: reads and checks the file, and swaps the running config
-/// for it; a bad file is refused (logged with file, key and reason) and
-/// the running config stays.
+/// On each SIGHUP (handler installed now, before the relay says it
+/// listens): reads and checks the file, and swaps the running config for
+/// it; a bad file is refused (logged with file, key and reason) and the
+/// running config stays.
 #[cfg(unix)]
 fn reload_on_sighup(
     live: Arc<Live>,
@@ -156,23 +158,24 @@ fn reload_on_sighup(_: Arc<Live>, _: PathBuf, _: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM or SIGINT: the relay drains.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    tracing::error!("no SIGTERM handler ({e}); only SIGINT drains");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("signal received: draining");
+/// SIGTERM or SIGINT: the relay drains. The handlers are installed now,
+/// before the relay says it listens (a signal's default action would end
+/// the process instead); the future resolves on the first of them.
+#[cfg(unix)]
+fn drain_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    Ok(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!("signal received: draining");
+    })
+}
+
+#[cfg(not(unix))]
+fn drain_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("signal received: draining");
+    })
 }
