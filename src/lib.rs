@@ -218,6 +218,7 @@ fn options() -> AgentOptions {
         browser: std::env::var("BROWSER").ok(),
         unreachable_notice_after: gangway_agent::notices::UNREACHABLE_NOTICE_AFTER,
         frontend: Frontend::Tray,
+        managed: gangway_agent::agent::Managed::from_config(&config),
     }
 }
 
@@ -275,6 +276,7 @@ mod tests {
             browser: Some("true".into()),
             unreachable_notice_after: Duration::from_secs(60),
             frontend: Frontend::Tray,
+            managed: Default::default(),
         })
     }
 
@@ -315,6 +317,7 @@ mod tests {
                     ports: BTreeMap::new(),
                     login_hint: "gangway login --env Production".into(),
                     source: EnvSource::ConfigFile,
+                    locked: false,
                 },
                 EnvSpec {
                     name: "Staging".into(),
@@ -323,6 +326,7 @@ mod tests {
                     ports: BTreeMap::new(),
                     login_hint: "gangway login --env Staging".into(),
                     source: EnvSource::ConfigFile,
+                    locked: false,
                 },
             ];
             (agent(envs.clone()), envs)
