@@ -392,3 +392,50 @@ async fn tray_menu_shows_the_policy_lock() -> Result<()> {
     assert!(s.environment_fixed);
     Ok(())
 }
+
+/// The Windows templates as an MSI, built with wixl and inspected with
+/// msiinfo: both files, in PolicyDefinitions, at the workspace's version.
+#[test]
+fn policy_templates_msi_holds_the_admx_and_adml() -> Result<()> {
+    require_program("wixl")?;
+    require_program("msiinfo")?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = tempfile::tempdir()?;
+    let built = std::process::Command::new(root.join("installer/windows/build-policy-msi"))
+        .env("CARGO_TARGET_DIR", out.path())
+        .output()?;
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let msi = out.path().join(format!(
+        "windows/gangway-policy-templates-{}.msi",
+        env!("CARGO_PKG_VERSION")
+    ));
+    let table = |name: &str| -> Result<String> {
+        let o = std::process::Command::new("msiinfo")
+            .arg("export")
+            .arg(&msi)
+            .arg(name)
+            .output()?;
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let files = table("File")?;
+    assert!(
+        files.contains("gangway.admx") && files.contains("gangway.adml"),
+        "{files}"
+    );
+    let dirs = table("Directory")?;
+    assert!(
+        dirs.contains("PolicyDefinitions") && dirs.contains("en-US"),
+        "{dirs}"
+    );
+    let props = table("Property")?;
+    assert!(
+        props.contains(&format!("ProductVersion\t{}", env!("CARGO_PKG_VERSION"))),
+        "{props}"
+    );
+    Ok(())
+}
