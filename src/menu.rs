@@ -152,7 +152,7 @@ pub fn build(s: &Snapshot, autostart: bool) -> Vec<Entry> {
     m.push(Entry::Check {
         id: AUTOSTART.into(),
         text: "Start at login".into(),
-        enabled: true,
+        enabled: !s.start_at_login_locked,
         checked: autostart,
     });
     m.push(item(QUIT, "Quit Gangway", true));
@@ -204,6 +204,7 @@ mod tests {
             ],
             organization: None,
             environment_fixed: false,
+            start_at_login_locked: false,
             phase,
             phase_since: 0,
             user: Some("alice".into()),

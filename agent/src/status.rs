@@ -167,6 +167,9 @@ pub struct Snapshot {
     /// The organisation fixes the environment: switching is refused.
     #[serde(default)]
     pub environment_fixed: bool,
+    /// The organisation decides "Start at login".
+    #[serde(default)]
+    pub start_at_login_locked: bool,
     pub phase: Phase,
     /// Unix seconds when the phase began.
     pub phase_since: u64,

@@ -183,6 +183,14 @@ fn policy_locks_environments_and_the_cli_refuses_to_change_them() -> Result<()> 
     let (ok, _, err) = home.gangway(&["env", "remove", "mine"]);
     assert!(!ok);
     assert!(err.contains("policy key allow_user_environments"), "{err}");
+    // Device-flow sign-in turned off: refused before any code is shown.
+    home.mandatory("60-device.toml", "allow_device_sign_in = false\n")?;
+    let (ok, _, err) = home.gangway(&["login", "--device", "--env", "prod"]);
+    assert!(!ok);
+    assert!(
+        err.contains("signing in with a code (--device) is turned off; it is set by your organisation (policy key allow_device_sign_in"),
+        "{err}"
+    );
     // The user's file is untouched by every refusal.
     let text = std::fs::read_to_string(home.user_config())?;
     assert!(text.contains("name = \"mine\""), "{text}");

@@ -94,6 +94,8 @@ pub struct Managed {
     /// The environment a mandatory `default_environment` fixes, and the
     /// policy file that set it: switching away is refused.
     pub fixed_environment: Option<(String, Option<String>)>,
+    /// A mandatory `start_at_login`: the tray applies it and locks the item.
+    pub start_at_login: Option<bool>,
 }
 
 impl Managed {
@@ -104,6 +106,10 @@ impl Managed {
                 .settings
                 .locked(crate::policy::Key::DefaultEnvironment)
                 .and_then(|s| Some((c.default_environment.clone()?, s.origin.clone()))),
+            start_at_login: c
+                .settings
+                .locked(crate::policy::Key::StartAtLogin)
+                .map(|_| c.settings.start_at_login),
         }
     }
 }
