@@ -6,6 +6,8 @@ pub mod desktop;
 pub mod git;
 pub mod keychain;
 mod lighttpd;
+pub mod local_user;
 pub mod nginx;
 pub mod oidc;
 pub mod process;
+pub mod sshd;
