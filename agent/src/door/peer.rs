@@ -206,20 +206,48 @@ mod linux {
         let mut out = vec![0; packet.buffer_len()];
         packet.serialize(&mut out);
 
+        SOCKET.with(|cell| {
+            let mut cached = cell.borrow_mut();
+            let socket = match cached.take() {
+                Some(s) => s,
+                None => open_socket()?,
+            };
+            let got = ask(&socket, &out, &socket_id);
+            // A socket that failed once is not trusted with the next
+            // question (a late answer could be read as its answer).
+            if got.is_ok() {
+                *cached = Some(socket);
+            }
+            got
+        })
+    }
+
+    thread_local! {
+        /// One netlink socket per thread, kept between lookups: opening
+        /// one costs five system calls more than the question itself.
+        static SOCKET: std::cell::RefCell<Option<Socket>> = const { std::cell::RefCell::new(None) };
+    }
+
+    fn open_socket() -> Result<Socket, PeerError> {
         let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(PeerError::Lookup)?;
         socket.bind_auto().map_err(PeerError::Lookup)?;
         socket
             .connect(&NlAddr::new(0, 0))
             .map_err(PeerError::Lookup)?;
-        socket.send(&out, 0).map_err(PeerError::Lookup)?;
         // The kernel answers a single-socket request while `send` runs, so
-        // the answer is already queued: a non-blocking read never waits,
-        // and a missing answer is a refusal, not a hang of the accept loop.
+        // the answer is already queued when `send` returns: a non-blocking
+        // read never waits, and a missing answer is a refusal, not a hang
+        // of the accept loop.
         socket.set_non_blocking(true).map_err(PeerError::Lookup)?;
+        Ok(socket)
+    }
+
+    fn ask(socket: &Socket, request: &[u8], id: &SocketId) -> Result<Owner, PeerError> {
+        socket.send(request, 0).map_err(PeerError::Lookup)?;
         let mut answer = Vec::with_capacity(ANSWER_BUF);
         let n = socket.recv(&mut answer, 0).map_err(PeerError::Lookup)?;
         answer.truncate(n);
-        read_answer(&answer, &socket_id)
+        read_answer(&answer, id)
     }
 
     /// The owner named in the kernel's answer to a request for `id`.
