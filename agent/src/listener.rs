@@ -269,7 +269,11 @@ impl ServiceListener {
                 .local_addr()
                 .map(|local| door.admit(&self.service.name, local, peer))
                 .unwrap_or_else(|e| {
-                    door.refuse(&self.service.name, &format!("a caller at {peer}"), &e.to_string());
+                    door.refuse(
+                        &self.service.name,
+                        &format!("a caller at {peer}"),
+                        &e.to_string(),
+                    );
                     false
                 });
             if !admitted {

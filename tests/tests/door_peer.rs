@@ -97,7 +97,15 @@ fn curl(user: Option<&LocalUser>, url: &str, headers: &[&str]) -> Result<Command
         Some(u) => u.command("curl")?,
         None => Command::new("curl"),
     };
-    cmd.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20"]);
+    cmd.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "20",
+    ]);
     for h in headers {
         cmd.arg("-H").arg(h);
     }
@@ -175,17 +183,32 @@ async fn another_user_is_refused_on_every_service_and_the_owner_is_not() -> Resu
     let sshd_before = sshd.connections();
 
     // Another user: no HTTP answer, no SSH banner, nothing upstream.
-    let refs = format!("http://127.0.0.1:{git_port}/scm/repo.git/info/refs?service=git-upload-pack");
-    let out = finish("curl git as the other user", curl(Some(&other), &refs, &[])?).await?;
+    let refs =
+        format!("http://127.0.0.1:{git_port}/scm/repo.git/info/refs?service=git-upload-pack");
+    let out = finish(
+        "curl git as the other user",
+        curl(Some(&other), &refs, &[])?,
+    )
+    .await?;
     assert_eq!(out.stdout.trim(), "000", "git over HTTP answered: {out:?}");
     assert!(!out.status.success());
 
     let out = finish("raw read of the SSH listener", raw_read(&other, ssh_port)?).await?;
-    assert!(!out.stdout.contains("SSH-"), "sshd's banner reached another user: {out:?}");
-    assert!(out.stdout.contains("[closed"), "the connection was not closed: {out:?}");
+    assert!(
+        !out.stdout.contains("SSH-"),
+        "sshd's banner reached another user: {out:?}"
+    );
+    assert!(
+        out.stdout.contains("[closed"),
+        "the connection was not closed: {out:?}"
+    );
 
     let page = format!("http://127.0.0.1:{wiki_port}/door-probe-other");
-    let out = finish("curl Confluence as the other user", curl(Some(&other), &page, &[])?).await?;
+    let out = finish(
+        "curl Confluence as the other user",
+        curl(Some(&other), &page, &[])?,
+    )
+    .await?;
     assert_eq!(out.stdout.trim(), "000", "Confluence answered: {out:?}");
 
     let ws = format!("http://127.0.0.1:{wiki_port}/synchrony/v1/bayeux");
@@ -195,14 +218,22 @@ async fn another_user_is_refused_on_every_service_and_the_owner_is_not() -> Resu
         "Sec-WebSocket-Version: 13",
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
     ];
-    let out = finish("a Synchrony upgrade as the other user", curl(Some(&other), &ws, &upgrade)?).await?;
+    let out = finish(
+        "a Synchrony upgrade as the other user",
+        curl(Some(&other), &ws, &upgrade)?,
+    )
+    .await?;
     assert_eq!(out.stdout.trim(), "000", "Synchrony answered: {out:?}");
 
     // The owner on the same listeners: served, and the relay sees it.
     let out = finish("curl git as the owner", curl(None, &refs, &[])?).await?;
     assert_eq!(out.stdout.trim(), "200", "{out:?}");
     let owner_page = format!("http://127.0.0.1:{wiki_port}/door-probe-owner");
-    let out = finish("curl Confluence as the owner", curl(None, &owner_page, &[])?).await?;
+    let out = finish(
+        "curl Confluence as the owner",
+        curl(None, &owner_page, &[])?,
+    )
+    .await?;
     assert_eq!(out.stdout.trim(), "200", "{out:?}");
     let hello = banner(agent.addr("bitbucket-ssh"))?;
     assert!(hello.starts_with("SSH-2.0-OpenSSH"), "{hello:?}");
@@ -232,14 +263,21 @@ async fn another_user_is_refused_on_every_service_and_the_owner_is_not() -> Resu
         .iter()
         .filter(|e| e["event"] == "http_request")
         .collect();
-    assert_eq!(http_requests.len(), 2, "only the owner's two requests: {audit:?}");
+    assert_eq!(
+        http_requests.len(),
+        2,
+        "only the owner's two requests: {audit:?}"
+    );
     assert_eq!(
         sshd.connections() - sshd_before,
         1,
         "sshd saw only the owner's connection"
     );
     assert!(
-        !node.access_log().iter().any(|l| l.contains("door-probe-other") || l.contains("synchrony")),
+        !node
+            .access_log()
+            .iter()
+            .any(|l| l.contains("door-probe-other") || l.contains("synchrony")),
         "{:?}",
         node.access_log()
     );
@@ -255,7 +293,10 @@ async fn another_user_is_refused_on_every_service_and_the_owner_is_not() -> Resu
     assert_eq!(last["caller"], who.as_str(), "{door}");
     assert_eq!(last["service"], "confluence", "{door}");
     assert!(
-        last["reason"].as_str().unwrap_or("").contains("another user's connection"),
+        last["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("another user's connection"),
         "{door}"
     );
     assert!(last["at"].as_u64().unwrap_or(0) > 0, "{door}");
@@ -266,7 +307,11 @@ async fn another_user_is_refused_on_every_service_and_the_owner_is_not() -> Resu
         "{}",
         text.stdout
     );
-    assert!(text.stdout.contains(&format!("Last refused: {who} at ")), "{}", text.stdout);
+    assert!(
+        text.stdout.contains(&format!("Last refused: {who} at ")),
+        "{}",
+        text.stdout
+    );
     // The agent's log names the uid of each refused caller.
     let log = agent.process.output();
     for service in ["bitbucket", "bitbucket-ssh", "confluence"] {
@@ -315,7 +360,10 @@ async fn git_clone_over_ssh_through_ssh_proxy() -> Result<()> {
     let socket = control.socket();
     let env = [
         ("GIT_SSH_COMMAND", ssh.as_str()),
-        ("GANGWAY_CONTROL_SOCKET", socket.to_str().context("socket path")?),
+        (
+            "GANGWAY_CONTROL_SOCKET",
+            socket.to_str().context("socket path")?,
+        ),
     ];
     git_env(work.path(), &["clone", "--quiet", &url, "clone"], &env)
         .context("git clone over ssh-proxy")?;
@@ -342,12 +390,18 @@ async fn git_clone_over_ssh_through_ssh_proxy() -> Result<()> {
     // line each, non-zero.
     let out = control.gangway(&["ssh-proxy", "nope"]).await?;
     assert!(!out.status.success());
-    assert!(out.stderr.contains("offers no service named \"nope\""), "{out:?}");
+    assert!(
+        out.stderr.contains("offers no service named \"nope\""),
+        "{out:?}"
+    );
     let mut cmd = gangway_command(&["ssh-proxy", "bitbucket-ssh"])?;
     cmd.env("GANGWAY_CONTROL_SOCKET", work.path().join("none.sock"));
     let out = finish("ssh-proxy without an agent", cmd).await?;
     assert!(!out.status.success());
-    assert!(out.stderr.contains("no Gangway agent is running"), "{out:?}");
+    assert!(
+        out.stderr.contains("no Gangway agent is running"),
+        "{out:?}"
+    );
     agent.stop();
     Ok(())
 }
@@ -375,7 +429,11 @@ async fn network_listen_is_refused_without_the_flag_and_warned_with_it() -> Resu
     refused.env("GANGWAY_CONTROL_SOCKET", control.socket());
     let out = finish("gangway up --listen 0.0.0.0", refused).await?;
     assert!(!out.status.success(), "{out:?}");
-    for words in ["0.0.0.0:0", "not a loopback address", "--allow-network-listen"] {
+    for words in [
+        "0.0.0.0:0",
+        "not a loopback address",
+        "--allow-network-listen",
+    ] {
         assert!(out.stderr.contains(words), "{words:?} not in {out:?}");
     }
     ensure!(
@@ -394,9 +452,11 @@ async fn network_listen_is_refused_without_the_flag_and_warned_with_it() -> Resu
         .context("display name")?
         .to_string();
     let warning = format!("anyone who can reach 0.0.0.0:{port} can use {shown} as {user}");
-    poll("the warning in the agent's output", startup_timeout(WAIT), || {
-        Ok(agent.process.output().contains(&warning).then_some(()))
-    })
+    poll(
+        "the warning in the agent's output",
+        startup_timeout(WAIT),
+        || Ok(agent.process.output().contains(&warning).then_some(())),
+    )
     .await?;
     let warnings = status["door"]["open_to_network"].to_string();
     assert!(warnings.contains(&warning), "{warnings}");

@@ -19,7 +19,11 @@ impl Agent {
         let (tunnel, catalog, env) = {
             let st = self.lock();
             let run = st.run.as_ref().ok_or(AgentError::NoEnvironment)?;
-            (run.tunnel.clone(), run.catalog.clone(), run.env.name.clone())
+            (
+                run.tunnel.clone(),
+                run.catalog.clone(),
+                run.env.name.clone(),
+            )
         };
         if let Some(c) = &catalog {
             if !c.services.iter().any(|s| s.name == service) {

@@ -65,7 +65,10 @@ pub async fn open_proxy(agent: &Agent, service: &str) -> Result<Carried, Failure
                 AgentError::Refused(r) => {
                     let plain = crate::listener::plain_problem(service, &e)
                         .unwrap_or_else(|| e.to_string());
-                    format!("the relay refused the stream to {service}: {plain} ({})", r.message)
+                    format!(
+                        "the relay refused the stream to {service}: {plain} ({})",
+                        r.message
+                    )
                 }
                 other => format!("cannot open a stream to {service}: {other}"),
             };

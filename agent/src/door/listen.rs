@@ -28,7 +28,11 @@ pub struct NetworkListenRefused {
 
 /// Whether `service` may listen on `addr`: loopback always, anything else
 /// only with `allow_network` (then show [`warning`] once it is bound).
-pub fn check(service: &str, addr: SocketAddr, allow_network: bool) -> Result<(), NetworkListenRefused> {
+pub fn check(
+    service: &str,
+    addr: SocketAddr,
+    allow_network: bool,
+) -> Result<(), NetworkListenRefused> {
     if is_loopback(addr) || allow_network {
         return Ok(());
     }
@@ -57,7 +61,12 @@ mod tests {
 
     #[test]
     fn only_loopback_unless_allowed_and_then_a_warning() {
-        for ok in ["127.0.0.1:7990", "[::1]:7990", "127.8.9.10:0", "[::ffff:127.0.0.1]:1"] {
+        for ok in [
+            "127.0.0.1:7990",
+            "[::1]:7990",
+            "127.8.9.10:0",
+            "[::ffff:127.0.0.1]:1",
+        ] {
             let a: SocketAddr = ok.parse().unwrap();
             assert_eq!(check("bitbucket", a, false), Ok(()));
         }
@@ -69,7 +78,9 @@ mod tests {
             assert_eq!(check("bitbucket", a, true), Ok(()));
             let w = warning("Bitbucket", "alice", a);
             assert!(
-                w.contains(&format!("anyone who can reach {bad} can use Bitbucket as alice")),
+                w.contains(&format!(
+                    "anyone who can reach {bad} can use Bitbucket as alice"
+                )),
                 "{w}"
             );
         }

@@ -176,7 +176,11 @@ mod linux {
         let family = match (src, dst) {
             (std::net::IpAddr::V4(_), std::net::IpAddr::V4(_)) => AF_INET,
             (std::net::IpAddr::V6(_), std::net::IpAddr::V6(_)) => AF_INET6,
-            _ => return Err(lookup("the two ends of the connection differ in address family")),
+            _ => {
+                return Err(lookup(
+                    "the two ends of the connection differ in address family",
+                ))
+            }
         };
         // The caller's socket: its source is the peer address, its
         // destination our local one.

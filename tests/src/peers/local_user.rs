@@ -20,13 +20,14 @@ impl LocalUser {
     /// Creates the account (needs root).
     pub fn create() -> Result<Self> {
         let useradd = require_program("useradd")?;
-        let name = format!(
-            "gwdoor{}{}",
-            std::process::id(),
-            rand_suffix()
-        );
+        let name = format!("gwdoor{}{}", std::process::id(), rand_suffix());
         let out = Command::new(useradd)
-            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin"])
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
             .arg(&name)
             .output()?;
         if !out.status.success() {
