@@ -160,6 +160,15 @@ impl Client {
         }
     }
 
+    /// No control socket on this platform yet.
+    #[cfg(not(unix))]
+    pub async fn proxy(
+        &self,
+        _service: &str,
+    ) -> Result<Option<tokio::net::TcpStream>, ControlError> {
+        Err(ControlError::Unsupported)
+    }
+
     #[cfg(not(unix))]
     pub async fn request(
         &self,
