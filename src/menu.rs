@@ -217,6 +217,7 @@ mod tests {
             services: vec![],
             problems: vec![],
             notices: vec![],
+            door: Default::default(),
             links: Links {
                 confluence: Some("http://127.0.0.1:8090/".into()),
                 clone_http: Some("http://127.0.0.1:7990/scm/".into()),

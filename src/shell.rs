@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use gangway_agent::agent::Agent;
-use gangway_agent::control::handle_agent_request;
+use gangway_agent::control::{handle_agent_request, open_proxy, Opening};
 use gangway_agent::control::{ErrorCode, Failure, Handled, Handler, Progress, Request};
 use gangway_agent::status::Snapshot;
 use serde::Serialize;
@@ -218,5 +218,10 @@ impl<R: Runtime> Handler for AppControl<R> {
                 }
             }
         })
+    }
+
+    fn proxy(&self, service: String) -> Opening {
+        let agent = self.app.state::<Shell>().agent.clone();
+        Box::pin(async move { open_proxy(&agent, &service).await })
     }
 }

@@ -151,6 +151,20 @@ function render(s) {
     b.disabled = !s.links[b.dataset.copy.replace('-', '_')];
   }
 
+  const door = s.door || {};
+  let guard;
+  if (!door.uid_checked) guard = 'Other users of this computer are not checked on this platform.';
+  else guard = `Only ${door.owner} on this computer can use these ports.`;
+  $('door-guard').textContent = guard;
+  const warnings = $('door-warnings');
+  warnings.textContent = '';
+  for (const w of door.open_to_network || []) warnings.appendChild(el('li', 'err', w));
+  const last = door.last_refused;
+  $('door-refused').textContent = last
+    ? `Last refused at ${clock(last.at)}: ${last.caller} on ${last.service} — ${last.reason}` +
+      (door.refused > 1 ? ` (${door.refused} refused since Gangway started)` : '')
+    : 'No local caller refused.';
+
   const list = $('problems');
   list.textContent = '';
   for (const p of s.problems) {

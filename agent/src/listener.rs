@@ -250,7 +250,6 @@ impl ServiceListener {
         streams: TaskTracker,
         stop: CancellationToken,
     ) {
-        let _ = &door;
         loop {
             let (tcp, peer) = tokio::select! {
                 r = self.listener.accept() => match r {
@@ -263,6 +262,23 @@ impl ServiceListener {
                 },
                 _ = stop.cancelled() => return,
             };
+            // The local door, before anything else: a caller owned by
+            // another local user is closed here (for an http service too:
+            // there is nothing to answer it), with a log line naming its uid.
+            let admitted = tcp
+                .local_addr()
+                .map(|local| door.admit(&self.service.name, local, peer))
+                .unwrap_or_else(|e| {
+                    door.refuse(
+                        &self.service.name,
+                        &format!("a caller at {peer}"),
+                        &e.to_string(),
+                    );
+                    false
+                });
+            if !admitted {
+                continue;
+            }
             let _ = tcp.set_nodelay(true);
             let service = self.service.clone();
             let tunnel = tunnel.clone();

@@ -69,13 +69,9 @@ impl<S> PipelinedStream<S> {
     where
         S: AsyncRead + Unpin,
     {
-        while matches!(self.answer, Answer::Waiting(_)) {
-            // An empty read buffer: the answer is decoded, no data consumed.
-            std::future::poll_fn(|cx| {
-                Pin::new(&mut *self).poll_read(cx, &mut ReadBuf::new(&mut []))
-            })
-            .await?;
-        }
+        // Only the answer is read here: polling the stream with an empty
+        // buffer afterwards could park on data already buffered.
+        std::future::poll_fn(|cx| self.poll_answer(cx)).await?;
         match &self.answer {
             Answer::Refused(r) => Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
@@ -114,33 +110,43 @@ impl<S: AsyncRead + Unpin> AsyncRead for PipelinedStream<S> {
                     return Poll::Ready(Ok(()));
                 }
                 Answer::Passing(_) => return Pin::new(&mut this.inner).poll_read(cx, buf),
-                Answer::Waiting(pending) => {
-                    let decoded = OpenResult::decode(pending).map_err(|e| {
-                        std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
-                    })?;
-                    match decoded {
-                        Some(OpenResult::Accepted) => {
-                            let rest = std::mem::take(pending);
-                            this.answer = Answer::Passing(rest);
-                            this.answered();
-                        }
-                        Some(OpenResult::Refused(r)) => {
-                            this.answer = Answer::Refused(r);
-                            this.answered();
-                        }
-                        None => {
-                            let mut chunk = [0u8; 1024];
-                            let mut rb = ReadBuf::new(&mut chunk);
-                            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
-                            if rb.filled().is_empty() {
-                                return Poll::Ready(Err(std::io::Error::new(
-                                    std::io::ErrorKind::UnexpectedEof,
-                                    "relay closed the stream before answering",
-                                )));
-                            }
-                            pending.extend_from_slice(rb.filled());
-                        }
+                Answer::Waiting(_) => ready!(this.poll_answer(cx))?,
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> PipelinedStream<S> {
+    /// Reads until the relay's answer is decoded (accepted or refused);
+    /// bytes after it are kept for the reader.
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            let Answer::Waiting(pending) = &mut self.answer else {
+                return Poll::Ready(Ok(()));
+            };
+            let decoded = OpenResult::decode(pending)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            match decoded {
+                Some(OpenResult::Accepted) => {
+                    let rest = std::mem::take(pending);
+                    self.answer = Answer::Passing(rest);
+                    self.answered();
+                }
+                Some(OpenResult::Refused(r)) => {
+                    self.answer = Answer::Refused(r);
+                    self.answered();
+                }
+                None => {
+                    let mut chunk = [0u8; 1024];
+                    let mut rb = ReadBuf::new(&mut chunk);
+                    ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+                    if rb.filled().is_empty() {
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "relay closed the stream before answering",
+                        )));
                     }
+                    pending.extend_from_slice(rb.filled());
                 }
             }
         }
@@ -194,6 +200,24 @@ mod tests {
         assert_eq!(out, b"SSH-2.0-OpenSSH\r\n");
         assert!(seen.load(Ordering::SeqCst));
         assert!(p.refusal().is_none());
+    }
+
+    /// The answer in one frame, the server's first bytes in a later one
+    /// (an SSH banner): `answer()` returns on the first and leaves the
+    /// bytes for the reader.
+    #[tokio::test]
+    async fn answer_returns_before_the_first_data_frame() {
+        let mut wire = BytesMut::new();
+        OpenResult::Accepted.encode(&mut wire);
+        let mock = tokio_test::io::Builder::new()
+            .read(&wire)
+            .read(b"SSH-2.0-OpenSSH\r\n")
+            .build();
+        let mut p = PipelinedStream::new(mock, None);
+        p.answer().await.unwrap();
+        let mut out = Vec::new();
+        p.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"SSH-2.0-OpenSSH\r\n");
     }
 
     #[tokio::test]

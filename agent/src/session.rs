@@ -203,6 +203,12 @@ impl Session {
     /// [`Session::open_pipelined`], which does not wait.
     pub async fn open(&self, service: &str) -> Result<PipelinedStream<Stream>, AgentError> {
         let mut stream = self.open_pipelined(service, None).await?;
+        // Nothing else will push the header out: the caller sends no byte
+        // before the answer.
+        stream
+            .flush()
+            .await
+            .map_err(|e| AgentError::unreachable_by("opening a stream", e))?;
         tokio::time::timeout(Duration::from_secs(30), stream.answer())
             .await
             .map_err(|_| AgentError::unreachable("relay did not answer the stream open"))?

@@ -194,6 +194,9 @@ pub struct Snapshot {
     pub problems: Vec<Problem>,
     pub notices: Vec<Notice>,
     pub links: Links,
+    /// The local door: who may use the listeners, the last caller refused.
+    #[serde(default)]
+    pub door: crate::door::DoorSnapshot,
 }
 
 /// "alice @ Production — connected", "Production — sign-in needed".
@@ -322,6 +325,21 @@ impl Snapshot {
                     .map(|e| format!(" ({e})"))
                     .unwrap_or_default()
             );
+        }
+        let _ = writeln!(o, "{}", self.door.guard_line());
+        if let Some(r) = &self.door.last_refused {
+            let _ = writeln!(
+                o,
+                "  last refused: {} {} on {}: {} ({} refused in all)",
+                clock(r.at),
+                r.caller,
+                r.service,
+                r.reason,
+                self.door.refused
+            );
+        }
+        for w in &self.door.open_to_network {
+            let _ = writeln!(o, "  warning: {w}");
         }
         let _ = writeln!(o, "Problems:");
         for p in &self.problems {

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use url::Url;
 
-use crate::door::Door;
+use crate::door::{listen, Door};
 use crate::listener::{self, BindError, ServiceStats};
 use crate::relay_api::{Catalog, Service};
 use crate::token::TokenSource;
@@ -32,6 +32,9 @@ pub struct UpOptions {
     pub ports: BTreeMap<String, u16>,
     /// Full local address per service (overrides everything; port 0 allowed).
     pub listen: BTreeMap<String, SocketAddr>,
+    /// Whether a non-loopback address may be listened on (see
+    /// [`crate::door::listen`]); without it such a service is not served.
+    pub allow_network_listen: bool,
     pub connect_wait: Duration,
     pub backoff: Backoff,
     /// The agent's local door, shared by every listener.
@@ -90,13 +93,33 @@ pub async fn start(opts: UpOptions, catalog: Catalog, stop: CancellationToken) -
     let mut failed = Vec::new();
     let mut listeners = Vec::new();
     let streams = TaskTracker::new();
+    let mut open_to_network = Vec::new();
     for svc in &catalog.services {
         let addr = opts.listen.get(&svc.name).copied().unwrap_or_else(|| {
             let port = opts.ports.get(&svc.name).copied().unwrap_or(svc.local_port);
             SocketAddr::from((Ipv4Addr::LOCALHOST, port))
         });
+        if let Err(e) = listen::check(&svc.name, addr, opts.allow_network_listen) {
+            tracing::error!("{e}");
+            failed.push(BindError {
+                service: svc.display_name.clone(),
+                addr,
+                reason: format!(
+                    "{addr} is not a loopback address, so anyone who can reach it could use {} \
+                     as you; add {} to allow that",
+                    svc.display_name,
+                    listen::ALLOW_FLAG
+                ),
+            });
+            continue;
+        }
         match listener::bind(svc.clone(), addr).await {
             Ok(l) => {
+                if !listen::is_loopback(addr) {
+                    let w = listen::warning(&svc.display_name, &catalog.subject, l.local_addr());
+                    tracing::warn!("{w}");
+                    open_to_network.push(w);
+                }
                 let counters = Arc::new(ServiceStats::default());
                 listening.push(Serving {
                     service: svc.clone(),
@@ -118,6 +141,7 @@ pub async fn start(opts: UpOptions, catalog: Catalog, stop: CancellationToken) -
             }
         }
     }
+    opts.door.set_open_to_network(open_to_network);
     Running {
         tunnel,
         catalog,

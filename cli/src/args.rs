@@ -22,13 +22,20 @@ pub enum Command {
     /// Sign out: revoke the refresh token at the identity provider and
     /// delete this environment's tokens from the OS keychain.
     Logout(TargetArgs),
-    /// Who is signed in to an environment, and until when.
-    Status(TargetArgs),
+    /// Who is signed in to an environment, and until when; what the running
+    /// agent serves and who its local door refused.
+    Status(StatusArgs),
     /// Print a current access token (refreshed if needed), for scripts.
     Token(TargetArgs),
     /// Connect to the relay and serve local listeners until Ctrl-C (the
     /// same agent as the tray app, without the tray; serves the control API).
     Up(UpArgs),
+    /// For SSH's ProxyCommand: carry standard input and output as one
+    /// stream to SERVICE through the running agent (no local port).
+    SshProxy {
+        /// The SSH service's name in the catalog, e.g. bitbucket-ssh.
+        service: String,
+    },
     /// List, choose, add or remove environments in the user config file.
     #[command(subcommand)]
     Env(EnvCommand),
@@ -121,6 +128,15 @@ pub struct TargetArgs {
 }
 
 #[derive(clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Print the running agent's whole status as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
 pub struct LoginArgs {
     #[command(flatten)]
     pub target: TargetArgs,
@@ -145,8 +161,13 @@ pub struct UpArgs {
     #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// Local address for a service, e.g. bitbucket=127.0.0.1:17990 (repeatable).
+    /// Loopback addresses only, unless --allow-network-listen.
     #[arg(long = "listen", value_name = "SERVICE=ADDR")]
     pub listen: Vec<String>,
+    /// Allow --listen on a non-loopback address (0.0.0.0, a LAN address):
+    /// anyone who can reach it then uses the service as you.
+    #[arg(long)]
+    pub allow_network_listen: bool,
     /// Seconds a new connection waits for the tunnel before it is refused.
     #[arg(long, default_value_t = 20)]
     pub connect_wait: u64,

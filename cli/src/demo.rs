@@ -164,6 +164,7 @@ pub async fn run() -> anyhow::Result<()> {
             tokens: TokenSource::Static(token),
             ports: BTreeMap::new(),
             listen,
+            allow_network_listen: false,
             connect_wait: Duration::from_secs(10),
             backoff: Backoff::default(),
             door: Default::default(),

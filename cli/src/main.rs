@@ -50,6 +50,7 @@ fn main() -> ExitCode {
             Command::Up(args) => commands::up::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Env(cmd) => commands::env::run(cmd).await,
             Command::Config(args) => commands::config::run(args),
+            Command::SshProxy { service } => commands::ssh_proxy::run(service).await,
             #[cfg(feature = "demo")]
             Command::Demo => demo::run().await.map(|()| ExitCode::SUCCESS),
         }

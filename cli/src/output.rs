@@ -181,6 +181,7 @@ pub fn print_agent_status(snap: &Snapshot) -> ExitCode {
     if let Some(u) = &snap.links.confluence {
         println!("Confluence: {u}");
     }
+    print_door(snap);
     if !snap.problems.is_empty() {
         println!("Problems:");
         for p in &snap.problems {
@@ -191,6 +192,29 @@ pub fn print_agent_status(snap: &Snapshot) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// The local door: who may use the listeners, the last caller refused.
+fn print_door(snap: &Snapshot) {
+    println!("{}", snap.door.guard_line());
+    if let Some(r) = &snap.door.last_refused {
+        println!(
+            "  Last refused: {} at {} on {}: {} ({} refused since the agent started)",
+            r.caller,
+            format_time(r.at),
+            r.service,
+            r.reason,
+            snap.door.refused
+        );
+    }
+    print_network_warnings(snap);
+}
+
+/// One warning line per listener open to the network.
+pub fn print_network_warnings(snap: &Snapshot) {
+    for w in &snap.door.open_to_network {
+        eprintln!("warning: {w}");
     }
 }
 

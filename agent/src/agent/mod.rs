@@ -20,6 +20,7 @@
 //! no new sign-in.
 
 mod account;
+mod proxy;
 mod run;
 mod snapshot;
 mod state;
@@ -136,7 +137,11 @@ pub struct AgentOptions {
     pub initial: Option<String>,
     pub tokens: Tokens,
     /// Full local address per service (overrides ports; port 0 allowed).
+    /// A non-loopback one is refused unless `allow_network_listen`.
     pub listen: BTreeMap<String, SocketAddr>,
+    /// Whether `listen` may name a non-loopback address (anyone who can
+    /// reach it acts as the user: see [`crate::door::listen`]).
+    pub allow_network_listen: bool,
     pub connect_wait: Duration,
     pub backoff: Backoff,
     /// The `BROWSER` setting for sign-in and "Open Confluence".
@@ -238,7 +243,8 @@ impl Agent {
 
     /// The agent's state now.
     pub fn snapshot(&self) -> Snapshot {
-        snapshot::snapshot(&self.lock(), &self.inner.opts, now())
+        let door = self.inner.door.snapshot();
+        snapshot::snapshot(&self.lock(), &self.inner.opts, door, now())
     }
 
     /// Makes `env` current and starts its run task.
@@ -423,6 +429,7 @@ mod tests {
             environments: envs,
             tokens: Tokens::Keychain(Arc::new(store)),
             listen: BTreeMap::new(),
+            allow_network_listen: false,
             connect_wait: Duration::from_secs(1),
             backoff: Backoff {
                 base: Duration::from_millis(10),

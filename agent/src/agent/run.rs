@@ -213,6 +213,7 @@ impl Agent {
                 tokens: tokens.clone(),
                 ports: env.ports.clone(),
                 listen: self.inner.opts.listen.clone(),
+                allow_network_listen: self.inner.opts.allow_network_listen,
                 connect_wait: self.inner.opts.connect_wait,
                 backoff: self.inner.opts.backoff,
                 door: self.inner.door.clone(),
@@ -235,6 +236,7 @@ impl Agent {
             r.listening = running.listening.clone();
             r.started = true;
             r.failed = running.failed.clone();
+            r.tunnel = Some(running.tunnel.clone());
         });
         self.follow_tunnel(id, &env, &running.tunnel, &tokens, &mut notifier, &stop)
             .await;

@@ -3,6 +3,7 @@
 
 use super::state::{State, KEEP};
 use super::{AgentOptions, Tokens};
+use crate::door::DoorSnapshot;
 use crate::keychain::namespace_for;
 use crate::status::{self, EnvironmentEntry, Phase, Problem, ServiceStatus, Snapshot};
 
@@ -10,7 +11,7 @@ use crate::status::{self, EnvironmentEntry, Phase, Problem, ServiceStatus, Snaps
 const PROBLEM_TTL: u64 = 15 * 60;
 
 /// What `st` looks like at `now` (Unix seconds).
-pub(super) fn snapshot(st: &State, opts: &AgentOptions, now: u64) -> Snapshot {
+pub(super) fn snapshot(st: &State, opts: &AgentOptions, door: DoorSnapshot, now: u64) -> Snapshot {
     let run = st.run.as_ref();
     let phase = run.map(|r| r.phase.clone()).unwrap_or(Phase::NoEnvironment);
     let environment = st.current.clone();
@@ -116,6 +117,7 @@ pub(super) fn snapshot(st: &State, opts: &AgentOptions, now: u64) -> Snapshot {
         problems,
         notices: st.notices.iter().cloned().collect(),
         links,
+        door,
     }
 }
 

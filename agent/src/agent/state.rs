@@ -13,6 +13,7 @@ use super::EnvSpec;
 use crate::listener::BindError;
 use crate::relay_api::Catalog;
 use crate::status::{Notice, Phase, Problem};
+use crate::tunnel::Tunnel;
 use crate::up::Serving;
 
 /// How many past problems and notices are kept.
@@ -110,6 +111,9 @@ pub(super) struct Run {
     pub catalog: Option<Catalog>,
     pub listening: Vec<Serving>,
     pub failed: Vec<BindError>,
+    /// The environment's tunnel, once started (for streams opened without
+    /// a listener: `gangway ssh-proxy`).
+    pub tunnel: Option<Tunnel>,
     /// The listeners were set up (whether or not any could bind).
     pub started: bool,
     pub unreachable_since: Option<u64>,
@@ -139,6 +143,7 @@ impl Run {
             catalog: None,
             listening: Vec::new(),
             failed: Vec::new(),
+            tunnel: None,
             started: false,
             unreachable_since: None,
             token_expires_at: None,

@@ -91,6 +91,84 @@ impl Client {
         }
     }
 
+    /// Sends a `proxy` request for `service`; once the agent said ok, the
+    /// returned socket carries the stream's bytes both ways. `Ok(None)`
+    /// when no agent is running.
+    #[cfg(unix)]
+    pub async fn proxy(
+        &self,
+        service: &str,
+    ) -> Result<Option<tokio::net::UnixStream>, ControlError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let io = |e: std::io::Error| ControlError::Io {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        };
+        let mut stream = match tokio::net::UnixStream::connect(&self.path).await {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(io(e)),
+        };
+        let request = Request::Proxy {
+            service: service.to_string(),
+        };
+        let mut line = serde_json::to_vec(&request).expect("requests serialize");
+        line.push(b'\n');
+        let _ = stream.write_all(&line).await;
+        // Read the reply a byte at a time: what follows its newline is the
+        // stream's, and must stay in the socket.
+        loop {
+            let mut text = Vec::new();
+            loop {
+                let mut b = [0u8; 1];
+                if stream.read(&mut b).await.map_err(io)? == 0 {
+                    return Err(ControlError::Protocol {
+                        path: self.path.clone(),
+                        detail: "the agent closed the connection without answering".into(),
+                    });
+                }
+                if b[0] == b'\n' {
+                    break;
+                }
+                if text.len() >= super::MAX_REQUEST {
+                    return Err(ControlError::Protocol {
+                        path: self.path.clone(),
+                        detail: "reply too long".into(),
+                    });
+                }
+                text.push(b[0]);
+            }
+            let reply: Reply =
+                serde_json::from_slice(&text).map_err(|e| ControlError::Protocol {
+                    path: self.path.clone(),
+                    detail: e.to_string(),
+                })?;
+            match reply {
+                Reply::Progress { .. } => continue,
+                Reply::Ok { .. } => return Ok(Some(stream)),
+                Reply::Error { code, message } => {
+                    return Err(ControlError::Remote(super::Failure { code, message }))
+                }
+            }
+        }
+    }
+
+    /// No control socket on this platform yet.
+    #[cfg(not(unix))]
+    pub async fn proxy(
+        &self,
+        _service: &str,
+    ) -> Result<Option<tokio::net::TcpStream>, ControlError> {
+        Err(ControlError::Unsupported)
+    }
+
     #[cfg(not(unix))]
     pub async fn request(
         &self,

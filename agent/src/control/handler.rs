@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{socket_path, Bound, ControlError, ControlServer, ErrorCode, Failure};
-use super::{Handled, Handler, Progress, Request};
+use super::{Carried, Handled, Handler, Opening, Progress, Request};
 use crate::agent::Agent;
 use crate::AgentError;
 
@@ -48,6 +48,34 @@ impl Handler for AgentControl {
         let agent = self.0.clone();
         Box::pin(async move { handle_agent_request(&agent, request, progress).await })
     }
+
+    fn proxy(&self, service: String) -> Opening {
+        let agent = self.0.clone();
+        Box::pin(async move { open_proxy(&agent, &service).await })
+    }
+}
+
+/// Opens the stream of a `proxy` request on `agent`'s current environment;
+/// the relay's refusal comes back in plain words.
+pub async fn open_proxy(agent: &Agent, service: &str) -> Result<Carried, Failure> {
+    match agent.open_stream(service).await {
+        Ok(stream) => Ok(Box::new(stream)),
+        Err(e) => {
+            let code = ErrorCode::from(&e);
+            let message = match &e {
+                AgentError::Refused(r) => {
+                    let plain = crate::listener::plain_problem(service, &e)
+                        .unwrap_or_else(|| e.to_string());
+                    format!(
+                        "the relay refused the stream to {service}: {plain} ({})",
+                        r.message
+                    )
+                }
+                other => format!("cannot open a stream to {service}: {other}"),
+            };
+            Err(Failure::new(code, message))
+        }
+    }
 }
 
 /// Answers the requests every agent understands.
@@ -81,6 +109,10 @@ pub async fn handle_agent_request(
             agent.nudge();
             Ok(json(agent.snapshot()))
         }
+        Request::Proxy { .. } => Err(Failure::new(
+            ErrorCode::BadRequest,
+            "a proxy request is carried by its own connection",
+        )),
         Request::Show | Request::Menu | Request::Activate { .. } => Err(Failure::new(
             ErrorCode::Unsupported,
             "this agent is `gangway up` (no tray, no window)",

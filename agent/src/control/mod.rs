@@ -10,7 +10,16 @@
 //!                      ◀──  {"reply":"ok","data":…}\n  or {"reply":"error",…}\n
 //! ```
 //!
-//! One request per connection, JSON lines. Whichever process runs the agent
+//! One request per connection, JSON lines. A `proxy` request is the one
+//! exception: after its `ok` line the connection carries raw bytes both
+//! ways, as one stream in the tunnel to the named service (`gangway
+//! ssh-proxy` for SSH's `ProxyCommand`); half-closes pass through.
+//!
+//! ```text
+//!   {"cmd":"proxy","service":"bitbucket-ssh"}\n ──▶
+//!                      ◀──  {"reply":"ok","data":null}\n  then bytes ⇄ tunnel stream
+//!                      ◀──  or {"reply":"error","code":"failed","message":"…"}\n
+//! ``` Whichever process runs the agent
 //! serves the socket; an exclusive lock beside it (`agent.sock.lock`) makes
 //! sure only one does. Without `XDG_RUNTIME_DIR` the directory is
 //! `$TMPDIR/gangway-<uid>/`, created 0700 and checked to be ours.
@@ -28,8 +37,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use client::Client;
-pub use handler::{handle_agent_request, serve_control, AgentControl};
-pub use server::{Bound, ControlServer, Handled, Handler, Progress};
+pub use handler::{handle_agent_request, open_proxy, serve_control, AgentControl};
+pub use server::{Bound, Carried, ControlServer, Handled, Handler, Opening, Progress};
 
 /// Environment variable naming the control socket's path.
 pub const SOCKET_ENV: &str = "GANGWAY_CONTROL_SOCKET";
@@ -62,6 +71,9 @@ pub enum Request {
     Menu,
     /// Do what clicking the tray menu item `id` does (tray app only).
     Activate { id: String },
+    /// Carry this connection as one stream to `service` after the `ok`
+    /// reply (see the module docs).
+    Proxy { service: String },
 }
 
 /// One line of the agent's answer.
@@ -196,5 +208,12 @@ mod tests {
             r#"{"reply":"error","code":"forbidden","message":"no"}"#
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"rm -rf"}"#).is_err());
+        assert_eq!(
+            serde_json::to_string(&Request::Proxy {
+                service: "bitbucket-ssh".into()
+            })
+            .unwrap(),
+            r#"{"cmd":"proxy","service":"bitbucket-ssh"}"#
+        );
     }
 }

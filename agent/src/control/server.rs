@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -17,9 +18,31 @@ use super::{ControlError, ErrorCode, Failure, Reply, Request, MAX_REQUEST};
 /// What a handler's future gives back: the `data` of the final reply.
 pub type Handled = Pin<Box<dyn Future<Output = Result<serde_json::Value, Failure>> + Send>>;
 
+/// A byte stream a `proxy` connection is joined to.
+pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
+
+/// The stream a `proxy` request carries.
+pub type Carried = Box<dyn Duplex>;
+
+/// What [`Handler::proxy`] gives back: the stream, once the relay took it.
+pub type Opening = Pin<Box<dyn Future<Output = Result<Carried, Failure>> + Send>>;
+
 /// Answers control requests (the agent itself, or the tray app around it).
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, request: Request, progress: Progress) -> Handled;
+
+    /// Opens the stream for a `proxy` request to `service`. By default
+    /// this agent carries none.
+    fn proxy(&self, service: String) -> Opening {
+        let _ = service;
+        Box::pin(async {
+            Err(Failure::new(
+                ErrorCode::Unsupported,
+                "this agent cannot carry a proxy stream",
+            ))
+        })
+    }
 }
 
 /// Sends progress lines to the client while a request runs.
@@ -222,6 +245,7 @@ async fn connection(
     }
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64 + 1));
+    // (A `proxy` connection takes the read half back out below.)
     let n = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request"))??;
@@ -239,6 +263,13 @@ async fn connection(
             return write_reply(&mut write, &reply).await;
         }
     };
+    if let Request::Proxy { service } = request {
+        // Whatever the client sent after its request line belongs to the
+        // stream.
+        let early = reader.buffer().to_vec();
+        let read = reader.into_inner().into_inner();
+        return proxy(read, write, early, handler.proxy(service)).await;
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut work = handler.handle(request, Progress(tx));
     let last = loop {
@@ -255,6 +286,43 @@ async fn connection(
     }
     write_reply(&mut write, &last).await?;
     let _ = write.shutdown().await;
+    Ok(())
+}
+
+/// A `proxy` request: the relay's answer as the reply line, then (if it
+/// took the stream) bytes both ways until both sides have finished.
+#[cfg(unix)]
+async fn proxy(
+    read: tokio::net::unix::OwnedReadHalf,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    early: Vec<u8>,
+    opening: Opening,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = match opening.await {
+        Ok(s) => s,
+        Err(f) => {
+            let reply = Reply::Error {
+                code: f.code,
+                message: f.message,
+            };
+            write_reply(&mut write, &reply).await?;
+            let _ = write.shutdown().await;
+            return Ok(());
+        }
+    };
+    write_reply(
+        &mut write,
+        &Reply::Ok {
+            data: serde_json::Value::Null,
+        },
+    )
+    .await?;
+    if !early.is_empty() {
+        stream.write_all(&early).await?;
+    }
+    let mut local = read.reunite(write).map_err(std::io::Error::other)?;
+    gangway_transport::duplex::splice(&mut local, &mut stream).await?;
     Ok(())
 }
 

@@ -8,9 +8,16 @@
 //!
 //! One [`Door`] per agent process, shared by every listener of every
 //! environment.
+//!
+//! Rooms: [`peer`] asks the kernel which uid owns a caller's socket and
+//! admits or refuses it ([`Door::admit`]); [`listen`] keeps listeners on
+//! loopback unless the user allows the network in so many words.
+
+pub mod listen;
+pub mod peer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +41,37 @@ pub struct DoorSnapshot {
     /// Callers refused since the agent started.
     pub refused: u64,
     pub last_refused: Option<RefusedCaller>,
+    /// The only local user the listeners serve: "alice (uid 1000)".
+    #[serde(default)]
+    pub owner: String,
+    /// Whether each caller's uid is checked on this platform.
+    #[serde(default)]
+    pub uid_checked: bool,
+    /// Listeners open to the network (allowed with
+    /// `--allow-network-listen`), each as the warning to show.
+    #[serde(default)]
+    pub open_to_network: Vec<String>,
+}
+
+impl DoorSnapshot {
+    /// "Local door: only alice (uid 1000) on this computer can use these ports".
+    pub fn guard_line(&self) -> String {
+        if !self.uid_checked {
+            return "Local door: this platform does not check which local user connects".into();
+        }
+        if self.open_to_network.is_empty() {
+            format!(
+                "Local door: only {} on this computer can use these ports",
+                self.owner
+            )
+        } else {
+            format!(
+                "Local door: only {} on this computer, and anyone on the network for the \
+                 listeners open to it",
+                self.owner
+            )
+        }
+    }
 }
 
 /// See the module docs.
@@ -41,6 +79,8 @@ pub struct DoorSnapshot {
 pub struct Door {
     refused: AtomicU64,
     last_refused: Mutex<Option<RefusedCaller>>,
+    owner: OnceLock<String>,
+    open_to_network: Mutex<Vec<String>>,
 }
 
 impl Door {
@@ -63,8 +103,27 @@ impl Door {
         });
     }
 
+    /// Replaces the warnings about listeners open to the network (one
+    /// environment's listeners at a time).
+    pub fn set_open_to_network(&self, warnings: Vec<String>) {
+        *self
+            .open_to_network
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = warnings;
+    }
+
     pub fn snapshot(&self) -> DoorSnapshot {
         DoorSnapshot {
+            owner: self
+                .owner
+                .get_or_init(|| peer::user_label(peer::own_uid()))
+                .clone(),
+            uid_checked: peer::UID_CHECKED,
+            open_to_network: self
+                .open_to_network
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
             refused: self.refused.load(Ordering::Relaxed),
             last_refused: self
                 .last_refused
@@ -82,7 +141,8 @@ mod tests {
     #[test]
     fn the_last_refusal_is_kept_and_counted() {
         let door = Door::new();
-        assert_eq!(door.snapshot(), DoorSnapshot::default());
+        assert_eq!(door.snapshot().refused, 0);
+        assert_eq!(door.snapshot().last_refused, None);
         door.refuse("bitbucket", "uid 65534", "another user's connection");
         door.refuse("confluence", "a web page", "Host is not local");
         let s = door.snapshot();

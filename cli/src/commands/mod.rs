@@ -4,6 +4,7 @@ pub mod config;
 pub mod env;
 pub mod login;
 pub mod logout;
+pub mod ssh_proxy;
 pub mod status;
 pub mod token;
 pub mod up;

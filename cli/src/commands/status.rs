@@ -5,14 +5,24 @@ use std::process::ExitCode;
 
 use gangway_agent::signin::{self, SignInStatus};
 
-use crate::args::TargetArgs;
+use crate::args::StatusArgs;
 use crate::output::{print_agent_status, print_expiry, print_refresh};
 use crate::running::agent_for;
 use crate::target::Target;
 
-pub async fn run(args: TargetArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let json = args.json;
+    let args = args.target;
     if let Some((_, snap)) = agent_for(&args).await {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&snap)?);
+            return Ok(ExitCode::SUCCESS);
+        }
         return Ok(print_agent_status(&snap));
+    }
+    if json {
+        println!("{}", serde_json::json!({ "running": false }));
+        return Ok(ExitCode::FAILURE);
     }
     let target = Target::resolve(&args)?;
     let keychain = target.keychain().await?;

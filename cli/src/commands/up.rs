@@ -18,7 +18,7 @@ use gangway_wire::Token;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::UpArgs;
-use crate::output::{listening_of, print_listening};
+use crate::output::{listening_of, print_listening, print_network_warnings};
 use crate::target::Target;
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -35,7 +35,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             Tokens::Keychain(Arc::new(OsKeychain))
         }
     };
-    let listen = parse_listen(&args.listen)?;
+    let listen = parse_listen(&args.listen, args.allow_network_listen)?;
     let config_path = args.target.config.clone().or_else(user_config_path);
     let (environments, initial) = environments(&target, &args, config_path.as_deref());
     let managed = config_path
@@ -50,6 +50,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         initial: Some(initial),
         tokens,
         listen,
+        allow_network_listen: args.allow_network_listen,
         connect_wait: Duration::from_secs(args.connect_wait),
         backoff: Backoff::default(),
         browser: std::env::var("BROWSER").ok(),
@@ -80,6 +81,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         _ => {}
     }
     print_listening(&snap);
+    print_network_warnings(&snap);
     if !snap.services.iter().any(|s| s.local_addr.is_some()) {
         bail!("no service could be served");
     }
@@ -106,8 +108,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--listen SERVICE=ADDR` flags.
-fn parse_listen(specs: &[String]) -> anyhow::Result<BTreeMap<String, SocketAddr>> {
+/// `--listen SERVICE=ADDR` flags; a non-loopback address is refused before
+/// anything starts unless `allow_network` (the agent library checks again).
+fn parse_listen(
+    specs: &[String],
+    allow_network: bool,
+) -> anyhow::Result<BTreeMap<String, SocketAddr>> {
     let mut listen = BTreeMap::new();
     for spec in specs {
         let (svc, addr) = spec
@@ -116,6 +122,14 @@ fn parse_listen(specs: &[String]) -> anyhow::Result<BTreeMap<String, SocketAddr>
         let addr: SocketAddr = addr
             .parse()
             .with_context(|| format!("--listen {spec:?}: {addr:?} is not an address"))?;
+        if !allow_network && !addr.ip().to_canonical().is_loopback() {
+            bail!(
+                "--listen {spec}: refusing to listen on {addr}: it is not a loopback address, so \
+                 anyone who can reach it could use {svc} as you; use 127.0.0.1 or [::1], or add \
+                 {} if that is really what you want",
+                gangway_agent::door::listen::ALLOW_FLAG
+            );
+        }
         listen.insert(svc.to_string(), addr);
     }
     Ok(listen)

@@ -7,6 +7,8 @@ pub mod git;
 pub mod haproxy;
 pub mod keychain;
 mod lighttpd;
+pub mod local_user;
 pub mod nginx;
 pub mod oidc;
 pub mod process;
+pub mod sshd;

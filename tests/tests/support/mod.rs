@@ -55,6 +55,7 @@ impl Control for World {
 }
 
 /// The local address of `service` in `s`.
+#[allow(dead_code)] // not every test file that shares this module uses it
 pub fn addr_of(s: &Snapshot, service: &str) -> Option<SocketAddr> {
     s.services
         .iter()
