@@ -98,6 +98,9 @@ pub async fn run() -> anyhow::Result<()> {
             jwks_file: None,
         },
         audit_path: Some(dir.path().join("audit.jsonl")),
+        audit_syslog: None,
+        admin: None,
+        shared: Default::default(),
         assertion: Default::default(),
         limits: Default::default(),
         services: vec![

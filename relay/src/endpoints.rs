@@ -150,6 +150,11 @@ async fn authenticate(
         Err(e) => Err(e),
     };
     result.map_err(|e| {
+        relay
+            .metrics
+            .auth_failures
+            .with_label_values(&[e.code()])
+            .inc();
         relay.audit.record(&Event {
             event: "auth_failed",
             peer: Some(peer.to_string()),
@@ -219,7 +224,26 @@ async fn tunnel_upgrade(
             "expected a WebSocket upgrade (version 13)\n",
         );
     };
+    if let Some(lock) = relay.locks.lock_of(&identity.subject).await {
+        relay.metrics.refused("subject_locked");
+        relay.audit.record(&Event {
+            event: "session_refused",
+            subject: Some(&identity.subject),
+            peer: Some(peer.clone()),
+            code: Some("subject_locked"),
+            reason: Some(format!("locked by {}: {}", lock.by, lock.reason)),
+            ..Default::default()
+        });
+        return text(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "{} is locked out of this relay by an administrator; ask them to unlock it\n",
+                text::clean(&identity.subject)
+            ),
+        );
+    }
     let Some(slot) = relay.admission.session(&identity.subject) else {
+        relay.metrics.refused("too_many_sessions");
         let max = relay.config.limits.max_sessions_per_subject;
         relay.audit.record(&Event {
             event: "session_refused",

@@ -24,6 +24,9 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    if let Some(code) = gangway_relay::admin::cli::main_if_admin() {
+        return code;
+    }
     let _ = gangway_transport::heap::tune();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -44,6 +44,7 @@ pub async fn run(
         TlsMode::Plaintext => None,
     };
     relay.spawn_health_checks();
+    crate::admin::start(&relay).await?;
     let workers = Workers::start(relay.config.workers).map_err(RelayError::Workers)?;
     tracing::info!(workers = workers.len(), "worker threads started");
     let conns = TaskTracker::new();

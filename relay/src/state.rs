@@ -13,7 +13,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
 use crate::auth::{KeySource, Verifier};
+use crate::backends::Pool;
 use crate::config::{RelayConfig, ServiceKind};
+use crate::locks::Locks;
+use crate::metrics::Metrics;
+use crate::ratelimit::Limiter;
+use crate::sessions::Sessions;
+use crate::shared::Shared;
 use crate::{assertion, audit, forward, http, RelayError};
 
 /// Shared state of a running relay.
@@ -24,6 +30,14 @@ pub struct Relay {
     pub signer: assertion::Signer,
     /// Connection, per-address and per-subject caps (`[limits]`).
     pub admission: Admission,
+    /// Prometheus metrics, served on the admin listener.
+    pub metrics: Arc<Metrics>,
+    /// Rate limits per identity (`[[rate_limit]]`), shared through Redis.
+    pub limiter: Limiter,
+    /// Sessions open here, for the admin API and subject locks.
+    pub open_sessions: Sessions,
+    /// Subject locks, shared through Redis.
+    pub locks: Locks,
     tcp_services: HashMap<String, forward::Pool>,
     http_services: HashMap<String, Arc<http::HttpService>>,
     shutdown: CancellationToken,
@@ -33,8 +47,8 @@ pub struct Relay {
 impl Relay {
     /// Builds the relay from a validated config, with keys from `source`.
     pub fn new(config: RelayConfig, source: KeySource) -> Result<Self, RelayError> {
-        let audit =
-            audit::Audit::open(config.audit_path.as_deref()).map_err(|e| RelayError::Audit {
+        let audit = audit::Audit::open(config.audit_path.as_deref(), config.audit_syslog.as_ref())
+            .map_err(|e| RelayError::Audit {
                 path: config
                     .audit_path
                     .as_ref()
@@ -49,7 +63,20 @@ impl Relay {
         let http_services = of_kind(ServiceKind::Http)
             .map(|s| (s.name.clone(), Arc::new(http::HttpService::new(s))))
             .collect();
+        let metrics = Arc::new(Metrics::new());
+        let shared = match &config.shared.redis {
+            Some(r) => Some(Arc::new(Shared::new(r, metrics.clone())?)),
+            None => None,
+        };
         Ok(Self {
+            limiter: Limiter::new(
+                config.shared.rate_limits.clone(),
+                shared.clone(),
+                metrics.clone(),
+            ),
+            locks: Locks::new(shared),
+            open_sessions: Sessions::default(),
+            metrics,
             verifier: Verifier::new(config.identity.clone(), source),
             signer: assertion::Signer::from_config(&config.assertion)?,
             admission: Admission::new(&config.limits),
@@ -109,6 +136,21 @@ impl Relay {
         for svc in self.http_services.values() {
             svc.spawn_health_checks(&self.shutdown);
         }
+    }
+
+    /// Every backend pool: service, route prefix (none for the service's
+    /// own nodes) and pool, in config order.
+    pub fn pools(&self) -> Vec<(&str, Option<&str>, &Pool)> {
+        let mut v = Vec::new();
+        for svc in &self.config.services {
+            if let Some(p) = self.tcp_services.get(&svc.name) {
+                v.push((svc.name.as_str(), None, p.nodes()));
+            }
+            if let Some(h) = self.http_services.get(&svc.name) {
+                v.extend(h.pools().map(|(prefix, p)| (svc.name.as_str(), prefix, p)));
+            }
+        }
+        v
     }
 
     /// Cancelled when the relay starts shutting down: sessions say goodbye.

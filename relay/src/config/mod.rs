@@ -14,6 +14,7 @@
 //! `relay.toml: service[1].backends: must list at least one backend`; the
 //! fixtures in `relay/tests/fixtures/invalid` each name the error they expect.
 
+pub mod admin;
 pub mod assertion;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -22,16 +23,21 @@ pub mod identity;
 pub mod limits;
 mod raw;
 pub mod services;
+pub mod shared;
+pub mod syslog;
 pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use admin::AdminConfig;
 pub use assertion::AssertionConfig;
 pub use http::{Balance, GitService, HealthConfig, HttpSettings, RouteConfig, RuleConfig};
 pub use identity::IdentityConfig;
 pub use limits::LimitsConfig;
 pub use services::{ServiceConfig, ServiceKind};
+pub use shared::{Counted, RateLimitRule, RedisConfig, SharedConfig};
+pub use syslog::SyslogConfig;
 pub use tls::TlsMode;
 
 use raw::RawConfig;
@@ -82,6 +88,12 @@ pub struct RelayConfig {
     pub services: Vec<ServiceConfig>,
     /// Timeouts and caps (`[limits]`).
     pub limits: LimitsConfig,
+    /// Audit lines also sent to syslog (`[audit.syslog]`).
+    pub audit_syslog: Option<SyslogConfig>,
+    /// The admin listener (`[admin]`); none when absent.
+    pub admin: Option<AdminConfig>,
+    /// Redis and the rate limits held in it (`[redis]`, `[[rate_limit]]`).
+    pub shared: SharedConfig,
 }
 
 impl RelayConfig {
@@ -109,15 +121,27 @@ impl RelayConfig {
                 .unwrap_or_else(|| "(syntax)".into());
             src.err(key, e.message())
         })?;
+        let listen = listen(&raw.listen, &src)?;
+        let services = services::from_raw(raw.services, &src)?;
         Ok(RelayConfig {
-            listen: listen(&raw.listen, &src)?,
+            listen,
             workers: workers(raw.workers, &src)?,
             tls: TlsMode::from_raw(raw.tls, &src)?,
             identity: IdentityConfig::from_raw(raw.identity, &src)?,
-            services: services::from_raw(raw.services, &src)?,
             assertion: AssertionConfig::from_raw(raw.assertion, &src)?,
             audit_path: raw.audit.path.as_deref().map(|p| src.resolve(p)),
+            audit_syslog: raw
+                .audit
+                .syslog
+                .map(|s| SyslogConfig::from_raw(s, &src))
+                .transpose()?,
             limits: LimitsConfig::from_raw(raw.limits, &src)?,
+            admin: raw
+                .admin
+                .map(|a| AdminConfig::from_raw(a, listen, &src))
+                .transpose()?,
+            shared: SharedConfig::from_raw(raw.redis, raw.rate_limits, &services, &src)?,
+            services,
         })
     }
 

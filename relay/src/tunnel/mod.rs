@@ -79,6 +79,15 @@ pub async fn serve<S>(
         ..Default::default()
     });
     tracing::info!(%session, subject = %identity.subject, agent = %hello.agent, "session open");
+    // Listed for the admin API; `registered.end` fires if the subject is locked.
+    let registered = relay.open_sessions.register(crate::sessions::SessionInfo {
+        id: session.clone(),
+        subject: identity.subject.clone(),
+        peer: peer.clone(),
+        agent: hello.agent.clone(),
+        started_unix: now_unix(),
+    });
+    let _open = SessionGauge::start(&relay);
 
     let limits = &relay.config.limits;
     let (opener, mut inbound, driver) = mux::start(
@@ -104,6 +113,7 @@ pub async fn serve<S>(
         &mut streams,
         &identity_rx,
         &control.tx,
+        &registered.end,
         &session,
         &peer,
     )
@@ -130,6 +140,23 @@ pub async fn serve<S>(
         ..Default::default()
     });
     tracing::info!(%session, reason = end.reason, "session closed");
+}
+
+/// Counts a session in `gangway_relay_sessions` while it lives.
+struct SessionGauge(Arc<Relay>);
+
+impl SessionGauge {
+    fn start(relay: &Arc<Relay>) -> Self {
+        relay.metrics.sessions.inc();
+        relay.metrics.sessions_opened.inc();
+        SessionGauge(relay.clone())
+    }
+}
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        self.0.metrics.sessions.dec();
+    }
 }
 
 /// Phase 1: versioned handshake ([`handshake`]). `None` when the agent
@@ -287,6 +314,7 @@ async fn accept_streams(
     streams: &mut Streams,
     identity_rx: &watch::Receiver<Identity>,
     ctl_tx: &mpsc::Sender<Control>,
+    locked: &CancellationToken,
     session: &str,
     peer: &str,
 ) -> End {
@@ -342,6 +370,13 @@ async fn accept_streams(
                 }
             }
             _ = ctl_tx.closed() => return End { reason: "control channel closed", goodbye: None },
+            _ = locked.cancelled() => return End {
+                reason: "subject locked",
+                goodbye: Some((
+                    RefusalCode::Forbidden,
+                    "an administrator locked your access to this relay; ask them to unlock it".to_string(),
+                )),
+            },
         }
     }
 }
@@ -386,6 +421,20 @@ async fn refresh(
     token: &Token,
 ) -> Control {
     let current = identity.borrow().subject.clone();
+    if let Some(lock) = relay.locks.lock_of(&current).await {
+        relay.audit.record(&Event {
+            event: "token_refresh_refused",
+            subject: Some(&current),
+            session: Some(session),
+            code: Some("subject_locked"),
+            reason: Some(format!("locked by {}: {}", lock.by, lock.reason)),
+            ..Default::default()
+        });
+        relay.metrics.refused("subject_locked");
+        return Control::TokenRejected {
+            reason: "an administrator locked your access to this relay".into(),
+        };
+    }
     match relay.verifier.verify(token.expose()).await {
         Ok(new) if new.subject == current => {
             let expires_at = new.expires_at;

@@ -9,3 +9,5 @@ mod lighttpd;
 pub mod nginx;
 pub mod oidc;
 pub mod process;
+pub mod redis;
+pub mod rsyslog;

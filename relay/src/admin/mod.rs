@@ -1,0 +1,110 @@
+//! The admin listener: an address of its own (`[admin] listen`), never the
+//! public port, serving plain HTTP/1.1:
+//!
+//! - `GET /metrics`: Prometheus metrics ([`crate::metrics`]), no token;
+//! - `/v1/admin/…`: the admin API ([`api`]), for admins only ([`auth`]);
+//! - [`cli`]: `gangway-relay admin …`, a client of that API.
+//!
+//! Bind it to loopback or a management network: it has no TLS of its own.
+//! [`start`] binds it, logs the address (`admin listening on http://…`),
+//! and starts following lock notices from Redis when `[redis]` is set.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::locks::Locks;
+use crate::{Relay, RelayError};
+
+/// How long an admin client has to send a request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts the admin listener (if configured) and the lock follower (if
+/// Redis is); both run until the relay shuts down. The bound address.
+pub async fn start(relay: &Arc<Relay>) -> Result<Option<SocketAddr>, RelayError> {
+    follow_locks(relay);
+    let Some(cfg) = relay.config.admin.clone() else {
+        return Ok(None);
+    };
+    let admins = Arc::new(
+        auth::Admins::from_config(&cfg).map_err(|source| RelayError::Admin {
+            addr: cfg.listen,
+            source,
+        })?,
+    );
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| RelayError::Admin {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| RelayError::Admin {
+        addr: cfg.listen,
+        source,
+    })?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the admin listener is not on loopback: keep it on a management network (it has no TLS)");
+    }
+    tracing::info!("admin listening on http://{addr}");
+    let relay = relay.clone();
+    tokio::spawn(async move {
+        let stop = relay.shutdown().clone();
+        loop {
+            let (tcp, peer) = tokio::select! {
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.cancelled() => return,
+            };
+            let relay = relay.clone();
+            let admins = admins.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let relay = relay.clone();
+                    let admins = admins.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            api::handle(&relay, &admins, peer, req).await,
+                        )
+                    }
+                });
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT);
+                if let Err(e) = http.serve_connection(TokioIo::new(tcp), svc).await {
+                    tracing::debug!(%peer, error = %e, "admin connection error");
+                }
+            });
+        }
+    });
+    Ok(Some(addr))
+}
+
+/// Follows lock notices from Redis: a subject locked on any relay has its
+/// sessions here ended at once.
+fn follow_locks(relay: &Arc<Relay>) {
+    let Some(shared) = relay.locks.shared().cloned() else {
+        return;
+    };
+    let known = relay.locks.known();
+    let sessions = relay.open_sessions.clone();
+    let metrics = relay.metrics.clone();
+    let stop = relay.shutdown().clone();
+    tokio::spawn(shared.follow_locks(
+        move |n| Locks::on_notice(&known, &sessions, &metrics, n),
+        stop,
+    ));
+}
