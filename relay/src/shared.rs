@@ -48,13 +48,20 @@ pub struct LockInfo {
     pub at_unix: u64,
 }
 
-/// A lock notice on the channel.
-#[derive(Debug, Serialize, Deserialize)]
+/// A notice on the channel: a lock (`op` "lock" or "unlock", with
+/// `subject`) or a backend's drain ("drain" or "enable", with `service`
+/// and `backend`).
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Notice {
     pub op: String,
+    #[serde(default)]
     pub subject: String,
     #[serde(default)]
     pub lock: Option<LockInfo>,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub backend: Option<String>,
 }
 
 /// The connection to Redis and whether it answers.
@@ -263,6 +270,7 @@ impl Shared {
             op: if lock.is_some() { "lock" } else { "unlock" }.into(),
             subject: subject.to_string(),
             lock: lock.cloned(),
+            ..Default::default()
         };
         let Ok(notice) = serde_json::to_string(&notice) else {
             return false;
@@ -280,6 +288,24 @@ impl Shared {
         })
         .await
         .is_some()
+    }
+
+    /// Tells every relay to drain (or re-enable) `backend` of `service`;
+    /// false when Redis is out of reach.
+    pub async fn publish_drain(&self, service: &str, backend: &str, drained: bool) -> bool {
+        let channel = self.key(&["locks"]);
+        let notice = Notice {
+            op: if drained { "drain" } else { "enable" }.into(),
+            service: Some(service.to_string()),
+            backend: Some(backend.to_string()),
+            ..Default::default()
+        };
+        let Ok(notice) = serde_json::to_string(&notice) else {
+            return false;
+        };
+        self.run(|mut c| async move { c.publish::<_, _, ()>(channel, notice).await })
+            .await
+            .is_some()
     }
 
     /// Follows the lock channel until `stop`, handing each notice to

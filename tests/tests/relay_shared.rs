@@ -143,6 +143,17 @@ async fn get_wiki(agent: &AgentProcess) -> Result<(u16, Option<String>, String)>
     Ok((status, retry, resp.text().await?))
 }
 
+/// Polls GETs through `agent` until one answers `status`.
+async fn wiki_status(agent: &AgentProcess, status: u16, what: &str) -> Result<()> {
+    for _ in 0..100 {
+        if get_wiki(agent).await?.0 == status {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("timed out waiting for {what} (status {status})")
+}
+
 /// `n` GETs through `agent`, each expected to be 200.
 async fn allowed(agent: &AgentProcess, n: usize, what: &str) -> Result<()> {
     for i in 0..n {
@@ -381,6 +392,7 @@ async fn a_lock_ends_a_users_sessions_on_every_relay_and_refuses_them_until_unlo
     let fleet = Fleet::start(2, "").await?;
     let dev = [fleet.agent(0, CI_DEV).await?, fleet.agent(1, CI_DEV).await?];
     let reader = fleet.agent(0, CI_READONLY).await?;
+    let reader1 = fleet.agent(1, CI_READONLY).await?;
     allowed(&dev[0], 1, "ci-dev via relay 0").await?;
     allowed(&dev[1], 1, "ci-dev via relay 1").await?;
     allowed(&reader, 1, "ci-readonly via relay 0").await?;
@@ -495,7 +507,8 @@ async fn a_lock_ends_a_users_sessions_on_every_relay_and_refuses_them_until_unlo
     stdout_json(&admin_cli(&fleet.relays[0], &fleet.token_file, &["unlock", CI_DEV]).await?)?;
     assert_eq!(upgrade(&fleet, 1, &dev_token).await?, 101);
 
-    // Drain the only backend on relay 0: 503 there; enable: 200 again.
+    // Drain the only backend through relay 0: 503 there, and on relay 1
+    // once the notice arrives; enable: 200 again on both.
     let node = fleet.node.addr().to_string();
     let backends =
         stdout_json(&admin_cli(&fleet.relays[0], &fleet.token_file, &["backends"]).await?)?;
@@ -517,6 +530,7 @@ async fn a_lock_ends_a_users_sessions_on_every_relay_and_refuses_them_until_unlo
     )?;
     let (status, _, _) = get_wiki(&reader).await?;
     assert_eq!(status, 503, "a drained backend got a request");
+    wiki_status(&reader1, 503, "the drain to reach relay 1").await?;
     let m = scrape(fleet.relays[0].admin).await?;
     assert_eq!(
         sample(
@@ -535,6 +549,7 @@ async fn a_lock_ends_a_users_sessions_on_every_relay_and_refuses_them_until_unlo
         .await?,
     )?;
     allowed(&reader, 1, "after enable").await?;
+    wiki_status(&reader1, 200, "the enable to reach relay 1").await?;
     // A wrong token through the CLI: one clear line, exit 1.
     let bad = fleet.setup.dir.path().join("bad.token");
     std::fs::write(&bad, "wrong-token-wrong-token")?;

@@ -28,8 +28,9 @@ use crate::{text, Relay};
 
 type Body = Full<Bytes>;
 
-/// Largest request body the API reads.
+/// Largest request body the API reads, and how long it may take.
 const MAX_BODY: usize = 4096;
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Routes one admin request.
 pub async fn handle(
@@ -143,9 +144,10 @@ fn reply(status: StatusCode, value: &impl Serialize) -> Response<Body> {
 
 /// The request's JSON body, at most [`MAX_BODY`] bytes.
 async fn body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Response<Body>> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    let bytes = tokio::time::timeout(BODY_TIMEOUT, collect)
         .await
+        .map_err(|_| reply(StatusCode::REQUEST_TIMEOUT, &Problem::new("body: too slow")))?
         .map_err(|e| {
             reply(
                 StatusCode::BAD_REQUEST,
@@ -225,30 +227,34 @@ async fn drain(call: &Call<'_>, req: Request<Incoming>, drained: bool) -> Respon
         Ok(t) => t,
         Err(resp) => return resp,
     };
-    let mut found = 0;
-    let mut changed = 0;
-    for (service, _, pool) in call.relay.pools() {
-        if service != target.service {
-            continue;
-        }
-        for b in pool.backends.iter().filter(|b| b.addr == target.backend) {
-            found += 1;
-            changed += usize::from(b.set_drained(drained));
-        }
-    }
+    let (found, changed) = set_drained(call.relay, &target.service, &target.backend, drained);
     if found == 0 {
         return reply(
             StatusCode::NOT_FOUND,
             &Problem::new("no such backend in that service"),
         );
     }
+    let shared = match call.relay.locks.shared() {
+        Some(s) => {
+            s.publish_drain(&target.service, &target.backend, drained)
+                .await
+        }
+        None => false,
+    };
     let what = if drained { "drained" } else { "enabled" };
-    tracing::warn!(service = %target.service, backend = %target.backend, by = call.admin, "backend {what}");
+    tracing::warn!(service = %target.service, backend = %target.backend, by = call.admin, shared, "backend {what}");
     call.audit(
         None,
         Some(&target.service),
         Some(&target.backend),
-        format!("backend {what}"),
+        format!(
+            "backend {what}; {}",
+            if shared {
+                "every relay told"
+            } else {
+                "this relay only"
+            }
+        ),
     );
     #[derive(Serialize)]
     struct Done {
@@ -256,6 +262,7 @@ async fn drain(call: &Call<'_>, req: Request<Incoming>, drained: bool) -> Respon
         backend: String,
         drained: bool,
         changed: bool,
+        shared: bool,
     }
     reply(
         StatusCode::OK,
@@ -264,8 +271,37 @@ async fn drain(call: &Call<'_>, req: Request<Incoming>, drained: bool) -> Respon
             backend: target.backend,
             drained,
             changed: changed > 0,
+            shared,
         },
     )
+}
+
+/// Drains or re-enables `backend` in every pool of `service`: how many
+/// pools hold it, and in how many that changed something.
+fn set_drained(relay: &Relay, service: &str, backend: &str, drained: bool) -> (usize, usize) {
+    let (mut found, mut changed) = (0, 0);
+    for (s, _, pool) in relay.pools() {
+        if s != service {
+            continue;
+        }
+        for b in pool.backends.iter().filter(|b| b.addr == backend) {
+            found += 1;
+            changed += usize::from(b.set_drained(drained));
+        }
+    }
+    (found, changed)
+}
+
+/// A drain notice from another relay (or this one's echo).
+pub fn apply_drain(relay: &Relay, n: &crate::shared::Notice) {
+    let (Some(service), Some(backend)) = (&n.service, &n.backend) else {
+        return;
+    };
+    let drained = n.op == "drain";
+    let (_, changed) = set_drained(relay, service, backend, drained);
+    if changed > 0 {
+        tracing::warn!(%service, %backend, "backend {} by another relay's admin", if drained { "drained" } else { "enabled" });
+    }
 }
 
 #[derive(Serialize)]

@@ -27,6 +27,9 @@ use crate::{Relay, RelayError};
 /// How long an admin client has to send a request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Admin connections served at once; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 64;
+
 /// Starts the admin listener (if configured) and the lock follower (if
 /// Redis is); both run until the relay shuts down. The bound address.
 pub async fn start(relay: &Arc<Relay>) -> Result<Option<SocketAddr>, RelayError> {
@@ -57,7 +60,11 @@ pub async fn start(relay: &Arc<Relay>) -> Result<Option<SocketAddr>, RelayError>
     let relay = relay.clone();
     tokio::spawn(async move {
         let stop = relay.shutdown().clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (tcp, peer) = tokio::select! {
                 a = listener.accept() => match a {
                     Ok(a) => a,
@@ -72,6 +79,7 @@ pub async fn start(relay: &Arc<Relay>) -> Result<Option<SocketAddr>, RelayError>
             let relay = relay.clone();
             let admins = admins.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let svc = service_fn(move |req| {
                     let relay = relay.clone();
                     let admins = admins.clone();
@@ -93,18 +101,26 @@ pub async fn start(relay: &Arc<Relay>) -> Result<Option<SocketAddr>, RelayError>
     Ok(Some(addr))
 }
 
-/// Follows lock notices from Redis: a subject locked on any relay has its
-/// sessions here ended at once.
+/// Follows notices from Redis: a subject locked on any relay has its
+/// sessions here ended at once; a backend drained on any relay is drained
+/// here too.
 fn follow_locks(relay: &Arc<Relay>) {
     let Some(shared) = relay.locks.shared().cloned() else {
         return;
     };
     let known = relay.locks.known();
-    let sessions = relay.open_sessions.clone();
-    let metrics = relay.metrics.clone();
     let stop = relay.shutdown().clone();
+    let relay = Arc::downgrade(relay);
     tokio::spawn(shared.follow_locks(
-        move |n| Locks::on_notice(&known, &sessions, &metrics, n),
+        move |n| {
+            let Some(relay) = relay.upgrade() else {
+                return;
+            };
+            match n.op.as_str() {
+                "drain" | "enable" => api::apply_drain(&relay, &n),
+                _ => Locks::on_notice(&known, &relay.open_sessions, &relay.metrics, n),
+            }
+        },
         stop,
     ));
 }

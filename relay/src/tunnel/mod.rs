@@ -107,17 +107,26 @@ pub async fn serve<S>(
     let (identity_tx, identity_rx) = watch::channel(identity.clone());
     let control = start_control(&relay, control, identity_tx, &session);
     let mut streams = Streams::new(limits.max_streams_per_session);
-    let end = accept_streams(
+    let serving = accept_streams(
         &relay,
         &mut inbound,
         &mut streams,
         &identity_rx,
         &control.tx,
-        &registered.end,
         &session,
         &peer,
-    )
-    .await;
+    );
+    let end = tokio::select! {
+        end = serving => end,
+        // An admin locked the subject (on this relay or another).
+        _ = registered.end.cancelled() => End {
+            reason: "subject locked",
+            goodbye: Some((
+                RefusalCode::Forbidden,
+                "an administrator locked your access to this relay; ask them to unlock it".to_string(),
+            )),
+        },
+    };
 
     control.say_goodbye(end.goodbye).await;
     streams.end();
@@ -314,7 +323,6 @@ async fn accept_streams(
     streams: &mut Streams,
     identity_rx: &watch::Receiver<Identity>,
     ctl_tx: &mpsc::Sender<Control>,
-    locked: &CancellationToken,
     session: &str,
     peer: &str,
 ) -> End {
@@ -370,13 +378,6 @@ async fn accept_streams(
                 }
             }
             _ = ctl_tx.closed() => return End { reason: "control channel closed", goodbye: None },
-            _ = locked.cancelled() => return End {
-                reason: "subject locked",
-                goodbye: Some((
-                    RefusalCode::Forbidden,
-                    "an administrator locked your access to this relay; ask them to unlock it".to_string(),
-                )),
-            },
         }
     }
 }
