@@ -261,13 +261,34 @@ async fn tunnel_upgrade(
             ),
         );
     };
+    let fleet_slot = match crate::ratelimit::sessions::admit(&relay, &identity.subject).await {
+        Ok(s) => s,
+        Err(max) => {
+            relay.metrics.refused("too_many_sessions");
+            relay.audit.record(&Event {
+                event: "session_refused",
+                subject: Some(&identity.subject),
+                peer: Some(peer.clone()),
+                code: Some("too_many_sessions"),
+                reason: Some(format!("already {max} sessions open across relays")),
+                ..Default::default()
+            });
+            return text(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "{} has {max} tunnel sessions open across the relays already (redis.max_sessions_per_subject); close one\n",
+                    text::clean(&identity.subject)
+                ),
+            );
+        }
+    };
     let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) else {
         return text(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key\n");
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         // Held for as long as the session lives.
-        let _slot = slot;
+        let _slot = (slot, fleet_slot);
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(

@@ -37,6 +37,32 @@ pub enum SharedError {
     },
 }
 
+/// Takes a place among a subject's sessions across relays: `KEYS[1]` a
+/// sorted set of session ids scored by when they lapse (ms, Redis's
+/// clock), `ARGV[1]` the cap, `ARGV[2]` the session id, `ARGV[3]` the
+/// lease in ms. Lapsed leases (relays that died) are dropped first.
+/// Returns 1 when taken, 0 at the cap.
+const SESSION_TAKE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
+"#;
+
+/// Renews a session's lease (`ARGV[1]` id, `ARGV[2]` lease ms).
+const SESSION_RENEW: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"#;
+
 /// How often an unreachable Redis is tried again.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -288,6 +314,54 @@ impl Shared {
         })
         .await
         .is_some()
+    }
+
+    /// Takes a place for session `id` among `subject`'s (at most `max`
+    /// across relays, each held for `lease` unless renewed); `None` when
+    /// Redis is out of reach.
+    pub async fn take_session(
+        &self,
+        subject: &str,
+        id: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Option<bool> {
+        let key = self.key(&["sess", subject]);
+        let script = redis::Script::new(SESSION_TAKE);
+        let taken: i64 = self
+            .run(|mut c| async move {
+                script
+                    .key(key)
+                    .arg(max)
+                    .arg(id)
+                    .arg(lease.as_millis() as u64)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Some(taken == 1)
+    }
+
+    /// Renews session `id`'s lease.
+    pub async fn renew_session(&self, subject: &str, id: &str, lease: Duration) {
+        let key = self.key(&["sess", subject]);
+        let script = redis::Script::new(SESSION_RENEW);
+        let _: Option<i64> = self
+            .run(|mut c| async move {
+                script
+                    .key(key)
+                    .arg(id)
+                    .arg(lease.as_millis() as u64)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await;
+    }
+
+    /// Gives session `id`'s place back.
+    pub async fn release_session(&self, subject: &str, id: &str) {
+        let key = self.key(&["sess", subject]);
+        let _: Option<i64> = self.run(|mut c| async move { c.zrem(key, id).await }).await;
     }
 
     /// Tells every relay to drain (or re-enable) `backend` of `service`;

@@ -609,6 +609,55 @@ async fn sessions_per_subject_are_capped() -> Result<()> {
     Ok(())
 }
 
+/// `[redis] max_sessions_per_subject = 1`: a user's session on one relay
+/// keeps them from opening another on the other relay (429, audit line),
+/// another user is not counted with them, and the place comes back when
+/// the first session ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_per_subject_are_capped_across_relays() -> Result<()> {
+    // Bare keys right after `[redis]` belong to it.
+    let fleet = Fleet::start(2, "max_sessions_per_subject = 1\n").await?;
+    let mut first = fleet.agent(0, CI_NOGROUPS).await?;
+    allowed(&first, 1, "ci-nogroups via relay 0").await?;
+    let token = fleet.token(CI_NOGROUPS).await?;
+    assert_eq!(
+        upgrade(&fleet, 1, &token).await?,
+        429,
+        "a second session on the other relay"
+    );
+    fleet.relays[1]
+        .process
+        .wait_audit("the fleet-wide refusal", Duration::from_secs(10), |e| {
+            e["event"] == "session_refused"
+                && e["code"] == "too_many_sessions"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("across relays"))
+        })
+        .await?;
+    let other = fleet.token(CI_DEV).await?;
+    assert_eq!(
+        upgrade(&fleet, 1, &other).await?,
+        101,
+        "another subject has its own cap"
+    );
+    // The first session ends: its place comes back.
+    first.stop();
+    let mut status = 0;
+    for _ in 0..200 {
+        status = upgrade(&fleet, 1, &token).await?;
+        if status == 101 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status, 101,
+        "the place did not come back after the first session ended"
+    );
+    Ok(())
+}
+
 /// After real traffic the metrics pass `promtool check metrics` and the
 /// numbers moved as the traffic implies; every audit line also reached
 /// rsyslog over TCP as an RFC 5424 message.

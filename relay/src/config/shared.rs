@@ -28,6 +28,9 @@ pub(super) struct RawRedis {
     /// Milliseconds one Redis command may take before the relay falls back.
     #[serde(default = "default_timeout_ms")]
     pub(super) timeout_ms: u64,
+    /// Tunnel sessions one subject may have open at once across every
+    /// relay (on top of `[limits] max_sessions_per_subject` per relay).
+    pub(super) max_sessions_per_subject: Option<u64>,
 }
 
 /// `[[rate_limit]]` as written.
@@ -69,6 +72,8 @@ pub struct RedisConfig {
     pub expected_relays: u32,
     pub key_prefix: String,
     pub timeout: Duration,
+    /// Sessions per subject across relays, if capped.
+    pub max_sessions_per_subject: Option<usize>,
 }
 
 /// What a rate limit counts.
@@ -176,7 +181,16 @@ fn redis_from_raw(raw: RawRedis, src: &Source<'_>) -> Result<RedisConfig, Config
             ),
         ));
     }
+    if let Some(n) = raw.max_sessions_per_subject {
+        if !(1..=1024).contains(&n) {
+            return Err(src.err(
+                "redis.max_sessions_per_subject",
+                format!("{n} is not a number from 1 to 1024"),
+            ));
+        }
+    }
     Ok(RedisConfig {
+        max_sessions_per_subject: raw.max_sessions_per_subject.map(|n| n as usize),
         url: raw.url,
         password_file: raw.password_file.as_deref().map(|p| src.resolve(p)),
         expected_relays: raw.expected_relays,

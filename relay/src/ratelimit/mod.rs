@@ -7,6 +7,7 @@
 //! stream refusal, or HTTP 429 with `Retry-After`; both with an audit line.
 
 pub mod gcra;
+pub mod sessions;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
