@@ -206,6 +206,48 @@ impl Drop for StreamGauge {
     }
 }
 
+/// A body that counts the bytes of its data frames into a counter as
+/// they pass (`gangway_relay_bytes_total` of http services).
+pub struct CountedBody<B> {
+    inner: B,
+    counter: IntCounter,
+}
+
+impl<B> CountedBody<B> {
+    pub fn new(inner: B, counter: IntCounter) -> Self {
+        Self { inner, counter }
+    }
+}
+
+impl<B> hyper::body::Body for CountedBody<B>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, B::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.counter.inc_by(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

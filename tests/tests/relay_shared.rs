@@ -676,6 +676,14 @@ async fn metrics_pass_promtool_and_audit_lines_reach_rsyslog() -> Result<()> {
     let relay = &fleet.relays[0];
     let agent = fleet.agent(0, CI_DEV).await?;
     allowed(&agent, 3, "ci-dev").await?;
+    // One request with a body: bytes up on the http service.
+    let posted = http()?
+        .post(format!("http://{}/submit", agent.addr("wiki")))
+        .body("hello relay")
+        .send()
+        .await?;
+    assert_eq!(posted.status(), 200);
+    let posted_len = posted.bytes().await?.len();
     // One tcp exchange: bytes both ways.
     let mut s = tokio::net::TcpStream::connect(agent.addr("raw")).await?;
     let request = b"GET / HTTP/1.0\r\nHost: x\r\n\r\n";
@@ -723,11 +731,20 @@ async fn metrics_pass_promtool_and_audit_lines_reach_rsyslog() -> Result<()> {
     assert_eq!(get("gangway_relay_sessions")?, 1.0);
     assert_eq!(
         get(r#"gangway_relay_http_requests_total{service="wiki",status="200"}"#)?,
-        3.0
+        4.0
     );
     assert_eq!(
         get(r#"gangway_relay_streams_opened_total{service="wiki"}"#)?,
-        3.0
+        4.0
+    );
+    assert_eq!(
+        get(r#"gangway_relay_bytes_total{direction="up",service="wiki"}"#)?,
+        11.0
+    );
+    let wiki_down = get(r#"gangway_relay_bytes_total{direction="down",service="wiki"}"#)?;
+    assert!(
+        wiki_down >= 4.0 * posted_len as f64,
+        "{wiki_down} bytes down for 4 answers of about {posted_len}"
     );
     assert_eq!(
         get(r#"gangway_relay_streams_opened_total{service="raw"}"#)?,
@@ -747,7 +764,7 @@ async fn metrics_pass_promtool_and_audit_lines_reach_rsyslog() -> Result<()> {
     );
     assert_eq!(
         get(r#"gangway_relay_http_request_seconds_count{service="wiki"}"#)?,
-        3.0
+        4.0
     );
     assert_eq!(
         get(r#"gangway_relay_stream_open_seconds_count{service="raw"}"#)?,

@@ -99,7 +99,15 @@ async fn proxy(
     rate_limit(ctx, identity, target).await?;
     let mut up = prepare(ctx, identity, req, target, route);
     let sent = send_with_retry(&ctx.svc, reuse, ctx.svc.pool(route), &mut up).await?;
-    Ok(respond(&ctx.svc, up, sent, &ctx.ended))
+    let (resp, backend) = respond(&ctx.svc, up, sent, &ctx.ended);
+    // The answer's bytes count as they reach the agent.
+    let down = ctx
+        .relay
+        .metrics
+        .bytes
+        .with_label_values(&[&ctx.svc.cfg.name, "down"]);
+    let resp = resp.map(|b| crate::metrics::CountedBody::new(b, down).boxed());
+    Ok((resp, backend))
 }
 
 /// Why a request got an error page instead of the backend's answer.
@@ -276,7 +284,14 @@ fn prepare(
         && body.size_hint().exact() == Some(0);
     Upstream {
         head,
-        body: Some(body.boxed()),
+        body: Some({
+            let up = ctx
+                .relay
+                .metrics
+                .bytes
+                .with_label_values(&[&svc.name, "up"]);
+            crate::metrics::CountedBody::new(body, up).boxed()
+        }),
         replayable,
         upgrade,
         client_upgrade,
