@@ -137,3 +137,72 @@ impl Locks {
         self.shared.as_ref()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sessions::SessionInfo;
+
+    fn info(id: &str, subject: &str) -> SessionInfo {
+        SessionInfo {
+            id: id.into(),
+            subject: subject.into(),
+            peer: "127.0.0.1:1".into(),
+            agent: "t".into(),
+            started_unix: 1,
+        }
+    }
+
+    fn lock() -> LockInfo {
+        LockInfo {
+            by: "admin".into(),
+            reason: "stolen laptop".into(),
+            at_unix: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn without_redis_a_lock_holds_here_and_ends_the_subjects_sessions() {
+        let locks = Locks::new(None);
+        let sessions = Sessions::default();
+        let metrics = Metrics::new();
+        let alice = sessions.register(info("1", "alice"));
+        let bob = sessions.register(info("2", "bob"));
+        let out = locks.lock("alice", lock(), &sessions, &metrics).await;
+        assert_eq!(out.ended_here, 1);
+        assert!(!out.shared, "no Redis: this relay only");
+        assert!(alice.end.is_cancelled() && !bob.end.is_cancelled());
+        assert_eq!(locks.lock_of("alice").await, Some(lock()));
+        assert_eq!(locks.lock_of("bob").await, None);
+        assert_eq!(locks.list().await.len(), 1);
+        locks.unlock("alice").await;
+        assert_eq!(locks.lock_of("alice").await, None);
+    }
+
+    #[test]
+    fn notices_from_other_relays_lock_and_unlock() {
+        let locks = Locks::new(None);
+        let sessions = Sessions::default();
+        let metrics = Metrics::new();
+        let alice = sessions.register(info("1", "alice"));
+        let notice = |op: &str, lock: Option<LockInfo>| Notice {
+            op: op.into(),
+            subject: "alice".into(),
+            lock,
+            ..Default::default()
+        };
+        Locks::on_notice(
+            &locks.known(),
+            &sessions,
+            &metrics,
+            notice("lock", Some(lock())),
+        );
+        assert!(alice.end.is_cancelled());
+        assert!(lock_map(&locks.known).contains_key("alice"));
+        // A lock notice without the lock is ignored, an unlock lifts it.
+        Locks::on_notice(&locks.known(), &sessions, &metrics, notice("unlock", None));
+        assert!(!lock_map(&locks.known).contains_key("alice"));
+        Locks::on_notice(&locks.known(), &sessions, &metrics, notice("lock", None));
+        assert!(!lock_map(&locks.known).contains_key("alice"));
+    }
+}

@@ -102,3 +102,40 @@ impl Admins {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(token: &str) -> (tempfile::TempDir, AdminConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.token");
+        std::fs::write(&path, token).unwrap();
+        let cfg = AdminConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            token_file: Some(path),
+            admin_group: None,
+        };
+        (dir, cfg)
+    }
+
+    #[test]
+    fn the_token_is_kept_as_a_digest_and_never_shown() {
+        let (_dir, c) = cfg("a-long-enough-admin-token\n");
+        let admins = Admins::from_config(&c).unwrap();
+        let shown = format!("{admins:?}");
+        assert!(!shown.contains("a-long-enough"), "{shown}");
+        assert_eq!(
+            admins.token_digest,
+            Some(sha256(b"a-long-enough-admin-token")),
+            "trailing newline trimmed"
+        );
+    }
+
+    #[test]
+    fn a_short_token_is_refused_at_start() {
+        let (_dir, c) = cfg("short");
+        let e = Admins::from_config(&c).unwrap_err().to_string();
+        assert!(e.contains("at least 16"), "{e}");
+    }
+}
