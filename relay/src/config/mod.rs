@@ -8,7 +8,10 @@
 //!   comment per key);
 //! - [`tls`], [`identity`], [`services`], [`http`] (a service's http-only
 //!   keys), [`assertion`], [`limits`]: each section's validated type with its
-//!   raw → validated conversion beside it.
+//!   raw → validated conversion beside it;
+//! - [`admin`] (`[admin]`), [`shared`] (`[redis]`, `[[rate_limit]]`) and
+//!   [`syslog`] (`[audit.syslog]`): the same, with their raw sections
+//!   beside them too.
 //!
 //! Every error names the file, the key and the reason, e.g.
 //! `relay.toml: service[1].backends: must list at least one backend`; the
