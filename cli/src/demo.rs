@@ -103,6 +103,8 @@ pub async fn run() -> anyhow::Result<()> {
         shared: Default::default(),
         assertion: Default::default(),
         limits: Default::default(),
+        proxy_protocol: Default::default(),
+        drain: Default::default(),
         services: vec![
             service(
                 "git",

@@ -49,6 +49,7 @@ fn main() -> ExitCode {
             Command::Token(args) => commands::token::run(args).await,
             Command::Up(args) => commands::up::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Env(cmd) => commands::env::run(cmd).await,
+            Command::Config(args) => commands::config::run(args),
             #[cfg(feature = "demo")]
             Command::Demo => demo::run().await.map(|()| ExitCode::SUCCESS),
         }

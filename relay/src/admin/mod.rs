@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::locks::Locks;
-use crate::{Relay, RelayError};
+use crate::{Live, RelayError};
 
 /// How long an admin client has to send a request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,8 +32,9 @@ const MAX_CONNECTIONS: usize = 64;
 
 /// Starts the admin listener (if configured) and the lock follower (if
 /// Redis is); both run until the relay shuts down. The bound address.
-pub async fn start(relay: &Arc<Relay>) -> Result<Option<SocketAddr>, RelayError> {
-    follow_locks(relay);
+pub async fn start(live: &Arc<Live>) -> Result<Option<SocketAddr>, RelayError> {
+    follow_locks(live);
+    let relay = live.current();
     let Some(cfg) = relay.config.admin.clone() else {
         return Ok(None);
     };
@@ -57,7 +58,7 @@ pub async fn start(relay: &Arc<Relay>) -> Result<Option<SocketAddr>, RelayError>
         tracing::warn!(%addr, "the admin listener is not on loopback: keep it on a management network (it has no TLS)");
     }
     tracing::info!("admin listening on http://{addr}");
-    let relay = relay.clone();
+    let live = live.clone();
     tokio::spawn(async move {
         let stop = relay.shutdown().clone();
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -76,12 +77,13 @@ pub async fn start(relay: &Arc<Relay>) -> Result<Option<SocketAddr>, RelayError>
                 },
                 _ = stop.cancelled() => return,
             };
-            let relay = relay.clone();
+            let live = live.clone();
             let admins = admins.clone();
             tokio::spawn(async move {
                 let _slot = slot;
                 let svc = service_fn(move |req| {
-                    let relay = relay.clone();
+                    // The state of the moment: a reload applies at once.
+                    let relay = live.current();
                     let admins = admins.clone();
                     async move {
                         Ok::<_, std::convert::Infallible>(
@@ -104,16 +106,17 @@ pub async fn start(relay: &Arc<Relay>) -> Result<Option<SocketAddr>, RelayError>
 /// Follows notices from Redis: a subject locked on any relay has its
 /// sessions here ended at once; a backend drained on any relay is drained
 /// here too.
-fn follow_locks(relay: &Arc<Relay>) {
+fn follow_locks(live: &Arc<Live>) {
+    let relay = live.current();
     let Some(shared) = relay.locks.shared().cloned() else {
         return;
     };
     let known = relay.locks.known();
     let stop = relay.shutdown().clone();
-    let relay = Arc::downgrade(relay);
+    let live = Arc::downgrade(live);
     tokio::spawn(shared.follow_locks(
         move |n| {
-            let Some(relay) = relay.upgrade() else {
+            let Some(relay) = live.upgrade().map(|l| l.current()) else {
                 return;
             };
             match n.op.as_str() {

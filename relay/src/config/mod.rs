@@ -7,7 +7,8 @@
 //! - `raw.rs`: the file as written (serde, `deny_unknown_fields`, a doc
 //!   comment per key);
 //! - [`tls`], [`identity`], [`services`], [`http`] (a service's http-only
-//!   keys), [`assertion`], [`limits`]: each section's validated type with its
+//!   keys), [`assertion`], [`limits`], [`balancer`] (`[proxy_protocol]`,
+//!   `[drain]`): each section's validated type with its
 //!   raw → validated conversion beside it;
 //! - [`admin`] (`[admin]`), [`shared`] (`[redis]`, `[[rate_limit]]`) and
 //!   [`syslog`] (`[audit.syslog]`): the same, with their raw sections
@@ -19,6 +20,7 @@
 
 pub mod admin;
 pub mod assertion;
+pub mod balancer;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
@@ -35,6 +37,7 @@ use std::path::{Path, PathBuf};
 
 pub use admin::AdminConfig;
 pub use assertion::AssertionConfig;
+pub use balancer::{DrainConfig, ProxyProtocolConfig};
 pub use http::{Balance, GitService, HealthConfig, HttpSettings, RouteConfig, RuleConfig};
 pub use identity::IdentityConfig;
 pub use limits::LimitsConfig;
@@ -91,6 +94,10 @@ pub struct RelayConfig {
     pub services: Vec<ServiceConfig>,
     /// Timeouts and caps (`[limits]`).
     pub limits: LimitsConfig,
+    /// Balancers trusted to send a PROXY protocol v2 header.
+    pub proxy_protocol: ProxyProtocolConfig,
+    /// Graceful drain (`[drain]`).
+    pub drain: DrainConfig,
     /// Audit lines also sent to syslog (`[audit.syslog]`).
     pub audit_syslog: Option<SyslogConfig>,
     /// The admin listener (`[admin]`); none when absent.
@@ -139,6 +146,8 @@ impl RelayConfig {
                 .map(|s| SyslogConfig::from_raw(s, &src))
                 .transpose()?,
             limits: LimitsConfig::from_raw(raw.limits, &src)?,
+            proxy_protocol: ProxyProtocolConfig::from_raw(raw.proxy_protocol, &src)?,
+            drain: DrainConfig::from_raw(raw.drain, &src)?,
             admin: raw
                 .admin
                 .map(|a| AdminConfig::from_raw(a, listen, &src))

@@ -43,6 +43,12 @@ pub(super) struct RawConfig {
     /// Rate limits per identity (`shared.rs`).
     #[serde(default, rename = "rate_limit")]
     pub(super) rate_limits: Vec<super::shared::RawRateLimit>,
+    /// Balancers that send a PROXY protocol v2 header (`balancer.rs`).
+    #[serde(default)]
+    pub(super) proxy_protocol: super::balancer::RawProxyProtocol,
+    /// Graceful drain on SIGTERM (`balancer.rs`).
+    #[serde(default)]
+    pub(super) drain: super::balancer::RawDrain,
 }
 
 /// `[limits]`: timeouts and caps, each with a default sized for a company
