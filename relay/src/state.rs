@@ -360,3 +360,64 @@ fn key_source(config: &RelayConfig) -> Result<KeySource, RelayError> {
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+listen = "127.0.0.1:0"
+[tls]
+insecure_plaintext = true
+[identity]
+issuer = "https://idp.example"
+audience = "gangway"
+client_id = "gangway"
+jwks_file = "jwks.json"
+[redis]
+url = "redis://127.0.0.1:1/"
+[[rate_limit]]
+name = "api"
+on = "streams"
+limit = 5
+per_secs = 60
+"#;
+
+    fn parse(dir: &std::path::Path, text: &str) -> RelayConfig {
+        RelayConfig::parse(&dir.join("relay.toml"), text).unwrap()
+    }
+
+    /// Metrics, the open sessions, locks and the Redis connection outlive
+    /// a config; rate limits follow the new one; `[redis]` needs a restart.
+    #[tokio::test]
+    async fn a_reload_keeps_what_relays_share_and_says_redis_needs_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("jwks.json"), r#"{"keys":[]}"#).unwrap();
+        let old = Relay::from_config(parse(dir.path(), BASE)).unwrap();
+        old.metrics.sessions.inc();
+        let _s = old.open_sessions.register(crate::sessions::SessionInfo {
+            id: "1".into(),
+            subject: "alice".into(),
+            peer: "127.0.0.1:1".into(),
+            agent: "t".into(),
+            started_unix: 1,
+        });
+        let text = BASE
+            .replace("redis://127.0.0.1:1/", "redis://127.0.0.1:2/")
+            .replace("limit = 5", "limit = 7");
+        let (new, kept) = old.reloaded(parse(dir.path(), &text)).unwrap();
+        assert!(Arc::ptr_eq(&old.metrics, &new.metrics));
+        assert!(Arc::ptr_eq(&old.locks, &new.locks));
+        assert_eq!(new.metrics.sessions.get(), 1);
+        assert_eq!(new.open_sessions.list().len(), 1);
+        assert_eq!(new.config.shared.rate_limits[0].limit, 7);
+        assert_eq!(
+            new.config.shared.redis.as_ref().unwrap().url,
+            "redis://127.0.0.1:1/"
+        );
+        assert!(
+            kept.iter().any(|k| k.starts_with("redis cannot change")),
+            "{kept:?}"
+        );
+    }
+}
