@@ -659,7 +659,7 @@ relay = "https://relay.staging.example.com:8443"
                 .unwrap()
                 .clone()
         };
-        assert_eq!(c.settings.start_at_login, false);
+        assert!(!c.settings.start_at_login);
         assert_eq!(get("start_at_login").source, Source::Policy);
         assert!(get("start_at_login").locked);
         assert_eq!(c.settings.proxy.as_deref(), Some("http://user-proxy:1"));

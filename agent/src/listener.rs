@@ -179,9 +179,10 @@ pub fn plain_problem(display_name: &str, e: &AgentError) -> Option<String> {
                 RefusalCode::UnknownService => {
                     format!("the relay no longer offers {display_name}")
                 }
-                RefusalCode::RateLimited => {
-                    format!("{display_name}: too many connections at once, the relay is slowing them down")
-                }
+                RefusalCode::RateLimited => format!(
+                    "{display_name}: the relay is limiting how fast you connect; wait a moment and try again ({})",
+                    r.message
+                ),
                 _ => format!(
                     "{display_name} is not answering behind the relay ({})",
                     r.message
@@ -450,11 +451,10 @@ mod tests {
             .as_deref(),
             Some("your account may not use Confluence")
         );
-        assert!(
-            plain_problem("Bitbucket", &refused(RefusalCode::RateLimited, "slow down"))
-                .unwrap()
-                .contains("too many connections")
-        );
+        let limited =
+            plain_problem("Bitbucket", &refused(RefusalCode::RateLimited, "wait 3 s")).unwrap();
+        assert!(limited.contains("wait a moment and try again"), "{limited}");
+        assert!(limited.contains("wait 3 s"), "the relay's words: {limited}");
         // The tunnel's own state reports these.
         assert_eq!(
             plain_problem("Bitbucket", &AgentError::unreachable("down")),

@@ -1,7 +1,10 @@
 //! JSON audit lines: one per authentication failure, session and stream.
 //!
 //! Lines go to a file (appended) or to stdout, each a complete JSON object,
-//! so log shippers can take them as they are. Tokens never appear here.
+//! so log shippers can take them as they are; and, with `[audit.syslog]`,
+//! to a syslog server too ([`syslog`]). Tokens never appear here.
+
+pub mod syslog;
 
 use std::io::Write;
 use std::path::Path;
@@ -51,11 +54,16 @@ struct Line<'a> {
 /// The audit sink.
 pub struct Audit {
     out: Mutex<Box<dyn Write + Send>>,
+    syslog: Option<syslog::Syslog>,
 }
 
 impl Audit {
-    /// Appends to `path`, or writes to stdout when `None`.
-    pub fn open(path: Option<&Path>) -> std::io::Result<Self> {
+    /// Appends to `path`, or writes to stdout when `None`; and to syslog
+    /// when configured.
+    pub fn open(
+        path: Option<&Path>,
+        syslog: Option<&crate::config::SyslogConfig>,
+    ) -> std::io::Result<Self> {
         let out: Box<dyn Write + Send> = match path {
             Some(p) => Box::new(
                 std::fs::OpenOptions::new()
@@ -67,6 +75,7 @@ impl Audit {
         };
         Ok(Self {
             out: Mutex::new(out),
+            syslog: syslog.map(syslog::Syslog::start).transpose()?,
         })
     }
 
@@ -78,6 +87,14 @@ impl Audit {
         let Ok(mut json) = serde_json::to_vec(&line) else {
             return;
         };
+        if let Some(s) = &self.syslog {
+            let severity = if event.event.contains("refused") || event.event.contains("failed") {
+                syslog::Severity::Warning
+            } else {
+                syslog::Severity::Info
+            };
+            s.send(&line.ts, event.event, severity, &json);
+        }
         json.push(b'\n');
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = out.write_all(&json).and_then(|_| out.flush()) {

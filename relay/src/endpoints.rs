@@ -173,6 +173,11 @@ async fn authenticate(
         Err(e) => Err(e),
     };
     result.map_err(|e| {
+        relay
+            .metrics
+            .auth_failures
+            .with_label_values(&[e.code()])
+            .inc();
         relay.audit.record(&Event {
             event: "auth_failed",
             peer: Some(peer.to_string()),
@@ -249,7 +254,26 @@ async fn tunnel_upgrade(
             "expected a WebSocket upgrade (version 13)\n",
         );
     };
+    if let Some(lock) = relay.locks.lock_of(&identity.subject).await {
+        relay.metrics.refused("subject_locked");
+        relay.audit.record(&Event {
+            event: "session_refused",
+            subject: Some(&identity.subject),
+            peer: Some(peer.clone()),
+            code: Some("subject_locked"),
+            reason: Some(format!("locked by {}: {}", lock.by, lock.reason)),
+            ..Default::default()
+        });
+        return text(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "{} is locked out of this relay by an administrator; ask them to unlock it\n",
+                text::clean(&identity.subject)
+            ),
+        );
+    }
     let Some(slot) = relay.admission.session(&identity.subject) else {
+        relay.metrics.refused("too_many_sessions");
         let max = relay.config.limits.max_sessions_per_subject;
         relay.audit.record(&Event {
             event: "session_refused",
@@ -267,6 +291,27 @@ async fn tunnel_upgrade(
             ),
         );
     };
+    let fleet_slot = match crate::ratelimit::sessions::admit(&relay, &identity.subject).await {
+        Ok(s) => s,
+        Err(max) => {
+            relay.metrics.refused("too_many_sessions");
+            relay.audit.record(&Event {
+                event: "session_refused",
+                subject: Some(&identity.subject),
+                peer: Some(peer.clone()),
+                code: Some("too_many_sessions"),
+                reason: Some(format!("already {max} sessions open across relays")),
+                ..Default::default()
+            });
+            return text(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "{} has {max} tunnel sessions open across the relays already (redis.max_sessions_per_subject); close one\n",
+                    text::clean(&identity.subject)
+                ),
+            );
+        }
+    };
     let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) else {
         return text(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key\n");
     };
@@ -274,7 +319,7 @@ async fn tunnel_upgrade(
     // Tracked, so that a drain waits for the session.
     relay.sessions_served().spawn(async move {
         // Held for as long as the session lives.
-        let _slot = slot;
+        let _slot = (slot, fleet_slot);
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(

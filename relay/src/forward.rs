@@ -31,6 +31,11 @@ impl Pool {
         }
     }
 
+    /// The nodes, for health and drain.
+    pub fn nodes(&self) -> &Balancer {
+        &self.nodes
+    }
+
     /// Connects to the next available backend, trying each at most once.
     pub async fn connect(&self, svc: &ServiceConfig) -> Result<(TcpStream, String), ConnectError> {
         let mut tried: Vec<String> = Vec::new();

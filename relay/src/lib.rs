@@ -27,6 +27,8 @@
 //! | [`backends`] | backend pools, balancing, affinity, health checks |
 //! | [`assertion`], [`audit`], [`tls`] | the signed identity assertion, audit lines, TLS setup |
 //! | [`text`] | client text made safe for headers and logs |
+//! | [`admin`], [`metrics`] | the admin listener: Prometheus metrics, the admin API and its CLI |
+//! | [`ratelimit`], [`shared`], [`locks`], [`sessions`] | rate limits per identity and subject locks, held across relays in Redis; the sessions open here |
 //!
 //! [`run`] serves a pre-bound listener until `shutdown` resolves; the relay
 //! keeps no state another relay needs, so many can run behind a balancer.
@@ -34,6 +36,7 @@
 //! runtime per CPU, where each stays until it closes.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod admission;
 pub mod assertion;
 pub mod audit;
@@ -43,10 +46,15 @@ pub mod config;
 pub mod endpoints;
 pub mod forward;
 pub mod http;
+pub mod locks;
+pub mod metrics;
 pub mod policy;
 pub mod proxy_protocol;
+pub mod ratelimit;
 pub mod reload;
 pub mod server;
+pub mod sessions;
+pub mod shared;
 pub mod state;
 pub mod text;
 pub mod tls;
@@ -79,4 +87,11 @@ pub enum RelayError {
     Listener(std::io::Error),
     #[error("cannot start worker threads: {0}")]
     Workers(std::io::Error),
+    #[error(transparent)]
+    Shared(#[from] shared::SharedError),
+    #[error("admin listener {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }

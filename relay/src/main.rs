@@ -42,6 +42,9 @@ enum Cmd {
 }
 
 fn main() -> std::process::ExitCode {
+    if let Some(code) = gangway_relay::admin::cli::main_if_admin() {
+        return code;
+    }
     let _ = gangway_transport::heap::tune();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -110,6 +110,8 @@ fn relay_error(file: &Path, e: RelayError) -> ConfigError {
         RelayError::AssertionKey(_) => "assertion.key_file",
         RelayError::Listener(_) => "listen",
         RelayError::Workers(_) => "workers",
+        RelayError::Shared(_) => "redis",
+        RelayError::Admin { .. } => "admin",
     };
     ConfigError {
         file: file.to_path_buf(),

@@ -67,6 +67,7 @@ pub async fn serve(
         let relay = relay.clone();
         tokio::spawn(async move { relay.verifier.ensure_keys().await });
     }
+    crate::admin::start(&live).await?;
     let workers = Workers::start(relay.config.workers).map_err(RelayError::Workers)?;
     tracing::info!(workers = workers.len(), "worker threads started");
     let conns = TaskTracker::new();

@@ -7,9 +7,11 @@
 //! A reload ([`crate::reload`]) builds a new `Relay` from the new config
 //! with [`Relay::reloaded`]; what must outlive one config is shared between
 //! the two (`Arc`): the admission counters, the lifetime (shutdown, drain
-//! deadline, session ids, the sessions being served), and the verifier,
-//! audit log and signer when their sections did not change. Anything added
-//! here that must survive a reload belongs in that list.
+//! deadline, session ids, the sessions being served), the metrics, the
+//! open sessions' registry, the subject locks and the Redis connection,
+//! and the verifier, audit log and signer when their sections did not
+//! change. Anything added here that must survive a reload belongs in that
+//! list.
 //!
 //! The accept loop that serves it is [`crate::server`]'s.
 
@@ -23,7 +25,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
 use crate::auth::{KeySource, Verifier};
+use crate::backends::Pool;
 use crate::config::{RelayConfig, ServiceKind, TlsMode};
+use crate::locks::Locks;
+use crate::metrics::Metrics;
+use crate::ratelimit::Limiter;
+use crate::sessions::Sessions;
+use crate::shared::Shared;
 use crate::{assertion, audit, forward, http, tls, RelayError};
 
 /// Shared state of a running relay.
@@ -34,6 +42,14 @@ pub struct Relay {
     pub signer: Arc<assertion::Signer>,
     /// Connection, per-address and per-subject caps (`[limits]`).
     pub admission: Arc<Admission>,
+    /// Prometheus metrics, served on the admin listener.
+    pub metrics: Arc<Metrics>,
+    /// Rate limits per identity (`[[rate_limit]]`), shared through Redis.
+    pub limiter: Arc<Limiter>,
+    /// Sessions open here, for the admin API and subject locks.
+    pub open_sessions: Sessions,
+    /// Subject locks, shared through Redis.
+    pub locks: Arc<Locks>,
     tcp_services: HashMap<String, forward::Pool>,
     http_services: HashMap<String, Arc<http::HttpService>>,
     /// `None` when serving plain HTTP.
@@ -65,7 +81,20 @@ impl Relay {
             sessions: AtomicU64::new(0),
         });
         let parts = Parts::build(&config, &lifetime)?;
+        let metrics = Arc::new(Metrics::new());
+        let shared = match &config.shared.redis {
+            Some(r) => Some(Arc::new(Shared::new(r, metrics.clone())?)),
+            None => None,
+        };
         Ok(Self {
+            limiter: Arc::new(Limiter::new(
+                config.shared.rate_limits.clone(),
+                shared.clone(),
+                metrics.clone(),
+            )),
+            locks: Arc::new(Locks::new(shared)),
+            open_sessions: Sessions::default(),
+            metrics,
             verifier: Arc::new(Verifier::new(config.identity.clone(), source)),
             signer: Arc::new(assertion::Signer::from_config(&config.assertion)?),
             admission: Arc::new(Admission::new(&config.limits)),
@@ -129,23 +158,37 @@ impl Relay {
                 *new = was;
             }
         }
+        if !same(&config.shared.redis, &old.shared.redis) {
+            kept.push("redis cannot change on reload: still the running connection (restart to change it)".into());
+            config.shared.redis = old.shared.redis.clone();
+        }
+        if !same(&config.admin, &old.admin) {
+            kept.push("admin cannot change on reload: still the running admin listener (restart to change it)".into());
+            config.admin = old.admin.clone();
+        }
         let verifier =
             if same(&config.identity, &old.identity) && config.identity.jwks_file.is_none() {
                 self.verifier.clone()
             } else {
                 Arc::new(Verifier::new(config.identity.clone(), key_source(&config)?))
             };
-        let audit = if config.audit_path == old.audit_path {
-            self.audit.clone()
-        } else {
-            Arc::new(open_audit(&config)?)
-        };
+        let audit =
+            if config.audit_path == old.audit_path && config.audit_syslog == old.audit_syslog {
+                self.audit.clone()
+            } else {
+                Arc::new(open_audit(&config)?)
+            };
         let signer = if same(&config.assertion, &old.assertion) {
             self.signer.clone()
         } else {
             Arc::new(assertion::Signer::from_config(&config.assertion)?)
         };
         let parts = Parts::build(&config, &self.lifetime)?;
+        let limiter = Arc::new(Limiter::new(
+            config.shared.rate_limits.clone(),
+            self.locks.shared().cloned(),
+            self.metrics.clone(),
+        ));
         Ok((
             Self {
                 config,
@@ -153,6 +196,10 @@ impl Relay {
                 audit,
                 signer,
                 admission: self.admission.clone(),
+                limiter,
+                metrics: self.metrics.clone(),
+                open_sessions: self.open_sessions.clone(),
+                locks: self.locks.clone(),
                 tcp_services: parts.tcp_services,
                 http_services: parts.http_services,
                 tls: parts.tls,
@@ -191,6 +238,21 @@ impl Relay {
         for svc in self.http_services.values() {
             svc.spawn_health_checks(&self.retired);
         }
+    }
+
+    /// Every backend pool: service, route prefix (none for the service's
+    /// own nodes) and pool, in config order.
+    pub fn pools(&self) -> Vec<(&str, Option<&str>, &Pool)> {
+        let mut v = Vec::new();
+        for svc in &self.config.services {
+            if let Some(p) = self.tcp_services.get(&svc.name) {
+                v.push((svc.name.as_str(), None, p.nodes()));
+            }
+            if let Some(h) = self.http_services.get(&svc.name) {
+                v.extend(h.pools().map(|(prefix, p)| (svc.name.as_str(), prefix, p)));
+            }
+        }
+        v
     }
 
     /// This state was replaced by a reload: its health checks stop (streams
@@ -262,13 +324,15 @@ fn same(a: &impl std::fmt::Debug, b: &impl std::fmt::Debug) -> bool {
 }
 
 fn open_audit(config: &RelayConfig) -> Result<audit::Audit, RelayError> {
-    audit::Audit::open(config.audit_path.as_deref()).map_err(|e| RelayError::Audit {
-        path: config
-            .audit_path
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-        source: e,
+    audit::Audit::open(config.audit_path.as_deref(), config.audit_syslog.as_ref()).map_err(|e| {
+        RelayError::Audit {
+            path: config
+                .audit_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            source: e,
+        }
     })
 }
 
@@ -295,4 +359,65 @@ fn key_source(config: &RelayConfig) -> Result<KeySource, RelayError> {
                 })?,
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+listen = "127.0.0.1:0"
+[tls]
+insecure_plaintext = true
+[identity]
+issuer = "https://idp.example"
+audience = "gangway"
+client_id = "gangway"
+jwks_file = "jwks.json"
+[redis]
+url = "redis://127.0.0.1:1/"
+[[rate_limit]]
+name = "api"
+on = "streams"
+limit = 5
+per_secs = 60
+"#;
+
+    fn parse(dir: &std::path::Path, text: &str) -> RelayConfig {
+        RelayConfig::parse(&dir.join("relay.toml"), text).unwrap()
+    }
+
+    /// Metrics, the open sessions, locks and the Redis connection outlive
+    /// a config; rate limits follow the new one; `[redis]` needs a restart.
+    #[tokio::test]
+    async fn a_reload_keeps_what_relays_share_and_says_redis_needs_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("jwks.json"), r#"{"keys":[]}"#).unwrap();
+        let old = Relay::from_config(parse(dir.path(), BASE)).unwrap();
+        old.metrics.sessions.inc();
+        let _s = old.open_sessions.register(crate::sessions::SessionInfo {
+            id: "1".into(),
+            subject: "alice".into(),
+            peer: "127.0.0.1:1".into(),
+            agent: "t".into(),
+            started_unix: 1,
+        });
+        let text = BASE
+            .replace("redis://127.0.0.1:1/", "redis://127.0.0.1:2/")
+            .replace("limit = 5", "limit = 7");
+        let (new, kept) = old.reloaded(parse(dir.path(), &text)).unwrap();
+        assert!(Arc::ptr_eq(&old.metrics, &new.metrics));
+        assert!(Arc::ptr_eq(&old.locks, &new.locks));
+        assert_eq!(new.metrics.sessions.get(), 1);
+        assert_eq!(new.open_sessions.list().len(), 1);
+        assert_eq!(new.config.shared.rate_limits[0].limit, 7);
+        assert_eq!(
+            new.config.shared.redis.as_ref().unwrap().url,
+            "redis://127.0.0.1:1/"
+        );
+        assert!(
+            kept.iter().any(|k| k.starts_with("redis cannot change")),
+            "{kept:?}"
+        );
+    }
 }

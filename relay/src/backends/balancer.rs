@@ -23,6 +23,8 @@ pub struct Backend {
     pub id: String,
     /// Active health verdict (true until a check says otherwise).
     healthy: AtomicBool,
+    /// Drained by an admin: no new work until re-enabled.
+    drained: AtomicBool,
     /// Passive ejection: skip until this instant.
     ejected_until: Mutex<Option<Instant>>,
     /// Requests in flight (for least connections).
@@ -38,6 +40,7 @@ impl Backend {
             addr: addr.to_string(),
             id: affinity_id(addr),
             healthy: AtomicBool::new(true),
+            drained: AtomicBool::new(false),
             ejected_until: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
             ok_streak: AtomicU32::new(0),
@@ -47,13 +50,28 @@ impl Backend {
 
     /// Whether new requests may go here now.
     pub fn available(&self) -> bool {
-        if !self.healthy.load(Ordering::Relaxed) {
+        if self.drained() || !self.healthy.load(Ordering::Relaxed) {
             return false;
         }
         match *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(t) => Instant::now() >= t,
             None => true,
         }
+    }
+
+    /// The active health verdict alone (not drain or ejection).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Drained by an admin (takes no new work; what it serves finishes).
+    pub fn drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Drains (`true`) or re-enables the backend; whether that changed it.
+    pub fn set_drained(&self, drained: bool) -> bool {
+        self.drained.swap(drained, Ordering::Relaxed) != drained
     }
 
     pub fn set_healthy(&self, up: bool) {

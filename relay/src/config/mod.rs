@@ -9,12 +9,16 @@
 //! - [`tls`], [`identity`], [`services`], [`http`] (a service's http-only
 //!   keys), [`assertion`], [`limits`], [`balancer`] (`[proxy_protocol]`,
 //!   `[drain]`): each section's validated type with its
-//!   raw → validated conversion beside it.
+//!   raw → validated conversion beside it;
+//! - [`admin`] (`[admin]`), [`shared`] (`[redis]`, `[[rate_limit]]`) and
+//!   [`syslog`] (`[audit.syslog]`): the same, with their raw sections
+//!   beside them too.
 //!
 //! Every error names the file, the key and the reason, e.g.
 //! `relay.toml: service[1].backends: must list at least one backend`; the
 //! fixtures in `relay/tests/fixtures/invalid` each name the error they expect.
 
+pub mod admin;
 pub mod assertion;
 pub mod balancer;
 #[doc(hidden)]
@@ -24,17 +28,22 @@ pub mod identity;
 pub mod limits;
 mod raw;
 pub mod services;
+pub mod shared;
+pub mod syslog;
 pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use admin::AdminConfig;
 pub use assertion::AssertionConfig;
 pub use balancer::{DrainConfig, ProxyProtocolConfig};
 pub use http::{Balance, GitService, HealthConfig, HttpSettings, RouteConfig, RuleConfig};
 pub use identity::IdentityConfig;
 pub use limits::LimitsConfig;
 pub use services::{ServiceConfig, ServiceKind};
+pub use shared::{Counted, RateLimitRule, RedisConfig, SharedConfig};
+pub use syslog::SyslogConfig;
 pub use tls::TlsMode;
 
 use raw::RawConfig;
@@ -89,6 +98,12 @@ pub struct RelayConfig {
     pub proxy_protocol: ProxyProtocolConfig,
     /// Graceful drain (`[drain]`).
     pub drain: DrainConfig,
+    /// Audit lines also sent to syslog (`[audit.syslog]`).
+    pub audit_syslog: Option<SyslogConfig>,
+    /// The admin listener (`[admin]`); none when absent.
+    pub admin: Option<AdminConfig>,
+    /// Redis and the rate limits held in it (`[redis]`, `[[rate_limit]]`).
+    pub shared: SharedConfig,
 }
 
 impl RelayConfig {
@@ -116,17 +131,29 @@ impl RelayConfig {
                 .unwrap_or_else(|| "(syntax)".into());
             src.err(key, e.message())
         })?;
+        let listen = listen(&raw.listen, &src)?;
+        let services = services::from_raw(raw.services, &src)?;
         Ok(RelayConfig {
-            listen: listen(&raw.listen, &src)?,
+            listen,
             workers: workers(raw.workers, &src)?,
             tls: TlsMode::from_raw(raw.tls, &src)?,
             identity: IdentityConfig::from_raw(raw.identity, &src)?,
-            services: services::from_raw(raw.services, &src)?,
             assertion: AssertionConfig::from_raw(raw.assertion, &src)?,
             audit_path: raw.audit.path.as_deref().map(|p| src.resolve(p)),
+            audit_syslog: raw
+                .audit
+                .syslog
+                .map(|s| SyslogConfig::from_raw(s, &src))
+                .transpose()?,
             limits: LimitsConfig::from_raw(raw.limits, &src)?,
             proxy_protocol: ProxyProtocolConfig::from_raw(raw.proxy_protocol, &src)?,
             drain: DrainConfig::from_raw(raw.drain, &src)?,
+            admin: raw
+                .admin
+                .map(|a| AdminConfig::from_raw(a, listen, &src))
+                .transpose()?,
+            shared: SharedConfig::from_raw(raw.redis, raw.rate_limits, &services, &src)?,
+            services,
         })
     }
 

@@ -34,6 +34,15 @@ pub(super) struct RawConfig {
     /// Timeouts and caps that keep one client from holding the relay down.
     #[serde(default)]
     pub(super) limits: RawLimits,
+    /// The admin listener: metrics and the admin API (`admin.rs`).
+    #[serde(default)]
+    pub(super) admin: Option<super::admin::RawAdmin>,
+    /// Redis, shared by every relay: rate limits and locks (`shared.rs`).
+    #[serde(default)]
+    pub(super) redis: Option<super::shared::RawRedis>,
+    /// Rate limits per identity (`shared.rs`).
+    #[serde(default, rename = "rate_limit")]
+    pub(super) rate_limits: Vec<super::shared::RawRateLimit>,
     /// Balancers that send a PROXY protocol v2 header (`balancer.rs`).
     #[serde(default)]
     pub(super) proxy_protocol: super::balancer::RawProxyProtocol,
@@ -151,6 +160,8 @@ pub(super) struct RawIdentity {
 pub(super) struct RawAudit {
     /// File to append JSON audit lines to; stdout when absent.
     pub(super) path: Option<PathBuf>,
+    /// Also send each line to a syslog server (`syslog.rs`).
+    pub(super) syslog: Option<super::syslog::RawSyslog>,
 }
 
 /// `[[service]]`: one service reachable through the relay.

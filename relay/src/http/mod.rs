@@ -98,6 +98,18 @@ impl HttpService {
         }
     }
 
+    /// Every pool with its route's prefix (none: the service's own).
+    pub fn pools(&self) -> impl Iterator<Item = (Option<&str>, &Pool)> {
+        std::iter::once((None, &self.own)).chain(
+            self.cfg
+                .http
+                .routes
+                .iter()
+                .zip(&self.routes)
+                .map(|(r, p)| (Some(r.prefix.as_str()), p)),
+        )
+    }
+
     /// The pool of a route as [`crate::policy::route`] names it.
     fn pool(&self, route: Option<usize>) -> &Pool {
         route.map_or(&self.own, |i| &self.routes[i])

@@ -34,7 +34,7 @@ use super::{rewrite, HttpService, StreamCtx};
 use crate::audit::Event;
 use crate::auth::{now_unix, Identity};
 use crate::backends::{Backend, InFlight, Pool, PASSIVE_EJECT};
-use crate::config::ServiceConfig;
+use crate::config::{Counted, ServiceConfig};
 use crate::policy::{self, RequestDenial, ServiceDenial, Target};
 
 /// A replayable request goes to at most this many nodes.
@@ -58,6 +58,7 @@ pub(super) async fn handle(
                 status: StatusCode::BAD_REQUEST,
                 text: format!("refused request target: {e}"),
                 backend: None,
+                retry_after: None,
             }
             .into_response();
             audit(ctx, &identity, &method, &raw, &resp, outcome, started);
@@ -95,9 +96,18 @@ async fn proxy(
     target: &Target,
 ) -> Result<(Response<ProxyBody>, String), Refused> {
     let route = authorize(ctx, identity, target)?;
+    rate_limit(ctx, identity, target).await?;
     let mut up = prepare(ctx, identity, req, target, route);
     let sent = send_with_retry(&ctx.svc, reuse, ctx.svc.pool(route), &mut up).await?;
-    Ok(respond(&ctx.svc, up, sent, &ctx.ended))
+    let (resp, backend) = respond(&ctx.svc, up, sent, &ctx.ended);
+    // The answer's bytes count as they reach the agent.
+    let down = ctx
+        .relay
+        .metrics
+        .bytes
+        .with_label_values(&[&ctx.svc.cfg.name, "down"]);
+    let resp = resp.map(|b| crate::metrics::CountedBody::new(b, down).boxed());
+    Ok((resp, backend))
 }
 
 /// Why a request got an error page instead of the backend's answer.
@@ -106,12 +116,19 @@ struct Refused {
     text: String,
     /// The node that failed, when one was reached.
     backend: Option<String>,
+    /// Seconds for `Retry-After` (a rate limit's refusal).
+    retry_after: Option<u64>,
 }
 
 impl Refused {
     fn into_response(self) -> (Response<ProxyBody>, Outcome) {
+        let mut resp = page(self.status, &self.text);
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         (
-            page(self.status, &self.text),
+            resp,
             Outcome {
                 backend: self.backend,
                 note: Some(self.text),
@@ -155,7 +172,35 @@ fn authorize(
             status,
             text,
             backend: None,
+            retry_after: None,
         }
+    })
+}
+
+/// Phase 1b: the rate limits on requests (`[[rate_limit]]` with
+/// `on = "requests"`): 429 with `Retry-After` when one refuses.
+async fn rate_limit(ctx: &StreamCtx, identity: &Identity, target: &Target) -> Result<(), Refused> {
+    let svc = &ctx.svc.cfg;
+    let limiter = &ctx.relay.limiter;
+    let checked = limiter
+        .check(
+            Counted::Requests,
+            &svc.name,
+            Some(&target.path),
+            &identity.subject,
+        )
+        .await;
+    checked.map_err(|limited| Refused {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        text: format!(
+            "too many requests to {} ({}, limit {} for each user); wait {} s and retry",
+            svc.display_name,
+            limited.rate,
+            limited.limit,
+            limited.retry_after_secs()
+        ),
+        backend: None,
+        retry_after: Some(limited.retry_after_secs()),
     })
 }
 
@@ -239,7 +284,14 @@ fn prepare(
         && body.size_hint().exact() == Some(0);
     Upstream {
         head,
-        body: Some(body.boxed()),
+        body: Some({
+            let up = ctx
+                .relay
+                .metrics
+                .bytes
+                .with_label_values(&[&svc.name, "up"]);
+            crate::metrics::CountedBody::new(body, up).boxed()
+        }),
         replayable,
         upgrade,
         client_upgrade,
@@ -314,6 +366,7 @@ async fn send_with_retry(
                     status: StatusCode::BAD_GATEWAY,
                     text,
                     backend: Some(backend.addr.clone()),
+                    retry_after: None,
                 });
             }
         }
@@ -329,6 +382,7 @@ fn no_healthy_backend(name: &str, last_error: Option<String>) -> Refused {
         status: StatusCode::SERVICE_UNAVAILABLE,
         text,
         backend: None,
+        retry_after: None,
     }
 }
 
@@ -394,6 +448,27 @@ fn audit(
     outcome: Outcome,
     started: Instant,
 ) {
+    let metrics = &ctx.relay.metrics;
+    let service = ctx.svc.cfg.name.as_str();
+    let status = resp.status();
+    metrics
+        .http_requests
+        .with_label_values(&[service, status.as_str()])
+        .inc();
+    metrics
+        .http_request_seconds
+        .with_label_values(&[service])
+        .observe(started.elapsed().as_secs_f64());
+    if outcome.backend.is_none() {
+        metrics.refused(match status {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::UNAUTHORIZED => "unauthenticated",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+            StatusCode::SERVICE_UNAVAILABLE => "no_healthy_backend",
+            _ => "other",
+        });
+    }
     ctx.relay.audit.record(&Event {
         event: if outcome.backend.is_some() {
             "http_request"

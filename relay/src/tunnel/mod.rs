@@ -78,6 +78,15 @@ where
         ..Default::default()
     });
     tracing::info!(%session, subject = %identity.subject, agent = %hello.agent, "session open");
+    // Listed for the admin API; `registered.end` fires if the subject is locked.
+    let registered = relay.open_sessions.register(crate::sessions::SessionInfo {
+        id: session.clone(),
+        subject: identity.subject.clone(),
+        peer: peer.clone(),
+        agent: hello.agent.clone(),
+        started_unix: now_unix(),
+    });
+    let _open = SessionGauge::start(&relay);
 
     let limits = &relay.config.limits;
     let (opener, mut inbound, driver) = mux::start(
@@ -97,7 +106,7 @@ where
     let (identity_tx, identity_rx) = watch::channel(identity.clone());
     let control = start_control(&live, control, identity_tx, &session);
     let mut streams = Streams::new(limits.max_streams_per_session);
-    let end = accept_streams(
+    let serving = accept_streams(
         &live,
         &mut inbound,
         &mut streams,
@@ -105,8 +114,18 @@ where
         &control.tx,
         &session,
         &peer,
-    )
-    .await;
+    );
+    let end = tokio::select! {
+        end = serving => end,
+        // An admin locked the subject (on this relay or another).
+        _ = registered.end.cancelled() => End {
+            reason: "subject locked",
+            goodbye: Some((
+                RefusalCode::Forbidden,
+                "an administrator locked your access to this relay; ask them to unlock it".to_string(),
+            )),
+        },
+    };
 
     control.say_goodbye(end.goodbye).await;
     streams.end();
@@ -129,6 +148,23 @@ where
         ..Default::default()
     });
     tracing::info!(%session, reason = end.reason, "session closed");
+}
+
+/// Counts a session in `gangway_relay_sessions` while it lives.
+struct SessionGauge(Arc<Relay>);
+
+impl SessionGauge {
+    fn start(relay: &Arc<Relay>) -> Self {
+        relay.metrics.sessions.inc();
+        relay.metrics.sessions_opened.inc();
+        SessionGauge(relay.clone())
+    }
+}
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        self.0.metrics.sessions.dec();
+    }
 }
 
 /// Phase 1: versioned handshake ([`handshake`]). `None` when the agent
@@ -440,6 +476,20 @@ async fn refresh(
     token: &Token,
 ) -> Control {
     let current = identity.borrow().subject.clone();
+    if let Some(lock) = relay.locks.lock_of(&current).await {
+        relay.audit.record(&Event {
+            event: "token_refresh_refused",
+            subject: Some(&current),
+            session: Some(session),
+            code: Some("subject_locked"),
+            reason: Some(format!("locked by {}: {}", lock.by, lock.reason)),
+            ..Default::default()
+        });
+        relay.metrics.refused("subject_locked");
+        return Control::TokenRejected {
+            reason: "an administrator locked your access to this relay".into(),
+        };
+    }
     match relay.verifier.verify(token.expose()).await {
         Ok(new) if new.subject == current => {
             let expires_at = new.expires_at;

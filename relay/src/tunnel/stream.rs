@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::HANDSHAKE_TIMEOUT;
 use crate::audit::Event;
 use crate::auth::{now_unix, Identity};
-use crate::config::ServiceConfig;
+use crate::config::{Counted, ServiceConfig};
+use crate::metrics::StreamGauge;
 use crate::policy::{self, ServiceDenial};
 use crate::Relay;
 
@@ -35,6 +36,7 @@ impl Caller<'_> {
     /// Answers the open header with `refusal`, auditing `reason` (which may
     /// say more than the agent is told).
     async fn refuse(&self, framed: &mut FramedIo<Stream>, refusal: Refusal, reason: &str) {
+        self.relay.metrics.refused(code_name(refusal.code));
         self.relay.audit.record(&Event {
             event: "stream_refused",
             subject: Some(&self.identity.subject),
@@ -123,6 +125,7 @@ pub(super) async fn serve_stream(
     let Some(open) = read_open(&mut framed, &session).await else {
         return;
     };
+    let opened = Instant::now();
     let caller = Caller {
         relay: &relay,
         identity: &identity,
@@ -138,6 +141,24 @@ pub(super) async fn serve_stream(
             return;
         }
     };
+    if let Err(limited) = relay
+        .limiter
+        .check(Counted::Streams, &svc.name, None, &identity.subject)
+        .await
+    {
+        let refusal = Refusal {
+            code: RefusalCode::RateLimited,
+            message: format!(
+                "too many new connections to {} ({} for each user); wait {} s and retry",
+                svc.display_name,
+                limited.rate,
+                limited.retry_after_secs()
+            ),
+        };
+        let reason = format!("rate limit {} ({})", limited.limit, limited.rate);
+        caller.refuse(&mut framed, refusal, &reason).await;
+        return;
+    }
     match relay.http_service(&svc.name) {
         Some(http_svc) => {
             // http: accept now; each request picks its backend (and errors
@@ -150,6 +171,8 @@ pub(super) async fn serve_stream(
                 return;
             }
             caller.audit_open(None);
+            observe_open(&relay, &svc.name, opened);
+            let _open = StreamGauge::start(&relay.metrics, &svc.name);
             let (stream, early) = framed.into_parts();
             let client_ip = peer
                 .rsplit_once(':')
@@ -166,13 +189,27 @@ pub(super) async fn serve_stream(
             let io = gangway_transport::rewind::Rewind::new(early.freeze(), stream);
             crate::http::serve(ctx, io).await;
         }
-        None => forward_tcp(&caller, svc, framed).await,
+        None => forward_tcp(&caller, svc, framed, opened).await,
     }
+}
+
+/// Records the stream-open latency: open header read to answer written.
+fn observe_open(relay: &Relay, service: &str, opened: Instant) {
+    relay
+        .metrics
+        .stream_open_seconds
+        .with_label_values(&[service])
+        .observe(opened.elapsed().as_secs_f64());
 }
 
 /// A tcp service's stream: connect a backend (refusing when none answers),
 /// accept, copy both ways, audit.
-async fn forward_tcp(caller: &Caller<'_>, svc: &ServiceConfig, mut framed: FramedIo<Stream>) {
+async fn forward_tcp(
+    caller: &Caller<'_>,
+    svc: &ServiceConfig,
+    mut framed: FramedIo<Stream>,
+    opened: Instant,
+) {
     let relay = caller.relay;
     let Some(pool) = relay.tcp_service(&svc.name) else {
         // Every service that is not http is tcp and has a pool.
@@ -203,11 +240,17 @@ async fn forward_tcp(caller: &Caller<'_>, svc: &ServiceConfig, mut framed: Frame
     }
     let started = Instant::now();
     caller.audit_open(Some(&backend_addr));
+    observe_open(relay, &svc.name, opened);
+    let open = StreamGauge::start(&relay.metrics, &svc.name);
     let result = duplex::splice(&mut stream, &mut backend).await;
+    drop(open);
     let (up, down, reason) = match result {
         Ok(t) => (t.a_to_b + early.len() as u64, t.b_to_a, None),
         Err(e) => (0, 0, Some(e.to_string())),
     };
+    let bytes = &relay.metrics.bytes;
+    bytes.with_label_values(&[&svc.name, "up"]).inc_by(up);
+    bytes.with_label_values(&[&svc.name, "down"]).inc_by(down);
     relay.audit.record(&Event {
         event: "stream_close",
         subject: Some(&caller.identity.subject),

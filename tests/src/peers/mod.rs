@@ -11,4 +11,6 @@ pub mod local_user;
 pub mod nginx;
 pub mod oidc;
 pub mod process;
+pub mod redis;
+pub mod rsyslog;
 pub mod sshd;
