@@ -137,11 +137,19 @@ impl AgentError {
 }
 
 /// An error and its sources on one line (a source already quoted by its
-/// parent's message is not repeated).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+/// parent's message is not repeated). A TLS or network failure people meet
+/// ends the line in plain words with what to do ([`crate::plain`]), instead
+/// of the library's own words.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    if let Some(p) = crate::plain::explain(e) {
+        return p.to_string();
+    }
     let mut msg = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
+        if let Some(p) = crate::plain::explain(s) {
+            return format!("{msg}: {p}");
+        }
         let s_msg = s.to_string();
         if !msg.contains(&s_msg) {
             msg = format!("{msg}: {s_msg}");

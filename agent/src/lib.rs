@@ -32,6 +32,7 @@ pub mod keychain;
 pub mod listener;
 pub mod notices;
 pub mod pipelined;
+pub mod plain;
 pub mod policy;
 pub mod relay_api;
 pub mod session;

@@ -75,6 +75,23 @@ pub struct TestCert {
 }
 
 impl TestCert {
+    /// A self-signed certificate made from `params` (for tests of bad
+    /// certificates: expired, for another name, a CA used as the server's).
+    pub fn from_params(params: rcgen::CertificateParams) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let key_pair = rcgen::KeyPair::generate()?;
+        let c = params.self_signed(&key_pair)?;
+        let cert = dir.path().join("relay.crt");
+        let key = dir.path().join("relay.key");
+        std::fs::write(&cert, c.pem())?;
+        std::fs::write(&key, key_pair.serialize_pem())?;
+        Ok(Self {
+            _dir: dir,
+            cert,
+            key,
+        })
+    }
+
     pub fn new() -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let ck = rcgen::generate_simple_self_signed(vec![

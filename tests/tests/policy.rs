@@ -343,7 +343,7 @@ async fn tray_menu_shows_the_policy_lock() -> Result<()> {
             w.cert.cert.to_str().unwrap()
         ),
     )?;
-    let mut display = Display::start(1024, 768)?;
+    let mut display = Display::start(1100, 700)?;
     display.start_tray_host(&w.env())?;
     let mut cmd = std::process::Command::new(bin_path("gangway-desktop")?);
     cmd.envs(w.env())

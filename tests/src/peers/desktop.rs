@@ -60,16 +60,21 @@ impl Display {
             |l| !l.trim().is_empty(),
         )?;
         let name = format!(":{}", n.trim());
-        let d = Display {
+        let mut d = Display {
             trayer: None,
             _xvfb: child,
             name,
             width,
             height,
         };
-        d.wait_until("the X server answers", || {
-            Ok(d.xdotool(&["getdisplaygeometry"])?
-                .contains(&width.to_string()))
+        // Our server, not one that is going away on the same number: it
+        // must be alive and answer with exactly our geometry.
+        let want = format!("{width} {height}");
+        let what = format!("the X server on {} to answer", d.name);
+        blocking_poll(&what, startup_timeout(START_TIMEOUT), || {
+            d._xvfb.check_alive()?;
+            let geometry = d.xdotool(&["getdisplaygeometry"]).unwrap_or_default();
+            Ok((geometry.trim() == want).then_some(()))
         })?;
         Ok(d)
     }
