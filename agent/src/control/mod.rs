@@ -62,6 +62,40 @@ pub enum Request {
     Menu,
     /// Do what clicking the tray menu item `id` does (tray app only).
     Activate { id: String },
+    /// The local git credential for a URL git asks about (its credential
+    /// helper's `protocol` and `host`, which carries the port). Answers
+    /// [`GitCredential`] only for this agent's own `http` listeners, else
+    /// `null`.
+    GitCredential { protocol: String, host: String },
+    /// A one-time URL that lets the browser in to `service` (its name or
+    /// display name): [`OpenUrl`].
+    OpenUrl { service: String },
+}
+
+/// The answer to [`Request::GitCredential`]. Carries a secret: never
+/// logged; `Debug` hides it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitCredential {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for GitCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitCredential")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The answer to [`Request::OpenUrl`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenUrl {
+    pub service: String,
+    pub display_name: String,
+    /// Valid once, for about a minute.
+    pub url: String,
 }
 
 /// One line of the agent's answer.

@@ -8,6 +8,12 @@
 //!
 //! One [`Door`] per agent process, shared by every listener of every
 //! environment.
+//!
+//! Rooms: [`http`] the gate for `http` services (Host, Origin, the local
+//! credential, the one-time URL); [`secrets`] the local secrets it checks.
+
+pub mod http;
+pub mod secrets;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -41,11 +47,18 @@ pub struct DoorSnapshot {
 pub struct Door {
     refused: AtomicU64,
     last_refused: Mutex<Option<RefusedCaller>>,
+    /// The git secret, the browser cookie and one-time tokens.
+    secrets: secrets::LocalSecrets,
 }
 
 impl Door {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The local secrets the HTTP gate checks.
+    pub fn secrets(&self) -> &secrets::LocalSecrets {
+        &self.secrets
     }
 
     /// Records (and logs) a refused caller.

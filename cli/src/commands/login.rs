@@ -63,6 +63,7 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<ExitCode> {
     };
     let done = signin::sign_in(&target.name(), &target.relay, tls, &keychain, method).await?;
     print_signed_in(&target.label(), &done);
+    super::git::after_login().await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -86,5 +87,6 @@ async fn through_agent(client: &Client, snap: &Snapshot, timeout: u64) -> anyhow
     })
     .await?;
     print_signed_in(&label, &done);
+    super::git::after_login().await;
     Ok(ExitCode::SUCCESS)
 }

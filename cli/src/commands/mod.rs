@@ -1,8 +1,10 @@
 //! One file per `gangway` command.
 
 pub mod env;
+pub mod git;
 pub mod login;
 pub mod logout;
+pub mod open;
 pub mod status;
 pub mod token;
 pub mod up;
