@@ -443,12 +443,25 @@ impl AgentProcess {
     /// An `Authorization` header value carrying the door's credential for
     /// `service` (for raw HTTP clients in tests).
     pub fn door_auth(&self, service: &str) -> Result<String> {
-        use base64::Engine;
-        let secret = self.door_secret(service)?;
-        Ok(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("gangway:{secret}"))
-        ))
+        door_auth(&self.control_socket, self.addr(service))
+    }
+
+    /// Headers that carry the door's credential for `service`, for a
+    /// reqwest client's `default_headers`.
+    pub fn door_headers(&self, service: &str) -> Result<reqwest::header::HeaderMap> {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            self.door_auth(service)?.parse()?,
+        );
+        Ok(h)
+    }
+
+    /// A reqwest client that carries the door's credential for `service`.
+    pub fn http(&self, service: &str) -> Result<reqwest::Client> {
+        Ok(reqwest::Client::builder()
+            .default_headers(self.door_headers(service)?)
+            .build()?)
     }
 
     /// Environment for git so that it gets the door's credential from this
@@ -508,6 +521,17 @@ pub fn git_credential(socket: &Path, addr: SocketAddr) -> Result<String> {
                 String::from_utf8_lossy(&out.stderr)
             )
         })
+}
+
+/// An `Authorization` value with the door's credential for `addr`, from
+/// the agent serving the control socket `socket`.
+pub fn door_auth(socket: &Path, addr: SocketAddr) -> Result<String> {
+    use base64::Engine;
+    let secret = git_credential(socket, addr)?;
+    Ok(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("gangway:{secret}"))
+    ))
 }
 
 /// Environment for git (see [`AgentProcess::git_env`]) for the agent

@@ -668,7 +668,7 @@ impl Conn {
         if let Some(text) = listener::plain_problem(&gate.service.display_name, e) {
             gate.stats.problem(text);
         }
-        tracing::warn!(service = %gate.service.name, "request not carried: {e}");
+        tracing::warn!(service = %gate.service.name, "connection not carried: {e}");
         let (status, text) = listener::error_status(e);
         let code = status
             .split(' ')
