@@ -498,9 +498,16 @@ impl AgentProcess {
 /// `gangway git credential get` for `addr`, through the control socket at
 /// `socket`: the password it prints.
 pub fn git_credential(socket: &Path, addr: SocketAddr) -> Result<String> {
+    git_credential_by(&bin_path("gangway")?, socket, addr)
+}
+
+/// [`git_credential`] with the `gangway` program at `program`.
+pub fn git_credential_by(program: &Path, socket: &Path, addr: SocketAddr) -> Result<String> {
     use std::io::Write;
-    let mut cmd = gangway_command(&["git", "credential", "get"])?;
-    cmd.env("GANGWAY_CONTROL_SOCKET", socket)
+    let mut cmd = Command::new(program);
+    cmd.args(["git", "credential", "get"])
+        .env_remove("GANGWAY_TOKEN")
+        .env("GANGWAY_CONTROL_SOCKET", socket)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -526,8 +533,13 @@ pub fn git_credential(socket: &Path, addr: SocketAddr) -> Result<String> {
 /// An `Authorization` value with the door's credential for `addr`, from
 /// the agent serving the control socket `socket`.
 pub fn door_auth(socket: &Path, addr: SocketAddr) -> Result<String> {
+    door_auth_by(&bin_path("gangway")?, socket, addr)
+}
+
+/// [`door_auth`] with the `gangway` program at `program`.
+pub fn door_auth_by(program: &Path, socket: &Path, addr: SocketAddr) -> Result<String> {
     use base64::Engine;
-    let secret = git_credential(socket, addr)?;
+    let secret = git_credential_by(program, socket, addr)?;
     Ok(format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("gangway:{secret}"))
@@ -537,8 +549,13 @@ pub fn door_auth(socket: &Path, addr: SocketAddr) -> Result<String> {
 /// Environment for git (see [`AgentProcess::git_env`]) for the agent
 /// serving the control socket `socket`.
 pub fn git_helper_env(socket: &Path) -> Result<Vec<(String, String)>> {
-    let helper = format!("{} git credential", bin_path("gangway")?.display());
-    Ok(vec![
+    Ok(git_helper_env_by(&bin_path("gangway")?, socket))
+}
+
+/// [`git_helper_env`] with the `gangway` program at `program`.
+pub fn git_helper_env_by(program: &Path, socket: &Path) -> Vec<(String, String)> {
+    let helper = format!("{} git credential", program.display());
+    vec![
         ("GIT_CONFIG_COUNT".into(), "2".into()),
         ("GIT_CONFIG_KEY_0".into(), "credential.helper".into()),
         ("GIT_CONFIG_VALUE_0".into(), String::new()),
@@ -548,7 +565,7 @@ pub fn git_helper_env(socket: &Path) -> Result<Vec<(String, String)>> {
             "GANGWAY_CONTROL_SOCKET".into(),
             socket.display().to_string(),
         ),
-    ])
+    ]
 }
 
 /// A TCP backend that counts connections and closes them: proves that a
