@@ -140,6 +140,19 @@ async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()
             s.phase == Phase::Connected && s.services.len() == 4
         })
         .await?;
+    // `login` registered git's credential helper for the app's HTTP
+    // listeners in ~/.gitconfig (helper lines, no secret).
+    let gitconfig =
+        std::fs::read_to_string(w.keychain.home().join(".gitconfig")).unwrap_or_default();
+    for svc in ["bitbucket", "confluence"] {
+        let port = addr_of(&s, svc).context(svc)?.port();
+        assert!(
+            gitconfig.contains(&format!("[credential \"http://127.0.0.1:{port}\"]")),
+            "{gitconfig}\n{}",
+            done.stderr
+        );
+    }
+    assert!(gitconfig.contains(" git credential"), "{gitconfig}");
     let echo = s.services.iter().find(|x| x.name == "echo").unwrap();
     assert_eq!(echo.state, "not listening");
     assert_eq!(

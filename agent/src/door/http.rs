@@ -414,7 +414,8 @@ fn browser(headers: &HeaderMap) -> (bool, bool) {
 /// through) as a hyper client.
 struct Conn {
     gate: Arc<Gate>,
-    upstream: Mutex<Option<SendRequest<Incoming>>>,
+    /// The kept tunnel stream's client, and where its refusal would land.
+    upstream: Mutex<Option<(SendRequest<Incoming>, RefusalSlot)>>,
 }
 
 /// Where a refusal read by the hyper client's connection task is left for
@@ -605,7 +606,7 @@ impl Conn {
                         });
                     }
                 } else {
-                    *self.lock() = Some(sender);
+                    *self.lock() = Some((sender, slot));
                 }
                 resp.map(Either::Left)
             }
@@ -620,7 +621,7 @@ impl Conn {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<SendRequest<Incoming>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(SendRequest<Incoming>, RefusalSlot)>> {
         self.upstream
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -630,9 +631,9 @@ impl Conn {
     /// new stream when there is none or the relay closed it.
     async fn sender(&self) -> Result<(SendRequest<Incoming>, RefusalSlot), AgentError> {
         let kept = self.lock().take();
-        if let Some(mut s) = kept {
+        if let Some((mut s, slot)) = kept {
             if s.ready().await.is_ok() {
-                return Ok((s, Arc::default()));
+                return Ok((s, slot));
             }
         }
         let gate = &self.gate;

@@ -23,7 +23,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{bail, Context};
 use gangway_agent::control::{Client, GitCredential, Request};
 use gangway_agent::relay_api::ServiceKind;
-use gangway_agent::status::Snapshot;
+use gangway_agent::status::{Phase, Snapshot};
 
 use crate::args::GitCommand;
 
@@ -113,10 +113,18 @@ async fn credential(action: &str) -> anyhow::Result<ExitCode> {
 /// no step of its own.
 pub async fn after_login() {
     let mut snap = None;
-    for _ in 0..20 {
+    for _ in 0..40 {
         snap = crate::running::snapshot().await;
         match &snap {
-            Some(s) if local_urls(s).is_empty() && !s.phase.wants_sign_in() => {
+            // Just signed in: the agent fetches its catalog and binds its
+            // listeners in a moment (Connected means it has).
+            Some(s)
+                if local_urls(s).is_empty()
+                    && !matches!(
+                        s.phase,
+                        Phase::Connected | Phase::Failed { .. } | Phase::NoEnvironment
+                    ) =>
+            {
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await
             }
             _ => break,
