@@ -229,4 +229,31 @@ mod tests {
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"rm -rf"}"#).is_err());
     }
+
+    #[test]
+    fn door_requests_are_json_lines_and_the_credential_is_hidden() {
+        let r: Request = serde_json::from_str(
+            r#"{"cmd":"git_credential","protocol":"http","host":"127.0.0.1:7990"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::GitCredential {
+                protocol: "http".into(),
+                host: "127.0.0.1:7990".into()
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::OpenUrl {
+                service: "confluence".into()
+            })
+            .unwrap(),
+            r#"{"cmd":"open_url","service":"confluence"}"#
+        );
+        let c = GitCredential {
+            username: "gangway".into(),
+            password: "s3cret".into(),
+        };
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
 }
