@@ -497,3 +497,55 @@ ws.onerror = function () { document.getElementById("ws").textContent = "error"; 
     assert!(other.find("#title").await?.is_none());
     Ok(())
 }
+
+/// The gate keeps the raw path's economy: one local keep-alive connection
+/// is one tunnel stream, however many requests it carries.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_local_connection_is_one_tunnel_stream() -> Result<()> {
+    let s = RelaySetup::new()?;
+    let node = ConfluenceNode::start("node1")?;
+    let relay = s.relay(&http_service("confluence", 8090, &[node.addr()], ""))?;
+    let agent = s.agent(&relay, CI_DEV, &["confluence"]).await?;
+    let addr = agent.addr("confluence");
+    let auth = agent.door_auth("confluence")?;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    for i in 0..5 {
+        tcp.write_all(
+            format!("GET /pages/{i} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        // One whole answer (nginx sends a Content-Length) before the next.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await??;
+            ensure!(n > 0, "the agent closed the connection after {i} answers");
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = header(&text, "content-length").context("length")?.parse()?;
+                if got.len() >= end + 4 + len {
+                    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+                    break;
+                }
+            }
+        }
+    }
+    let audit = poll(
+        "five requests in the audit log",
+        Duration::from_secs(10),
+        || {
+            let audit = relay.audit();
+            let served = audit
+                .iter()
+                .filter(|e| e["event"] == "http_request")
+                .count();
+            Ok((served >= 5).then_some(audit))
+        },
+    )
+    .await?;
+    let opens = audit.iter().filter(|e| e["event"] == "stream_open").count();
+    assert_eq!(opens, 1, "{audit:#?}");
+    Ok(())
+}
