@@ -271,6 +271,27 @@ async fn git_clone_and_push_need_only_git_setup_and_leave_no_secret() -> Result<
         .iter()
         .any(|e| e["event"] == "http_request" && e["status"] == 200));
 
+    // The helper answers only for the agent's own listeners.
+    for host in ["example.com", "127.0.0.1:1", "rebind.evil.example:7990"] {
+        let mut cmd = gangway_command(&["git", "credential", "get"])?;
+        cmd.env("GANGWAY_CONTROL_SOCKET", &agent.control_socket)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn()?;
+        std::io::Write::write_all(
+            &mut child.stdin.take().context("stdin")?,
+            format!("protocol=http\nhost={host}\n\n").as_bytes(),
+        )?;
+        let out = child.wait_with_output()?;
+        assert!(out.status.success());
+        assert!(
+            out.stdout.is_empty(),
+            "{host}: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
     // `gangway git remove` takes the lines out again.
     let mut remove = gangway_command(&["git", "remove"])?;
     remove.envs(env.iter().map(|(k, v)| (k, v)));
