@@ -82,10 +82,15 @@ pub fn run() {
         }
     };
 
-    let agent = Agent::start(options());
+    let (config_path, config) = load_config();
+    let first_start = first_start(config_path.as_deref());
+    let agent = Agent::start(options(config_path, &config));
     let stop = CancellationToken::new();
     let stopped = stop.clone();
-    let shell = Shell::new(agent.clone(), autostart::Autostart::for_this_user());
+    let login_item = autostart::Autostart::for_this_user();
+    apply_start_at_login(&config, &login_item, first_start);
+    let open_window = !first_start || config.settings.open_status_window_at_first_start;
+    let shell = Shell::new(agent.clone(), login_item);
     let app = match build(tauri::Builder::default(), shell)
         .setup(move |app| {
             let handle = app.handle().clone();
@@ -97,7 +102,7 @@ pub fn run() {
             );
             tray::create(&handle)?;
             follow_agent(&handle);
-            if !autostarted {
+            if !autostarted && open_window {
                 // First thing a new user needs is the sign-in: show the window.
                 let h = handle.clone();
                 tauri::async_runtime::spawn(async move {
@@ -189,9 +194,9 @@ fn hand_over(rt: &tokio::runtime::Runtime, path: &std::path::Path) -> i32 {
     }
 }
 
-/// The agent as the tray runs it: environments from the user config, the
-/// default one first, tokens in the OS keychain.
-fn options() -> AgentOptions {
+/// The user config under the organisation's policy; a broken file is
+/// logged and the app starts without it.
+fn load_config() -> (Option<std::path::PathBuf>, AgentConfig) {
     let config_path = user_config_path();
     let config = match config_path.as_deref().map(AgentConfig::load) {
         Some(Ok(c)) => c,
@@ -201,6 +206,53 @@ fn options() -> AgentOptions {
         }
         None => AgentConfig::default(),
     };
+    for p in &config.problems {
+        tracing::warn!("{p}");
+    }
+    (config_path, config)
+}
+
+/// Whether this is the app's first start for this user (a marker beside
+/// the user config, written now).
+fn first_start(config_path: Option<&std::path::Path>) -> bool {
+    let Some(dir) = config_path.and_then(|p| p.parent()) else {
+        return false;
+    };
+    let marker = dir.join(".tray-started");
+    if marker.exists() {
+        return false;
+    }
+    let _ = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&marker, b""));
+    true
+}
+
+/// "Start at login" as the policy says: a mandatory value always, a
+/// recommended one (or the user file's) at the first start only.
+fn apply_start_at_login(config: &AgentConfig, item: &autostart::Autostart, first_start: bool) {
+    use gangway_agent::config::Source;
+    let Some(setting) = config
+        .settings
+        .table
+        .iter()
+        .find(|s| s.key == "start_at_login")
+    else {
+        return;
+    };
+    let apply = match setting.source {
+        Source::Policy => true,
+        Source::Recommended | Source::UserFile => first_start,
+        Source::Default => false,
+    };
+    if apply && item.is_enabled() != config.settings.start_at_login {
+        if let Err(e) = item.set(config.settings.start_at_login) {
+            tracing::warn!("cannot set start at login: {e}");
+        }
+    }
+}
+
+/// The agent as the tray runs it: environments from the user config, the
+/// default one first, tokens in the OS keychain.
+fn options(config_path: Option<std::path::PathBuf>, config: &AgentConfig) -> AgentOptions {
     let environments: Vec<EnvSpec> = config
         .environments
         .iter()
@@ -218,6 +270,7 @@ fn options() -> AgentOptions {
         browser: std::env::var("BROWSER").ok(),
         unreachable_notice_after: gangway_agent::notices::UNREACHABLE_NOTICE_AFTER,
         frontend: Frontend::Tray,
+        managed: gangway_agent::agent::Managed::from_config(config),
     }
 }
 
@@ -275,6 +328,7 @@ mod tests {
             browser: Some("true".into()),
             unreachable_notice_after: Duration::from_secs(60),
             frontend: Frontend::Tray,
+            managed: Default::default(),
         })
     }
 
@@ -315,6 +369,7 @@ mod tests {
                     ports: BTreeMap::new(),
                     login_hint: "gangway login --env Production".into(),
                     source: EnvSource::ConfigFile,
+                    locked: false,
                 },
                 EnvSpec {
                     name: "Staging".into(),
@@ -323,6 +378,7 @@ mod tests {
                     ports: BTreeMap::new(),
                     login_hint: "gangway login --env Staging".into(),
                     source: EnvSource::ConfigFile,
+                    locked: false,
                 },
             ];
             (agent(envs.clone()), envs)

@@ -103,8 +103,17 @@ pub fn build(s: &Snapshot, autostart: bool) -> Vec<Entry> {
             .iter()
             .map(|e| Entry::Check {
                 id: format!("{ENV_PREFIX}{}", e.name),
-                text: e.name.clone(),
-                enabled: true,
+                text: if e.locked {
+                    format!(
+                        "{} (set by {})",
+                        e.name,
+                        s.organization.as_deref().unwrap_or("your organisation")
+                    )
+                } else {
+                    e.name.clone()
+                },
+                // The organisation fixes the environment: shown, not switchable.
+                enabled: !s.environment_fixed,
                 checked: e.current,
             })
             .collect()
@@ -143,7 +152,7 @@ pub fn build(s: &Snapshot, autostart: bool) -> Vec<Entry> {
     m.push(Entry::Check {
         id: AUTOSTART.into(),
         text: "Start at login".into(),
-        enabled: true,
+        enabled: !s.start_at_login_locked,
         checked: autostart,
     });
     m.push(item(QUIT, "Quit Gangway", true));
@@ -184,13 +193,18 @@ mod tests {
                     name: "Production".into(),
                     relay: "https://gangway.example.com".into(),
                     current: true,
+                    locked: false,
                 },
                 EnvironmentEntry {
                     name: "Staging".into(),
                     relay: "https://gangway.staging.example.com".into(),
                     current: false,
+                    locked: false,
                 },
             ],
+            organization: None,
+            environment_fixed: false,
+            start_at_login_locked: false,
             phase,
             phase_since: 0,
             user: Some("alice".into()),

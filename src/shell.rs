@@ -149,6 +149,12 @@ impl Shell {
                 crate::window::show(app).map_err(|e| UiError::new("window", e.to_string()))
             }
             Action::ToggleAutostart => {
+                if self.agent.snapshot().start_at_login_locked {
+                    return Err(UiError::new(
+                        "autostart",
+                        "Start at login is set by your organisation (policy key start_at_login)",
+                    ));
+                }
                 let on = !self.autostart.is_enabled();
                 self.autostart
                     .set(on)

@@ -1,5 +1,11 @@
-//! Agent configuration: environments (name + relay URL), from the user's
-//! config file under the platform config dir.
+//! Agent configuration: environments (name + relay URL) and settings, from
+//! the organisation's policy ([`crate::policy`]) and the user's config file
+//! under the platform config dir.
+//!
+//! Precedence, key by key: a mandatory policy value (locked), else the
+//! user's file, else a recommended policy value, else the built-in default.
+//! [`AgentConfig::settings`] says for each key which one won
+//! (`gangway config --effective`).
 //!
 //! ```toml
 //! default_environment = "prod"
@@ -11,13 +17,18 @@
 //! # [environment.ports]                        # local port overrides
 //! # bitbucket = 17990
 //! ```
+//!
+//! The user's file may also set `proxy = "http://proxy.example.com:3128"`
+//! and `start_at_login = true`; the other policy keys are the
+//! organisation's only.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::policy::{self, Key, Level, Policy, Value};
 use crate::AgentError;
 
 #[derive(Debug, Deserialize)]
@@ -27,6 +38,10 @@ struct RawConfig {
     default_environment: Option<String>,
     #[serde(default, rename = "environment")]
     environments: Vec<RawEnvironment>,
+    /// HTTP proxy for the agent's outgoing connections.
+    proxy: Option<String>,
+    /// Start the tray app at login.
+    start_at_login: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +65,79 @@ pub struct Environment {
     pub relay: Url,
     pub ca_file: Option<PathBuf>,
     pub ports: BTreeMap<String, u16>,
+    /// Where it was set; a [`Source::Policy`] one is locked.
+    pub source: Source,
+    /// The file (or registry key) that set it, for policy ones.
+    pub origin: Option<String>,
+}
+
+impl Environment {
+    /// Set by the organisation as mandatory: the user cannot change or
+    /// remove it.
+    pub fn locked(&self) -> bool {
+        self.source == Source::Policy
+    }
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A mandatory policy value: locked.
+    Policy,
+    /// A recommended policy value (the user's file may override it).
+    Recommended,
+    /// The user's config file.
+    UserFile,
+    /// Nothing set it: the built-in default.
+    Default,
+}
+
+/// One setting as in effect, for `gangway config --effective`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Setting {
+    pub key: String,
+    pub value: serde_json::Value,
+    pub source: Source,
+    /// The policy file or registry key, or the user's file.
+    pub origin: Option<String>,
+    pub locked: bool,
+}
+
+/// The settings other than the environments, as in effect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub organization_name: Option<String>,
+    pub allow_user_environments: bool,
+    pub allowed_relay_hosts: Vec<String>,
+    pub start_at_login: bool,
+    pub open_status_window_at_first_start: bool,
+    pub allow_device_sign_in: bool,
+    pub proxy: Option<String>,
+    /// Every key with its value and source.
+    pub table: Vec<Setting>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            organization_name: None,
+            allow_user_environments: true,
+            allowed_relay_hosts: Vec::new(),
+            start_at_login: false,
+            open_status_window_at_first_start: true,
+            allow_device_sign_in: true,
+            proxy: None,
+            table: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// The setting of `key`, if it is locked by policy: where it was set.
+    pub fn locked(&self, key: Key) -> Option<&Setting> {
+        self.table.iter().find(|s| s.key == key.name() && s.locked)
+    }
 }
 
 /// The validated agent configuration.
@@ -57,6 +145,20 @@ pub struct Environment {
 pub struct AgentConfig {
     pub default_environment: Option<String>,
     pub environments: Vec<Environment>,
+    pub settings: Settings,
+    /// Policy values that could not be used and user environments the
+    /// policy leaves out, each naming where and why.
+    pub problems: Vec<String>,
+    /// The user's own `proxy` and `start_at_login`, before policy.
+    user: UserSettings,
+}
+
+#[derive(Debug, Clone, Default)]
+struct UserSettings {
+    proxy: Option<String>,
+    start_at_login: Option<bool>,
+    default_environment: Option<String>,
+    path: Option<String>,
 }
 
 /// The user's config file: `$XDG_CONFIG_HOME/gangway/config.toml` on Linux,
@@ -79,6 +181,42 @@ pub fn parse_relay_url(s: &str) -> Result<Url, String> {
     }
 }
 
+/// Whether `relay`'s host is one of `allowed` (exact, or `*.example.com`
+/// for sub-domains); an empty list allows any.
+pub fn relay_host_allowed(allowed: &[String], relay: &Url) -> Result<(), String> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let host = relay.host_str().unwrap_or_default().to_ascii_lowercase();
+    let ok = allowed.iter().any(|a| {
+        let a = a.to_ascii_lowercase();
+        match a.strip_prefix("*.") {
+            Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
+            None => host == a,
+        }
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "relay host {host} is not among the hosts your organisation allows ({})",
+            allowed.join(", ")
+        ))
+    }
+}
+
+fn json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::String(s) => s.clone().into(),
+        Value::Bool(b) => (*b).into(),
+        Value::StringList(l) => l.clone().into(),
+        Value::Environments(envs) => envs
+            .iter()
+            .map(|e| serde_json::Value::from(e.name.clone()))
+            .collect(),
+    }
+}
+
 fn is_loopback_host(h: &str) -> bool {
     h == "localhost"
         || h.trim_matches(['[', ']'])
@@ -87,8 +225,40 @@ fn is_loopback_host(h: &str) -> bool {
 }
 
 impl AgentConfig {
-    /// Loads `path`; a missing file is an empty config.
+    /// Loads `path` under this computer's policy ([`policy::system`]); a
+    /// missing file is an empty user config.
     pub fn load(path: &Path) -> Result<Self, AgentError> {
+        Self::load_with(path, &policy::system())
+    }
+
+    /// Loads `path` under `policy`.
+    pub fn load_with(path: &Path, policy: &Policy) -> Result<Self, AgentError> {
+        Self::load_user(path)?.checked(path, policy)
+    }
+
+    /// The user's file's text under `policy`, checked as [`Self::load`] does.
+    pub fn parse_checked(path: &Path, text: &str, policy: &Policy) -> Result<Self, AgentError> {
+        Self::parse(path, text)?.checked(path, policy)
+    }
+
+    /// Applies `policy`; the user's `default_environment` must then name an
+    /// environment in effect (theirs or the organisation's).
+    fn checked(self, path: &Path, policy: &Policy) -> Result<Self, AgentError> {
+        let user_default = self.user.default_environment.clone();
+        let config = self.apply_policy(policy);
+        if let Some(d) = user_default {
+            if !config.environments.iter().any(|e| e.name == d) {
+                return Err(AgentError::Config(format!(
+                    "{}: default_environment: no environment named {d:?}",
+                    path.display()
+                )));
+            }
+        }
+        Ok(config)
+    }
+
+    /// The user's file alone; a missing file is an empty config.
+    pub fn load_user(path: &Path) -> Result<Self, AgentError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
@@ -97,6 +267,7 @@ impl AgentConfig {
         Self::parse(path, &text)
     }
 
+    /// The user's file's text alone (no policy).
     pub fn parse(path: &Path, text: &str) -> Result<Self, AgentError> {
         let bad = |key: &str, reason: String| {
             AgentError::Config(format!("{}: {key}: {reason}", path.display()))
@@ -127,20 +298,240 @@ impl AgentConfig {
                 relay,
                 ca_file: env.ca_file,
                 ports: env.ports,
+                source: Source::UserFile,
+                origin: Some(path.display().to_string()),
             });
         }
-        if let Some(d) = &raw.default_environment {
-            if !environments.iter().any(|e| &e.name == d) {
-                return Err(bad(
-                    "default_environment",
-                    format!("no environment named {d:?}"),
-                ));
-            }
+        if let Some(p) = &raw.proxy {
+            Url::parse(p).map_err(|e| bad("proxy", format!("{p:?} is not a URL: {e}")))?;
         }
         Ok(Self {
-            default_environment: raw.default_environment,
+            default_environment: raw.default_environment.clone(),
             environments,
+            settings: Settings::default(),
+            problems: Vec::new(),
+            user: UserSettings {
+                proxy: raw.proxy,
+                start_at_login: raw.start_at_login,
+                default_environment: raw.default_environment,
+                path: Some(path.display().to_string()),
+            },
         })
+    }
+
+    /// This (user) configuration under `policy`: see the module docs.
+    pub fn apply_policy(self, policy: &Policy) -> Self {
+        let mut problems: Vec<String> = policy.problems.iter().map(ToString::to_string).collect();
+        let user_origin = self.user.path.clone();
+        let mut table = Vec::new();
+        // Resolves one key: mandatory, user, recommended, default.
+        let mut resolve =
+            |key: Key, user: Option<serde_json::Value>, default: serde_json::Value| {
+                let (value, source, origin) = if let Some(e) = policy.get(Level::Mandatory, key) {
+                    (json(&e.value), Source::Policy, Some(e.origin.clone()))
+                } else if let Some(u) = user {
+                    (u, Source::UserFile, user_origin.clone())
+                } else if let Some(e) = policy.get(Level::Recommended, key) {
+                    (json(&e.value), Source::Recommended, Some(e.origin.clone()))
+                } else {
+                    (default, Source::Default, None)
+                };
+                table.push(Setting {
+                    key: key.name().into(),
+                    value: value.clone(),
+                    locked: source == Source::Policy,
+                    source,
+                    origin,
+                });
+                value
+            };
+        let string = |v: serde_json::Value| v.as_str().map(str::to_owned);
+        let organization_name = string(resolve(
+            Key::OrganizationName,
+            None,
+            serde_json::Value::Null,
+        ));
+        let allow_user_environments = resolve(Key::AllowUserEnvironments, None, true.into())
+            .as_bool()
+            .unwrap_or(true);
+        let allowed_relay_hosts: Vec<String> =
+            serde_json::from_value(resolve(Key::AllowedRelayHosts, None, serde_json::json!([])))
+                .unwrap_or_default();
+        let start_at_login = resolve(
+            Key::StartAtLogin,
+            self.user.start_at_login.map(Into::into),
+            false.into(),
+        )
+        .as_bool()
+        .unwrap_or(false);
+        let open_status_window_at_first_start =
+            resolve(Key::OpenStatusWindowAtFirstStart, None, true.into())
+                .as_bool()
+                .unwrap_or(true);
+        let allow_device_sign_in = resolve(Key::AllowDeviceSignIn, None, true.into())
+            .as_bool()
+            .unwrap_or(true);
+        let proxy = string(resolve(
+            Key::Proxy,
+            self.user.proxy.clone().map(Into::into),
+            serde_json::Value::Null,
+        ));
+
+        // Environments: the organisation's mandatory ones (locked), the
+        // user's (if allowed, on allowed hosts, not shadowing a locked
+        // one), then recommended ones the user has not redefined.
+        let mut environments: Vec<Environment> = Vec::new();
+        let from_policy = |level: Level,
+                           source: Source,
+                           environments: &mut Vec<Environment>,
+                           problems: &mut Vec<String>| {
+            let Some(entry) = policy.get(level, Key::Environments) else {
+                return;
+            };
+            let Value::Environments(list) = &entry.value else {
+                return;
+            };
+            for e in list {
+                if environments.iter().any(|x| x.name == e.name) {
+                    continue;
+                }
+                match parse_relay_url(&e.relay) {
+                    Ok(relay) => environments.push(Environment {
+                        name: e.name.clone(),
+                        relay,
+                        ca_file: e.ca_file.clone(),
+                        ports: BTreeMap::new(),
+                        source,
+                        origin: Some(entry.origin.clone()),
+                    }),
+                    Err(r) => problems.push(format!("{}: environments: {r}", entry.origin)),
+                }
+            }
+        };
+        from_policy(
+            Level::Mandatory,
+            Source::Policy,
+            &mut environments,
+            &mut problems,
+        );
+        let locked_hosts = policy
+            .get(Level::Mandatory, Key::AllowedRelayHosts)
+            .map(|e| e.origin.clone());
+        for e in self.environments {
+            if !allow_user_environments {
+                problems.push(format!(
+                    "environment {:?} of {} is not used: your organisation does not allow your own environments (policy key allow_user_environments)",
+                    e.name,
+                    e.origin.as_deref().unwrap_or("the config file")
+                ));
+                continue;
+            }
+            if environments.iter().any(|x| x.name == e.name && x.locked()) {
+                problems.push(format!(
+                    "environment {:?} of {} is not used: your organisation sets an environment of that name (policy key environments)",
+                    e.name,
+                    e.origin.as_deref().unwrap_or("the config file")
+                ));
+                continue;
+            }
+            if let Err(reason) = relay_host_allowed(&allowed_relay_hosts, &e.relay) {
+                problems.push(format!(
+                    "environment {:?} is not used: {reason} (policy key allowed_relay_hosts{})",
+                    e.name,
+                    locked_hosts
+                        .as_deref()
+                        .map(|o| format!(" in {o}"))
+                        .unwrap_or_default()
+                ));
+                continue;
+            }
+            environments.push(e);
+        }
+        from_policy(
+            Level::Recommended,
+            Source::Recommended,
+            &mut environments,
+            &mut problems,
+        );
+
+        let known = |n: &str| environments.iter().any(|e| e.name == n);
+        let mandatory_default = policy
+            .get(Level::Mandatory, Key::DefaultEnvironment)
+            .and_then(|e| match &e.value {
+                Value::String(s) => Some((s.clone(), e.origin.clone())),
+                _ => None,
+            });
+        let recommended_default = policy
+            .get(Level::Recommended, Key::DefaultEnvironment)
+            .and_then(|e| match &e.value {
+                Value::String(s) => Some((s.clone(), e.origin.clone())),
+                _ => None,
+            });
+        let (default_environment, source, origin) = match (
+            mandatory_default,
+            &self.user.default_environment,
+            recommended_default,
+        ) {
+            (Some((d, o)), _, _) if known(&d) => (Some(d), Source::Policy, Some(o)),
+            (Some((d, o)), ..) => {
+                problems.push(format!(
+                    "{o}: default_environment: no environment named {d:?}"
+                ));
+                (None, Source::Default, None)
+            }
+            (None, Some(d), _) if known(d) => {
+                (Some(d.clone()), Source::UserFile, user_origin.clone())
+            }
+            (None, _, Some((d, o))) if known(&d) => (Some(d), Source::Recommended, Some(o)),
+            _ => (None, Source::Default, None),
+        };
+        table.insert(
+            2,
+            Setting {
+                key: Key::DefaultEnvironment.name().into(),
+                value: default_environment
+                    .clone()
+                    .map(Into::into)
+                    .unwrap_or(serde_json::Value::Null),
+                locked: source == Source::Policy,
+                source,
+                origin,
+            },
+        );
+        let env_source = policy
+            .get(Level::Mandatory, Key::Environments)
+            .map(|e| (Source::Policy, Some(e.origin.clone())))
+            .unwrap_or((Source::UserFile, user_origin.clone()));
+        table.insert(
+            1,
+            Setting {
+                key: Key::Environments.name().into(),
+                value: environments
+                    .iter()
+                    .map(|e| serde_json::Value::from(e.name.clone()))
+                    .collect(),
+                locked: env_source.0 == Source::Policy,
+                source: env_source.0,
+                origin: env_source.1,
+            },
+        );
+        table.sort_by_key(|s| Key::ALL.iter().position(|k| k.name() == s.key));
+        AgentConfig {
+            default_environment,
+            environments,
+            settings: Settings {
+                organization_name,
+                allow_user_environments,
+                allowed_relay_hosts,
+                start_at_login,
+                open_status_window_at_first_start,
+                allow_device_sign_in,
+                proxy,
+                table,
+            },
+            problems,
+            user: self.user,
+        }
     }
 
     /// The environment named `name`, or the default one, or the only one.
@@ -207,9 +598,13 @@ relay = "https://relay.staging.example.com:8443"
             "{e}"
         );
         assert!(e.contains("use https"), "{e}");
-        let e = AgentConfig::parse(Path::new("c.toml"), "default_environment = \"x\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = AgentConfig::parse_checked(
+            Path::new("c.toml"),
+            "default_environment = \"x\"\n",
+            &Policy::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("c.toml: default_environment: no environment named \"x\""),
             "{e}"
@@ -218,6 +613,77 @@ relay = "https://relay.staging.example.com:8443"
             .unwrap_err()
             .to_string();
         assert!(e.contains("c.toml: line 2: unknown field `nme`"), "{e}");
+    }
+
+    fn policy(mandatory: &[(Key, Value)], recommended: &[(Key, Value)]) -> Policy {
+        let entries = |l: &[(Key, Value)], o: &str| {
+            l.iter()
+                .map(|(k, v)| {
+                    (
+                        *k,
+                        policy::Entry {
+                            value: v.clone(),
+                            origin: o.into(),
+                        },
+                    )
+                })
+                .collect()
+        };
+        Policy {
+            mandatory: entries(mandatory, "/etc/gangway/policy.d/00.toml"),
+            recommended: entries(recommended, "/etc/gangway/recommended.d/00.toml"),
+            problems: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn mandatory_beats_user_beats_recommended_beats_default() {
+        let user = AgentConfig::parse(
+            Path::new("u.toml"),
+            "proxy = \"http://user-proxy:1\"\nstart_at_login = true\n[[environment]]\nname = \"mine\"\nrelay = \"https://mine.example.com\"\n",
+        )
+        .unwrap();
+        let p = policy(
+            &[(Key::StartAtLogin, Value::Bool(false))],
+            &[
+                (Key::Proxy, Value::String("http://org-proxy:1".into())),
+                (Key::OrganizationName, Value::String("Example".into())),
+            ],
+        );
+        let c = user.apply_policy(&p);
+        let get = |k: &str| {
+            c.settings
+                .table
+                .iter()
+                .find(|s| s.key == k)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(c.settings.start_at_login, false);
+        assert_eq!(get("start_at_login").source, Source::Policy);
+        assert!(get("start_at_login").locked);
+        assert_eq!(c.settings.proxy.as_deref(), Some("http://user-proxy:1"));
+        assert_eq!(get("proxy").source, Source::UserFile);
+        assert_eq!(c.settings.organization_name.as_deref(), Some("Example"));
+        assert_eq!(get("organization_name").source, Source::Recommended);
+        assert!(c.settings.allow_device_sign_in);
+        assert_eq!(get("allow_device_sign_in").source, Source::Default);
+        // Every key is listed once, in the schema's order.
+        let keys: Vec<&str> = c.settings.table.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, Key::ALL.map(Key::name));
+    }
+
+    #[test]
+    fn relay_hosts_match_exactly_or_by_sub_domain() {
+        let allowed = vec!["gw.example.com".to_string(), "*.corp.example".to_string()];
+        let ok = |u: &str| relay_host_allowed(&allowed, &Url::parse(u).unwrap()).is_ok();
+        assert!(ok("https://gw.example.com"));
+        assert!(ok("https://GW.example.com:8443"));
+        assert!(ok("https://a.corp.example"));
+        assert!(!ok("https://corp.example"));
+        assert!(!ok("https://evilcorp.example"));
+        assert!(!ok("https://gw.example.com.evil.test"));
+        assert!(relay_host_allowed(&[], &Url::parse("https://any.test").unwrap()).is_ok());
     }
 
     #[test]

@@ -2,13 +2,52 @@
 //! add|remove|use`, and the tray's environment menu): the file is edited in
 //! place with its comments and layout kept, checked with the same rules as
 //! when it is loaded, and replaced atomically.
+//!
+//! The organisation's policy ([`crate::policy`]) comes first: an
+//! environment it sets, a default it fixes, or `allow_user_environments =
+//! false` make these edits refuse with [`AgentError::Locked`], naming the
+//! policy key and the file that set it.
 
 use std::path::{Path, PathBuf};
 
 use toml_edit::{value, ArrayOfTables, DocumentMut, Item, Table};
 
-use crate::config::{parse_relay_url, AgentConfig};
+use crate::config::{parse_relay_url, relay_host_allowed, AgentConfig};
+use crate::policy::{self, Key, Policy};
 use crate::AgentError;
+
+fn locked(what: String, key: Key, config: &AgentConfig) -> AgentError {
+    AgentError::Locked {
+        what,
+        key: key.name(),
+        origin: config.settings.locked(key).and_then(|s| s.origin.clone()),
+    }
+}
+
+/// Refuses when the policy does not let the user add or remove
+/// environments, or sets `name` itself.
+fn may_edit(config: &AgentConfig, name: &str, adding: bool) -> Result<(), AgentError> {
+    if let Some(e) = config
+        .environments
+        .iter()
+        .find(|e| e.name == name && e.locked())
+    {
+        return Err(AgentError::Locked {
+            what: format!("environment {name:?}"),
+            key: Key::Environments.name(),
+            origin: e.origin.clone(),
+        });
+    }
+    if !config.settings.allow_user_environments {
+        let what = if adding {
+            "adding environments"
+        } else {
+            "removing environments"
+        };
+        return Err(locked(what.into(), Key::AllowUserEnvironments, config));
+    }
+    Ok(())
+}
 
 fn read(path: &Path) -> Result<(String, DocumentMut), AgentError> {
     let text = match std::fs::read_to_string(path) {
@@ -24,9 +63,9 @@ fn read(path: &Path) -> Result<(String, DocumentMut), AgentError> {
     Ok((text, doc))
 }
 
-fn write(path: &Path, doc: &DocumentMut) -> Result<AgentConfig, AgentError> {
+fn write(path: &Path, doc: &DocumentMut, policy: &Policy) -> Result<AgentConfig, AgentError> {
     let text = doc.to_string();
-    let config = AgentConfig::parse(path, &text)?;
+    let config = AgentConfig::parse_checked(path, &text, policy)?;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -78,7 +117,40 @@ pub fn add(
     ca_file: Option<&Path>,
     make_default: bool,
 ) -> Result<AgentConfig, AgentError> {
+    add_with(&policy::system(), path, name, relay, ca_file, make_default)
+}
+
+/// [`add`] under `policy`.
+pub fn add_with(
+    policy: &Policy,
+    path: &Path,
+    name: &str,
+    relay: &str,
+    ca_file: Option<&Path>,
+    make_default: bool,
+) -> Result<AgentConfig, AgentError> {
     let relay = parse_relay_url(relay).map_err(AgentError::Config)?;
+    let effective = AgentConfig::load_with(path, policy)?;
+    may_edit(&effective, name, true)?;
+    relay_host_allowed(&effective.settings.allowed_relay_hosts, &relay).map_err(|reason| {
+        AgentError::Locked {
+            what: format!("adding {name:?}: {reason}; the list"),
+            key: Key::AllowedRelayHosts.name(),
+            origin: effective
+                .settings
+                .locked(Key::AllowedRelayHosts)
+                .and_then(|s| s.origin.clone()),
+        }
+    })?;
+    if make_default {
+        if effective.settings.locked(Key::DefaultEnvironment).is_some() {
+            return Err(locked(
+                "the default environment".into(),
+                Key::DefaultEnvironment,
+                &effective,
+            ));
+        }
+    }
     let (_, mut doc) = read(path)?;
     let envs = environments(&mut doc, path)?;
     if position(envs, name).is_some() {
@@ -98,27 +170,69 @@ pub fn add(
     if make_default || first {
         doc["default_environment"] = value(name);
     }
-    write(path, &doc)
+    write(path, &doc, policy)
 }
 
 /// Removes environment `name` (and the default, if it was the default).
 pub fn remove(path: &Path, name: &str) -> Result<AgentConfig, AgentError> {
+    remove_with(&policy::system(), path, name)
+}
+
+/// [`remove`] under `policy`.
+pub fn remove_with(policy: &Policy, path: &Path, name: &str) -> Result<AgentConfig, AgentError> {
+    let effective = AgentConfig::load_with(path, policy)?;
+    may_edit(&effective, name, false)?;
+    if effective
+        .environments
+        .iter()
+        .any(|e| e.name == name && e.source == crate::config::Source::Recommended)
+    {
+        return Err(AgentError::Config(format!(
+            "environment {name:?} is one your organisation recommends ({}); it is not in your config file to remove",
+            effective
+                .environments
+                .iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.origin.clone())
+                .unwrap_or_default()
+        )));
+    }
     let (_, mut doc) = read(path)?;
     let envs = environments(&mut doc, path)?;
     envs.remove(index_of(envs, name, path)?);
     if doc.get("default_environment").and_then(Item::as_str) == Some(name) {
         doc.remove("default_environment");
     }
-    write(path, &doc)
+    write(path, &doc, policy)
 }
 
 /// Makes `name` the default environment.
 pub fn set_default(path: &Path, name: &str) -> Result<AgentConfig, AgentError> {
+    set_default_with(&policy::system(), path, name)
+}
+
+/// [`set_default`] under `policy`. Any environment in effect may be the
+/// default, also one the organisation sets, unless the policy fixes the
+/// default itself.
+pub fn set_default_with(
+    policy: &Policy,
+    path: &Path,
+    name: &str,
+) -> Result<AgentConfig, AgentError> {
+    let effective = AgentConfig::load_with(path, policy)?;
+    if effective.settings.locked(Key::DefaultEnvironment).is_some()
+        && effective.default_environment.as_deref() != Some(name)
+    {
+        return Err(locked(
+            "the default environment".into(),
+            Key::DefaultEnvironment,
+            &effective,
+        ));
+    }
+    effective.environment(Some(name))?;
     let (_, mut doc) = read(path)?;
-    let envs = environments(&mut doc, path)?;
-    index_of(envs, name, path)?;
     doc["default_environment"] = value(name);
-    write(path, &doc)
+    write(path, &doc, policy)
 }
 
 #[cfg(test)]

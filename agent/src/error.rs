@@ -29,6 +29,15 @@ pub enum AgentError {
     /// and reason).
     #[error("{0}")]
     Config(String),
+    /// The organisation's policy decides this; the user cannot change it.
+    #[error("{what} is set by your organisation (policy key {key}{})", origin.as_deref().map(|o| format!(" in {o}")).unwrap_or_default())]
+    Locked {
+        /// What was asked: "environment \"prod\"", "adding environments".
+        what: String,
+        key: &'static str,
+        /// The policy file or registry key that set it.
+        origin: Option<String>,
+    },
     /// An environment was asked for by a name nobody knows.
     #[error("no environment named {name:?} (known: {})", known.join(", "))]
     UnknownEnvironment { name: String, known: Vec<String> },

@@ -18,7 +18,9 @@
 //! `gangway status|login|env use` act on whichever runs. Both front ends
 //! are thin over this library, which has no server, CLI parser or logging
 //! setup of its own.
-#![forbid(unsafe_code)]
+// Unsafe only in the macOS policy reader (CFPreferences, a C API).
+#![cfg_attr(not(target_os = "macos"), forbid(unsafe_code))]
+#![cfg_attr(target_os = "macos", deny(unsafe_code))]
 
 pub mod agent;
 pub mod config;
@@ -30,6 +32,7 @@ pub mod keychain;
 pub mod listener;
 pub mod notices;
 pub mod pipelined;
+pub mod policy;
 pub mod relay_api;
 pub mod session;
 pub mod signin;

@@ -31,6 +31,10 @@ pub struct PipelinedStream<S> {
     answer: Answer,
     opened: Instant,
     on_answer: Option<OnAnswer>,
+    /// Keeps the stream's session (its mux) alive while the stream is:
+    /// a session the relay said goodbye to is dropped by the tunnel at
+    /// once, but its open streams run on until they end.
+    _session: Option<gangway_transport::Opener>,
 }
 
 impl<S> PipelinedStream<S> {
@@ -41,7 +45,14 @@ impl<S> PipelinedStream<S> {
             answer: Answer::Waiting(BytesMut::new()),
             opened: Instant::now(),
             on_answer,
+            _session: None,
         }
+    }
+
+    /// Holds `session` for as long as the stream lives (see the field).
+    pub fn holding(mut self, session: gangway_transport::Opener) -> Self {
+        self._session = Some(session);
+        self
     }
 
     /// The relay's refusal, once one was read.

@@ -234,7 +234,10 @@ impl Session {
             .write_all(&buf)
             .await
             .map_err(|e| AgentError::unreachable_by("opening a stream", e))?;
-        Ok(PipelinedStream::new(stream, on_answer))
+        // The stream keeps the session's mux alive: after a goodbye (the
+        // relay draining) new streams go to the next session while this
+        // one's run to their end.
+        Ok(PipelinedStream::new(stream, on_answer).holding(self.opener.clone()))
     }
 
     /// Sends a fresh access token in-band (open streams are not disturbed)

@@ -94,6 +94,9 @@ pub struct EnvironmentEntry {
     pub name: String,
     pub relay: String,
     pub current: bool,
+    /// Set by the organisation's policy.
+    #[serde(default)]
+    pub locked: bool,
 }
 
 /// One service of the current environment.
@@ -158,6 +161,15 @@ pub struct Snapshot {
     pub environment: Option<String>,
     pub relay: Option<String>,
     pub environments: Vec<EnvironmentEntry>,
+    /// The organisation's name, when its policy sets one.
+    #[serde(default)]
+    pub organization: Option<String>,
+    /// The organisation fixes the environment: switching is refused.
+    #[serde(default)]
+    pub environment_fixed: bool,
+    /// The organisation decides "Start at login".
+    #[serde(default)]
+    pub start_at_login_locked: bool,
     pub phase: Phase,
     /// Unix seconds when the phase began.
     pub phase_since: u64,

@@ -39,6 +39,10 @@ pub enum Command {
     /// Open a web service (e.g. confluence) in the browser through the
     /// local door (a one-time link; no password dialog).
     Open(OpenArgs),
+    /// Show every setting in effect, with where its value comes from (your
+    /// organisation's policy, its recommendations, your config file or the
+    /// built-in default) and whether it is locked.
+    Config(ConfigShowArgs),
     /// Run a self-contained demo on this machine (relay, git repo, agent).
     #[cfg(feature = "demo")]
     Demo,
@@ -107,6 +111,19 @@ pub struct ConfigArgs {
     /// Config file (default: the user config file).
     #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+/// `gangway config`.
+#[derive(clap::Args)]
+pub struct ConfigShowArgs {
+    /// The settings in effect (the default, and the only view so far).
+    #[arg(long)]
+    pub effective: bool,
+    /// As JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 impl ConfigArgs {

@@ -100,6 +100,8 @@ pub async fn run() -> anyhow::Result<()> {
         audit_path: Some(dir.path().join("audit.jsonl")),
         assertion: Default::default(),
         limits: Default::default(),
+        proxy_protocol: Default::default(),
+        drain: Default::default(),
         services: vec![
             service(
                 "git",

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             Command::Env(cmd) => commands::env::run(cmd).await,
             Command::Git(cmd) => commands::git::run(cmd).await,
             Command::Open(args) => commands::open::run(args).await,
+            Command::Config(args) => commands::config::run(args),
             #[cfg(feature = "demo")]
             Command::Demo => demo::run().await.map(|()| ExitCode::SUCCESS),
         }

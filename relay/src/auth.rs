@@ -142,6 +142,26 @@ impl Verifier {
         &self.cfg
     }
 
+    /// True once some signing keys are loaded.
+    pub async fn has_keys(&self) -> bool {
+        let cache = self.cache.lock().await;
+        !(cache.keys.is_empty() && cache.anonymous.is_empty())
+    }
+
+    /// True when keys are loaded; with discovery and none loaded, fetches
+    /// them first (at most once per `jwks_min_refetch`, like a miss does):
+    /// what `/readyz` asks, and what a starting relay does once.
+    pub async fn ensure_keys(&self) -> bool {
+        if self.has_keys().await {
+            return true;
+        }
+        if matches!(self.source, KeySource::Discovery(_)) {
+            // A miss on no key in particular: the fetch path, rate-bound.
+            let _ = self.key_for(Some("")).await;
+        }
+        self.has_keys().await
+    }
+
     /// Verifies `token` and returns who it names.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token)

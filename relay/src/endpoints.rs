@@ -1,6 +1,10 @@
 //! The relay's HTTP surface: discovery, catalog, health, and the tunnel
 //! upgrade. Everything else is 404.
 //!
+//! Health for balancers: `/healthz` answers 200 while the process serves;
+//! `/readyz` answers 503 while the relay drains or has no signing keys of
+//! its provider loaded (it cannot admit anyone then), else 200.
+//!
 //! Responses are built without a fallible builder, and any client text in
 //! them (a token's reason for refusal) goes through [`crate::text`]: no
 //! input can make a response fail to build.
@@ -20,7 +24,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::admission::Unauthenticated;
 use crate::audit::Event;
 use crate::auth::{bearer, AuthError, Identity};
-use crate::{policy, text, tunnel, Relay};
+use crate::{policy, text, tunnel, Live, Relay};
 use gangway_wire::api::{Catalog, Discovery, Service};
 
 type Body = Full<Bytes>;
@@ -54,15 +58,17 @@ impl Conn {
     }
 }
 
-/// Routes one request.
+/// Routes one request, with the relay's current state.
 pub async fn handle(
-    relay: Arc<Relay>,
+    live: Arc<Live>,
     conn: Arc<Conn>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
+    let relay = live.current();
     let peer = conn.peer.clone();
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => readyz(&relay).await,
         (&Method::GET, "/.well-known/gangway") => discovery(&relay),
         (&Method::GET, "/.well-known/jwks.json") => json(&relay.signer.jwks()),
         (&Method::GET, "/v1/catalog") => {
@@ -74,7 +80,7 @@ pub async fn handle(
                 Err(resp) => resp,
             }
         }
-        (&Method::GET, "/v1/tunnel") => tunnel_upgrade(relay, &conn, req).await,
+        (&Method::GET, "/v1/tunnel") => tunnel_upgrade(live, relay, &conn, req).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(resp)
@@ -104,6 +110,23 @@ fn json(value: &impl Serialize) -> Response<Body> {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// How long `/readyz` waits for a first JWKS fetch before answering 503.
+const READY_KEYS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `/readyz`: 503 while draining or without the provider's keys.
+async fn readyz(relay: &Relay) -> Response<Body> {
+    if relay.draining() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    match tokio::time::timeout(READY_KEYS_WAIT, relay.verifier.ensure_keys()).await {
+        Ok(true) => text(StatusCode::OK, "ready\n"),
+        _ => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no signing keys of the identity provider loaded\n",
+        ),
+    }
 }
 
 fn discovery(relay: &Relay) -> Response<Body> {
@@ -192,11 +215,18 @@ fn unauthorized(e: &AuthError) -> Response<Body> {
 /// `GET /v1/tunnel`: authenticate, then upgrade to a WebSocket and hand the
 /// connection to [`tunnel::serve`].
 async fn tunnel_upgrade(
+    live: Arc<Live>,
     relay: Arc<Relay>,
     conn: &Conn,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let peer = conn.peer.clone();
+    if relay.draining() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "relay is draining; connect to another relay\n",
+        );
+    }
     let identity = match authenticate(&relay, &req, &peer, "/v1/tunnel").await {
         Ok(id) => id,
         Err(resp) => return resp,
@@ -241,7 +271,8 @@ async fn tunnel_upgrade(
         return text(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key\n");
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
+    // Tracked, so that a drain waits for the session.
+    relay.sessions_served().spawn(async move {
         // Held for as long as the session lives.
         let _slot = slot;
         match on_upgrade.await {
@@ -252,7 +283,7 @@ async fn tunnel_upgrade(
                     Some(gangway_transport::ws::config()),
                 )
                 .await;
-                tunnel::serve(relay, ws, identity, peer).await;
+                tunnel::serve(live, ws, identity, peer).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }

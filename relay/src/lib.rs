@@ -1,7 +1,7 @@
 //! The Gangway relay: the central server agents tunnel to.
 //!
 //! ```text
-//! accept ─▶ TLS ─▶ HTTP ─┬─ /.well-known/gangway, /healthz       (open)
+//! accept ─▶ [PROXY v2] ─▶ TLS ─▶ HTTP ─┬─ /.well-known/gangway, /healthz, /readyz (open)
 //!                         ├─ /v1/catalog                         (token)
 //!                         └─ /v1/tunnel ─▶ WebSocket ─▶ session   (token)
 //!                                               each stream: authorize ─▶ backend ─▶ copy ─▶ audit
@@ -14,6 +14,8 @@
 //! | [`config`] | the TOML file, raw → validated by section |
 //! | [`state`] | [`Relay`], the shared state of a running relay |
 //! | [`server`] | [`run`], the accept loop, TLS and graceful drain, connection timeouts |
+//! | [`proxy_protocol`] | the PROXY v2 header of trusted balancers |
+//! | [`reload`] | [`Live`], the current state swapped on reload; `check-config` |
 //! | [`admission`] | caps: connections, unauthenticated ones per address, sessions per subject |
 //! | [`workers`] | the worker threads connections live on |
 //! | [`endpoints`] | the relay's own HTTP surface: discovery, catalog, health, tunnel upgrade |
@@ -42,6 +44,8 @@ pub mod endpoints;
 pub mod forward;
 pub mod http;
 pub mod policy;
+pub mod proxy_protocol;
+pub mod reload;
 pub mod server;
 pub mod state;
 pub mod text;
@@ -51,7 +55,8 @@ pub mod workers;
 
 pub use auth::{AuthError, Identity, KeySource, Verifier};
 pub use config::{ConfigError, RelayConfig, TlsMode};
-pub use server::run;
+pub use reload::Live;
+pub use server::{run, serve};
 pub use state::Relay;
 
 /// Failures that stop the relay from starting.

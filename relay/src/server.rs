@@ -1,8 +1,10 @@
 //! The accept loop, apart from the state it serves (mini-redis's
 //! `server::run` with its per-connection `Handler`): accept on a pre-bound
 //! listener, admit or close the connection ([`crate::admission`]), hand it
-//! to a worker thread, where a `Handler` does TLS and serves HTTP/1.1
-//! ([`crate::endpoints`]); on shutdown, tell sessions goodbye and drain.
+//! to a worker thread, where a `Handler` reads the PROXY v2 header of a
+//! trusted balancer ([`crate::proxy_protocol`]), does TLS and serves
+//! HTTP/1.1 ([`crate::endpoints`]); on shutdown, stop accepting, tell
+//! sessions goodbye and drain until `[drain] deadline_secs`.
 //!
 //! No phase of a connection waits on the client unbounded (`[limits]`):
 //! the TLS handshake has `tls_handshake_timeout`, every request head
@@ -23,27 +25,48 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{ConnectionPermit, Unauthenticated};
-use crate::config::{LimitsConfig, TlsMode};
+use crate::config::LimitsConfig;
 use crate::endpoints::Conn;
+use crate::proxy_protocol::{self, Proxied};
 use crate::workers::Workers;
-use crate::{endpoints, tls, Relay, RelayError};
+use crate::{endpoints, Live, Relay, RelayError};
 
-/// Serves `listener` until `shutdown` resolves, then tells every session
-/// goodbye and waits briefly for them to go.
+/// How long connections have to close once the drain deadline has cut
+/// their sessions, before the worker threads are stopped regardless.
+const CUT_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves `listener` with one fixed `relay` (no reload) until `shutdown`
+/// resolves, then drains (see [`serve`]).
 pub async fn run(
     listener: TcpListener,
     relay: Arc<Relay>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
-    let acceptor = match &relay.config.tls {
-        TlsMode::Files { cert, key } => Some(TlsAcceptor::from(tls::server_config(cert, key)?)),
-        TlsMode::Plaintext => None,
-    };
+    serve(listener, Live::new(relay), shutdown).await
+}
+
+/// Serves `listener` with the state `live` holds at each new connection
+/// (so a reload applies to new connections) until `shutdown` resolves;
+/// then drains: stops accepting, tells every session goodbye (agents
+/// reconnect elsewhere while their open streams finish here), waits up to
+/// `[drain] deadline_secs` for sessions and connections to end, then
+/// closes what is left.
+pub async fn serve(
+    listener: TcpListener,
+    live: Arc<Live>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RelayError> {
+    let relay = live.current();
     relay.spawn_health_checks();
+    {
+        // Loads the provider's keys now rather than at the first token, so
+        // /readyz turns 200 without waiting for a user.
+        let relay = relay.clone();
+        tokio::spawn(async move { relay.verifier.ensure_keys().await });
+    }
     let workers = Workers::start(relay.config.workers).map_err(RelayError::Workers)?;
     tracing::info!(workers = workers.len(), "worker threads started");
     let conns = TaskTracker::new();
@@ -53,8 +76,20 @@ pub async fn run(
             accepted = accept(&listener) => accepted,
             _ = &mut shutdown => break,
         };
-        let Some((permit, unauthenticated)) = admit(&relay, peer) else {
+        let relay = live.current();
+        let proxied = relay.config.proxy_protocol.trusts(peer.ip());
+        let Some(permit) = admit(&relay, peer) else {
             continue;
+        };
+        // A trusted balancer's connection counts against its client's
+        // address once the header names it, on the worker.
+        let unauthenticated = if proxied {
+            None
+        } else {
+            match unauthenticated(&relay, peer) {
+                Some(slot) => Some(slot),
+                None => continue,
+            }
         };
         let _ = tcp.set_nodelay(true);
         keepalive(&tcp, relay.config.limits.tcp_keepalive);
@@ -67,37 +102,50 @@ pub async fn run(
             }
         };
         let handler = Handler {
-            relay: relay.clone(),
-            acceptor: acceptor.clone(),
-            conn: Arc::new(Conn::new(peer.to_string(), unauthenticated)),
+            live: live.clone(),
+            relay,
+            peer,
+            unauthenticated,
             _permit: permit,
         };
         workers.spawn(conns.track_future(handler.run(tcp)));
     }
-    drain(&relay, conns, workers).await;
+    drop(listener);
+    drain(&live.current(), conns, workers).await;
     Ok(())
 }
 
 /// A place for a new connection from `peer`, or `None` (the connection is
-/// then dropped, i.e. closed) when `max_connections` are open or `peer`'s
-/// address holds `max_unauthenticated_per_address` already.
-fn admit(relay: &Relay, peer: SocketAddr) -> Option<(ConnectionPermit, Unauthenticated)> {
-    let admission = &relay.admission;
-    let refuse = |why: &str| {
-        let (n, log) = admission.note_refusal();
-        if log {
-            tracing::warn!(%peer, refused_so_far = n, "{why}; closing the connection");
-        }
-    };
-    let Some(permit) = admission.connection() else {
-        refuse("at max_connections");
-        return None;
-    };
-    let Some(unauthenticated) = admission.unauthenticated(peer.ip()) else {
-        refuse("too many unauthenticated connections from this address");
-        return None;
-    };
-    Some((permit, unauthenticated))
+/// then dropped, i.e. closed) when `max_connections` are open.
+fn admit(relay: &Relay, peer: SocketAddr) -> Option<ConnectionPermit> {
+    let permit = relay.admission.connection();
+    if permit.is_none() {
+        refuse(relay, peer, "at max_connections");
+    }
+    permit
+}
+
+/// A place among `peer`'s address's unauthenticated connections, or
+/// `None` when it holds `max_unauthenticated_per_address` already.
+fn unauthenticated(relay: &Relay, peer: SocketAddr) -> Option<Unauthenticated> {
+    let slot = relay.admission.unauthenticated(peer.ip());
+    if slot.is_none() {
+        refuse(
+            relay,
+            peer,
+            "too many unauthenticated connections from this address",
+        );
+    }
+    slot
+}
+
+/// Logs a refused connection, ever more rarely (a flood cannot flood the
+/// log too).
+fn refuse(relay: &Relay, peer: SocketAddr, why: &str) {
+    let (n, log) = relay.admission.note_refusal();
+    if log {
+        tracing::warn!(%peer, refused_so_far = n, "{why}; closing the connection");
+    }
 }
 
 /// TCP keepalive: probes after `idle` of silence, then every 10 s (at most
@@ -127,13 +175,37 @@ async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     }
 }
 
-/// Tells sessions goodbye, gives connections a few seconds to close, then
+/// The listener is closed: tells sessions goodbye, waits up to the drain
+/// deadline for sessions and connections to end, cuts what is left, then
 /// stops the worker threads.
 async fn drain(relay: &Relay, conns: TaskTracker, workers: Workers) {
-    tracing::info!("shutting down: telling sessions goodbye");
+    let deadline = relay.config.drain.deadline;
+    tracing::info!(
+        deadline_secs = deadline.as_secs(),
+        "draining: no new connections; telling sessions goodbye; open streams may finish"
+    );
     relay.shutdown().cancel();
     conns.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), conns.wait()).await;
+    let sessions = relay.sessions_served();
+    sessions.close();
+    let all_done = async {
+        conns.wait().await;
+        sessions.wait().await;
+    };
+    if tokio::time::timeout(deadline, all_done).await.is_ok() {
+        tracing::info!("drained: every session and connection ended");
+    } else {
+        tracing::info!(
+            sessions = sessions.len(),
+            "drain deadline reached; closing what is left"
+        );
+        relay.cut().cancel();
+        let all_done = async {
+            conns.wait().await;
+            sessions.wait().await;
+        };
+        let _ = tokio::time::timeout(CUT_GRACE, all_done).await;
+    }
     // Stops the worker threads, cancelling what is left on them (joining
     // them blocks, so off this runtime's thread).
     let _ = tokio::task::spawn_blocking(move || drop(workers)).await;
@@ -141,28 +213,39 @@ async fn drain(relay: &Relay, conns: TaskTracker, workers: Workers) {
 
 /// One accepted connection, served on a worker thread until it closes.
 struct Handler {
+    live: Arc<Live>,
+    /// The state current when it was accepted: its TLS certificate,
+    /// timeouts and PROXY protocol trust.
     relay: Arc<Relay>,
-    acceptor: Option<TlsAcceptor>,
-    conn: Arc<Conn>,
+    /// The socket's peer.
+    peer: SocketAddr,
+    /// Its address's unauthenticated place, taken at accept for a direct
+    /// connection; `None` for a trusted balancer's, taken once the PROXY
+    /// header names the client.
+    unauthenticated: Option<Unauthenticated>,
     /// Its place among the relay's `max_connections`, until it closes.
     _permit: ConnectionPermit,
 }
 
 impl Handler {
-    /// TLS (unless plaintext) within `tls_handshake_timeout`, then HTTP/1.1
-    /// with upgrades.
-    async fn run(self, tcp: std::net::TcpStream) {
-        let tcp = match TcpStream::from_std(tcp) {
+    /// The PROXY header (from a trusted balancer), then TLS (unless
+    /// plaintext) within `tls_handshake_timeout`, then HTTP/1.1 with
+    /// upgrades.
+    async fn run(mut self, tcp: std::net::TcpStream) {
+        let mut tcp = match TcpStream::from_std(tcp) {
             Ok(tcp) => tcp,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot register the connection");
                 return;
             }
         };
+        let Some(conn) = self.identify(&mut tcp).await else {
+            return;
+        };
         let limits = self.relay.config.limits.clone();
-        let peer = self.conn.peer.clone();
-        let Some(acceptor) = self.acceptor.clone() else {
-            return self.serve_http(tcp, &limits).await;
+        let peer = conn.peer.clone();
+        let Some(acceptor) = self.relay.tls().cloned() else {
+            return self.serve_http(tcp, conn, &limits).await;
         };
         let handshake = acceptor.accept(socket::buffered(tcp));
         match tokio::time::timeout(limits.tls_handshake_timeout, handshake).await {
@@ -170,28 +253,57 @@ impl Handler {
                 tls.get_mut()
                     .1
                     .set_buffer_limit(Some(socket::TLS_BUFFER_LIMIT));
-                self.serve_http(tls, &limits).await
+                self.serve_http(tls, conn, &limits).await
             }
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         }
     }
 
+    /// Who the connection is from: the socket's peer, or for a trusted
+    /// balancer the client its PROXY v2 header names (`None`: refused, and
+    /// logged).
+    async fn identify(&mut self, tcp: &mut TcpStream) -> Option<Arc<Conn>> {
+        let mut peer = self.peer;
+        let unauthenticated = match self.unauthenticated.take() {
+            Some(slot) => slot,
+            None => {
+                let pp = &self.relay.config.proxy_protocol;
+                match proxy_protocol::read_header(tcp, pp.header_timeout).await {
+                    Ok(Proxied::Client(client)) => peer = client,
+                    Ok(Proxied::Local) => {}
+                    Err(e) => {
+                        refuse(
+                            &self.relay,
+                            self.peer,
+                            &format!("trusted PROXY protocol source sent no valid header ({e})"),
+                        );
+                        return None;
+                    }
+                }
+                unauthenticated(&self.relay, peer)?
+            }
+        };
+        Some(Arc::new(Conn::new(peer.to_string(), unauthenticated)))
+    }
+
     /// HTTP/1.1 until the client goes, a request head takes too long, the
     /// connection idles past `http_idle_timeout`, or it is upgraded (the
-    /// tunnel then owns the socket).
-    async fn serve_http<I>(self, io: I, limits: &LimitsConfig)
+    /// tunnel then owns the socket). Each request is served by the state
+    /// current when it arrives.
+    async fn serve_http<I>(self, io: I, conn: Arc<Conn>, limits: &LimitsConfig)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Handler { relay, conn, .. } = self;
+        let live = self.live;
+        let cut = self.relay.cut().clone();
         let (in_flight, idle) = watch::channel(0usize);
         let in_flight = Arc::new(in_flight);
         let svc = {
             let conn = conn.clone();
             service_fn(move |req| {
                 let busy = Busy::start(&in_flight);
-                let response = endpoints::handle(relay.clone(), conn.clone(), req);
+                let response = endpoints::handle(live.clone(), conn.clone(), req);
                 async move {
                     let r = response.await;
                     drop(busy);
@@ -209,6 +321,14 @@ impl Handler {
             r = &mut served => r,
             _ = idle_for(idle, idle_limit) => {
                 tracing::debug!(peer = %conn.peer, "idle connection; closing");
+                served.as_mut().graceful_shutdown();
+                served.await
+            }
+            // The drain deadline: the request in flight may finish, then
+            // the connection closes (while draining before that, an idle
+            // connection lasts until `http_idle_timeout`, and answers
+            // `/readyz` with 503 meanwhile).
+            _ = cut.cancelled() => {
                 served.as_mut().graceful_shutdown();
                 served.await
             }

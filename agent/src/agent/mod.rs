@@ -63,6 +63,8 @@ pub struct EnvSpec {
     /// The terminal command that signs in to it.
     pub login_hint: String,
     pub source: EnvSource,
+    /// Set by the organisation's policy (shown locked).
+    pub locked: bool,
 }
 
 impl EnvSpec {
@@ -79,6 +81,35 @@ impl EnvSpec {
             ports: env.ports.clone(),
             login_hint: format!("gangway login --env {}{ca_hint}", env.name),
             source: EnvSource::ConfigFile,
+            locked: env.locked(),
+        }
+    }
+}
+
+/// What the organisation's policy decides for the running agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Managed {
+    /// Shown in the tray and the status window.
+    pub organization: Option<String>,
+    /// The environment a mandatory `default_environment` fixes, and the
+    /// policy file that set it: switching away is refused.
+    pub fixed_environment: Option<(String, Option<String>)>,
+    /// A mandatory `start_at_login`: the tray applies it and locks the item.
+    pub start_at_login: Option<bool>,
+}
+
+impl Managed {
+    pub fn from_config(c: &AgentConfig) -> Self {
+        Managed {
+            organization: c.settings.organization_name.clone(),
+            fixed_environment: c
+                .settings
+                .locked(crate::policy::Key::DefaultEnvironment)
+                .and_then(|s| Some((c.default_environment.clone()?, s.origin.clone()))),
+            start_at_login: c
+                .settings
+                .locked(crate::policy::Key::StartAtLogin)
+                .map(|_| c.settings.start_at_login),
         }
     }
 }
@@ -112,6 +143,8 @@ pub struct AgentOptions {
     pub browser: Option<String>,
     pub unreachable_notice_after: Duration,
     pub frontend: Frontend,
+    /// What the organisation's policy decides (re-read on reload).
+    pub managed: Managed,
 }
 
 /// A running agent. Cheap to clone.
@@ -148,10 +181,11 @@ impl Agent {
             .cloned();
         let (changed, _) = watch::channel(0);
         let (notices, _) = broadcast::channel(16);
+        let managed = opts.managed.clone();
         let agent = Agent {
             inner: Arc::new(Inner {
                 opts,
-                state: Mutex::new(State::new(envs)),
+                state: Mutex::new(State::new(envs, managed)),
                 changed,
                 notices,
                 ops: tokio::sync::Mutex::new(()),
@@ -258,6 +292,15 @@ impl Agent {
                     name: name.to_string(),
                     known: st.env_names(),
                 })?;
+            if let Some((fixed, origin)) = &st.managed.fixed_environment {
+                if fixed != name {
+                    return Err(AgentError::Locked {
+                        what: format!("the environment ({fixed})"),
+                        key: crate::policy::Key::DefaultEnvironment.name(),
+                        origin: origin.clone(),
+                    });
+                }
+            }
             let same = st.current.as_deref() == Some(name)
                 && st
                     .run
@@ -314,6 +357,7 @@ impl Agent {
                 }
             }
             st.envs = envs;
+            st.managed = Managed::from_config(&config);
         }
         self.bump();
         Ok(())
@@ -367,6 +411,7 @@ mod tests {
             ports: BTreeMap::new(),
             login_hint: format!("gangway login --env {name}"),
             source: EnvSource::ConfigFile,
+            locked: false,
         }
     }
 
@@ -386,6 +431,7 @@ mod tests {
             browser: Some("true".into()),
             unreachable_notice_after: Duration::from_secs(60),
             frontend: Frontend::Tray,
+            managed: Managed::default(),
         }
     }
 

@@ -94,8 +94,12 @@ pub(super) fn snapshot(st: &State, opts: &AgentOptions, now: u64) -> Snapshot {
                 name: e.name.clone(),
                 relay: namespace_for(&e.relay),
                 current: st.current.as_deref() == Some(e.name.as_str()),
+                locked: e.locked,
             })
             .collect(),
+        organization: st.managed.organization.clone(),
+        environment_fixed: st.managed.fixed_environment.is_some(),
+        start_at_login_locked: st.managed.start_at_login.is_some(),
         status_line: status::status_line(environment.as_deref(), user.as_deref(), &phase),
         phase_since: run.map(|r| r.since).unwrap_or(0),
         phase,

@@ -27,11 +27,14 @@ pub(super) struct State {
     pub notices: VecDeque<Notice>,
     pub log: VecDeque<Problem>,
     pub next_run: u64,
+    /// What the organisation's policy decides.
+    pub managed: super::Managed,
 }
 
 impl State {
-    pub fn new(envs: Vec<EnvSpec>) -> Self {
+    pub fn new(envs: Vec<EnvSpec>, managed: super::Managed) -> Self {
         State {
+            managed,
             envs,
             current: None,
             run: None,
@@ -195,6 +198,7 @@ mod tests {
             ports: BTreeMap::new(),
             login_hint: "gangway login --env prod".into(),
             source: super::super::EnvSource::ConfigFile,
+            locked: false,
         };
         Run::new(
             1,

@@ -24,6 +24,7 @@ impl From<&AgentError> for ErrorCode {
         match e {
             AgentError::UnknownEnvironment { .. } => ErrorCode::NotFound,
             AgentError::SignInInProgress { .. } => ErrorCode::Busy,
+            AgentError::Locked { .. } => ErrorCode::Locked,
             AgentError::SignIn(_)
             | AgentError::Unauthorized(_)
             | AgentError::NoToken(_)

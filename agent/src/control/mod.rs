@@ -131,6 +131,8 @@ pub enum ErrorCode {
     NotFound,
     /// Another sign-in is waiting for the browser.
     Busy,
+    /// The organisation's policy sets this.
+    Locked,
     /// Signing in or out did not work.
     SignIn,
     /// Anything else.

@@ -115,11 +115,14 @@ async fn remove(path: &Path, name: &str) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let before = AgentConfig::load(path)?;
+    // The user's own file: an environment the policy leaves out can still
+    // be named, and the policy's refusal comes from `envs::remove`.
+    let before = AgentConfig::load_user(path)?;
     let relay = before
         .environment(Some(name))
-        .map(|e| namespace_for(&e.relay))?;
+        .map(|e| namespace_for(&e.relay));
     gangway_agent::envs::remove(path, name)?;
+    let relay = relay?;
     println!("Removed {name} from {}.", path.display());
     println!(
         "Its sign-in, if any, stays in the OS keychain; `gangway logout --relay {relay}` removes it."

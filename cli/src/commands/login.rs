@@ -14,7 +14,35 @@ use crate::output::{agent_label, frontend_name, print_signed_in};
 use crate::running::{agent_for, ask};
 use crate::target::Target;
 
+/// The organisation may turn the device flow off (policy key
+/// `allow_device_sign_in`): refused before any code is shown.
+fn device_allowed(args: &LoginArgs) -> anyhow::Result<()> {
+    let path = args
+        .target
+        .config
+        .clone()
+        .or_else(gangway_agent::config::user_config_path);
+    let Some(path) = path else { return Ok(()) };
+    let config = gangway_agent::config::AgentConfig::load(&path)?;
+    if !config.settings.allow_device_sign_in {
+        let origin = config
+            .settings
+            .locked(gangway_agent::policy::Key::AllowDeviceSignIn)
+            .and_then(|s| s.origin.clone());
+        return Err(gangway_agent::AgentError::Locked {
+            what: "signing in with a code (--device) is turned off; it".into(),
+            key: gangway_agent::policy::Key::AllowDeviceSignIn.name(),
+            origin,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 pub async fn run(args: LoginArgs) -> anyhow::Result<ExitCode> {
+    if args.device {
+        device_allowed(&args)?;
+    }
     if !args.device && !args.no_browser {
         if let Some((client, snap)) = agent_for(&args.target).await {
             if snap.interactive {

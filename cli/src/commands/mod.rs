@@ -1,5 +1,6 @@
 //! One file per `gangway` command.
 
+pub mod config;
 pub mod env;
 pub mod git;
 pub mod login;

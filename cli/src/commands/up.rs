@@ -38,6 +38,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let listen = parse_listen(&args.listen)?;
     let config_path = args.target.config.clone().or_else(user_config_path);
     let (environments, initial) = environments(&target, &args, config_path.as_deref());
+    let managed = config_path
+        .as_deref()
+        .and_then(|p| AgentConfig::load(p).ok())
+        .map(|c| gangway_agent::agent::Managed::from_config(&c))
+        .unwrap_or_default();
     let agent = Agent::start(AgentOptions {
         config_path,
         ca_override: args.target.ca_file.clone(),
@@ -50,6 +55,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         browser: std::env::var("BROWSER").ok(),
         unreachable_notice_after: gangway_agent::notices::UNREACHABLE_NOTICE_AFTER,
         frontend: Frontend::Cli,
+        managed,
     });
     let stop = CancellationToken::new();
     let handler = Arc::new(AgentControl(agent.clone()));
@@ -145,6 +151,7 @@ fn environments(
                     ports: BTreeMap::new(),
                     login_hint: target.login_hint.clone(),
                     source: EnvSource::CommandLine,
+                    locked: false,
                 },
             );
             name

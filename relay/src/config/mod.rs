@@ -7,7 +7,8 @@
 //! - `raw.rs`: the file as written (serde, `deny_unknown_fields`, a doc
 //!   comment per key);
 //! - [`tls`], [`identity`], [`services`], [`http`] (a service's http-only
-//!   keys), [`assertion`], [`limits`]: each section's validated type with its
+//!   keys), [`assertion`], [`limits`], [`balancer`] (`[proxy_protocol]`,
+//!   `[drain]`): each section's validated type with its
 //!   raw → validated conversion beside it.
 //!
 //! Every error names the file, the key and the reason, e.g.
@@ -15,6 +16,7 @@
 //! fixtures in `relay/tests/fixtures/invalid` each name the error they expect.
 
 pub mod assertion;
+pub mod balancer;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
@@ -28,6 +30,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use assertion::AssertionConfig;
+pub use balancer::{DrainConfig, ProxyProtocolConfig};
 pub use http::{Balance, GitService, HealthConfig, HttpSettings, RouteConfig, RuleConfig};
 pub use identity::IdentityConfig;
 pub use limits::LimitsConfig;
@@ -82,6 +85,10 @@ pub struct RelayConfig {
     pub services: Vec<ServiceConfig>,
     /// Timeouts and caps (`[limits]`).
     pub limits: LimitsConfig,
+    /// Balancers trusted to send a PROXY protocol v2 header.
+    pub proxy_protocol: ProxyProtocolConfig,
+    /// Graceful drain (`[drain]`).
+    pub drain: DrainConfig,
 }
 
 impl RelayConfig {
@@ -118,6 +125,8 @@ impl RelayConfig {
             assertion: AssertionConfig::from_raw(raw.assertion, &src)?,
             audit_path: raw.audit.path.as_deref().map(|p| src.resolve(p)),
             limits: LimitsConfig::from_raw(raw.limits, &src)?,
+            proxy_protocol: ProxyProtocolConfig::from_raw(raw.proxy_protocol, &src)?,
+            drain: DrainConfig::from_raw(raw.drain, &src)?,
         })
     }
 

@@ -34,6 +34,12 @@ pub(super) struct RawConfig {
     /// Timeouts and caps that keep one client from holding the relay down.
     #[serde(default)]
     pub(super) limits: RawLimits,
+    /// Balancers that send a PROXY protocol v2 header (`balancer.rs`).
+    #[serde(default)]
+    pub(super) proxy_protocol: super::balancer::RawProxyProtocol,
+    /// Graceful drain on SIGTERM (`balancer.rs`).
+    #[serde(default)]
+    pub(super) drain: super::balancer::RawDrain,
 }
 
 /// `[limits]`: timeouts and caps, each with a default sized for a company

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::Event;
 use crate::auth::{now_unix, Identity};
 use crate::policy;
-use crate::{text, Relay};
+use crate::{text, Live, Relay};
 
 mod stream;
 
@@ -54,15 +54,14 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_REFUSING: usize = crate::config::limits::STREAM_SLACK / 2;
 
 /// Serves one upgraded WebSocket until the agent leaves, the relay shuts
-/// down, or the session's token expires without renewal.
-pub async fn serve<S>(
-    relay: Arc<Relay>,
-    mut ws: WebSocketStream<S>,
-    identity: Identity,
-    peer: String,
-) where
+/// down, or the session's token expires without renewal. Each new stream
+/// is served by the state `live` holds when it opens (a reload applies to
+/// the streams opened after it).
+pub async fn serve<S>(live: Arc<Live>, mut ws: WebSocketStream<S>, identity: Identity, peer: String)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let relay = live.current();
     let session = relay.next_session_id();
     let started = Instant::now();
     let Some(mut hello) = handshake(&mut ws, &session).await else {
@@ -96,10 +95,10 @@ pub async fn serve<S>(
         }
     };
     let (identity_tx, identity_rx) = watch::channel(identity.clone());
-    let control = start_control(&relay, control, identity_tx, &session);
+    let control = start_control(&live, control, identity_tx, &session);
     let mut streams = Streams::new(limits.max_streams_per_session);
     let end = accept_streams(
-        &relay,
+        &live,
         &mut inbound,
         &mut streams,
         &identity_rx,
@@ -249,7 +248,7 @@ impl Streams {
 
 /// Phase 2: serves the control stream (the first one the agent opened).
 fn start_control(
-    relay: &Arc<Relay>,
+    live: &Arc<Live>,
     stream: Stream,
     identity: watch::Sender<Identity>,
     session: &str,
@@ -264,7 +263,7 @@ fn start_control(
         }
     });
     let reader = tokio::spawn(control_loop(
-        relay.clone(),
+        live.clone(),
         ctl_reader,
         tx.clone(),
         identity,
@@ -281,8 +280,9 @@ struct End {
 
 /// Phase 3: serves data streams until the agent leaves, the relay shuts
 /// down, the token expires without renewal, or the control channel closes.
+/// On shutdown, the session drains ([`drain_streams`]).
 async fn accept_streams(
-    relay: &Arc<Relay>,
+    live: &Arc<Live>,
     inbound: &mut mpsc::UnboundedReceiver<Stream>,
     streams: &mut Streams,
     identity_rx: &watch::Receiver<Identity>,
@@ -290,15 +290,17 @@ async fn accept_streams(
     session: &str,
     peer: &str,
 ) -> End {
-    let grace = relay.config.identity.leeway;
+    let shutdown = live.current().shutdown().clone();
     loop {
+        let grace = live.current().config.identity.leeway;
         let expires_at = identity_rx.borrow().expires_at;
         let until_expiry = Duration::from_secs(expires_at.saturating_sub(now_unix())) + grace;
         tokio::select! {
             s = inbound.recv() => match s {
+                // The state current when the stream arrives.
                 Some(stream) if streams.has_room() => {
                     streams.serving.spawn(serve_stream(
-                        relay.clone(),
+                        live.current(),
                         stream,
                         identity_rx.clone(),
                         session.to_string(),
@@ -309,7 +311,7 @@ async fn accept_streams(
                 Some(stream) if streams.refusing.len() < MAX_REFUSING => {
                     let identity = identity_rx.borrow().clone();
                     streams.refusing.spawn(refuse_over_cap(
-                        relay.clone(),
+                        live.current(),
                         stream,
                         identity,
                         session.to_string(),
@@ -323,13 +325,10 @@ async fn accept_streams(
             },
             // Keeps the sets small between new streams.
             Some(_) = streams.serving.join_next(), if !streams.serving.is_empty() => {}
-            _ = relay.shutdown().cancelled() => return End {
-                reason: "relay shutting down",
-                goodbye: Some((
-                    RefusalCode::ShuttingDown,
-                    "relay is shutting down; reconnect to another relay".to_string(),
-                )),
-            },
+            _ = shutdown.cancelled() => {
+                let relay = live.current();
+                return drain_streams(&relay, inbound, streams, identity_rx, ctl_tx, session, peer).await;
+            }
             _ = tokio::time::sleep(until_expiry) => {
                 if policy::token_expired(identity_rx.borrow().expires_at, grace, now_unix()) {
                     return End {
@@ -346,9 +345,62 @@ async fn accept_streams(
     }
 }
 
+/// The relay is draining: says goodbye at once (the agent opens a new
+/// session, through the balancer to another relay, for its new streams),
+/// refuses new streams here as "shutting down", and lets the open ones run
+/// until they end or the drain deadline cuts them. The agent closing its
+/// control channel (it does, on goodbye) does not end the session here.
+async fn drain_streams(
+    relay: &Arc<Relay>,
+    inbound: &mut mpsc::UnboundedReceiver<Stream>,
+    streams: &mut Streams,
+    identity_rx: &watch::Receiver<Identity>,
+    ctl_tx: &mpsc::Sender<Control>,
+    session: &str,
+    peer: &str,
+) -> End {
+    let _ = ctl_tx.try_send(Control::Goodbye {
+        code: RefusalCode::ShuttingDown,
+        reason: "relay is draining; reconnect to another relay".to_string(),
+    });
+    let open = streams.serving.len();
+    tracing::info!(%session, open, "draining: goodbye sent; open streams may finish");
+    let drained = End {
+        reason: "relay drained",
+        goodbye: None,
+    };
+    loop {
+        streams.reap();
+        if streams.serving.is_empty() {
+            return drained;
+        }
+        tokio::select! {
+            s = inbound.recv() => match s {
+                // Refused as shutting down by the policy phase.
+                Some(stream) if streams.refusing.len() < MAX_REFUSING => {
+                    streams.refusing.spawn(serve_stream(
+                        relay.clone(),
+                        stream,
+                        identity_rx.clone(),
+                        session.to_string(),
+                        peer.to_string(),
+                        streams.ended.clone(),
+                    ));
+                }
+                Some(_) => tracing::debug!(%session, "stream flood while draining; resetting"),
+                None => return End { reason: "agent closed while draining", goodbye: None },
+            },
+            Some(_) = streams.serving.join_next() => {}
+            _ = relay.cut().cancelled() => {
+                return End { reason: "drain deadline reached", goodbye: None };
+            }
+        }
+    }
+}
+
 /// Answers pings and takes refreshed tokens for the same subject.
 async fn control_loop(
-    relay: Arc<Relay>,
+    live: Arc<Live>,
     mut reader: ControlReader<Stream>,
     tx: mpsc::Sender<Control>,
     identity: watch::Sender<Identity>,
@@ -365,7 +417,9 @@ async fn control_loop(
         };
         let reply = match msg {
             Control::Ping(n) => Control::Pong(n),
-            Control::RefreshToken(token) => refresh(&relay, &identity, &session, &token).await,
+            Control::RefreshToken(token) => {
+                refresh(&live.current(), &identity, &session, &token).await
+            }
             Control::Pong(_) => continue,
             other => {
                 tracing::debug!(%session, ?other, "ignoring control message");

@@ -4,6 +4,7 @@ pub mod browser;
 pub mod cgi;
 pub mod desktop;
 pub mod git;
+pub mod haproxy;
 pub mod keychain;
 mod lighttpd;
 pub mod nginx;
