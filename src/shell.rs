@@ -81,14 +81,22 @@ impl Shell {
             .map_err(|e| UiError::new("clipboard", format!("cannot copy: {e}")))
     }
 
-    /// Opens the local Confluence address in the browser.
+    /// Opens the local Confluence address in the browser, through the
+    /// local door's one-time URL (it sets the door cookie; no password
+    /// dialog). Returns the plain address (never the one-time token).
     pub fn open_confluence(&self) -> Result<String, UiError> {
         let url = self
             .snapshot()
             .links
             .confluence
             .ok_or_else(|| UiError::new("unavailable", "Confluence is not available now"))?;
-        gangway_agent::signin::open_browser(&url, self.agent.browser())
+        let port = url::Url::parse(&url)
+            .ok()
+            .and_then(|u| u.port())
+            .ok_or_else(|| UiError::new("unavailable", "Confluence has no local port"))?;
+        let token = self.agent.door().secrets().one_time_token(port);
+        let once = gangway_agent::door::http::open_url(port, &token);
+        gangway_agent::signin::open_browser(&once, self.agent.browser())
             .map_err(|e| UiError::new("browser", e))?;
         Ok(url)
     }

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use gangway_transport::Stream;
 use gangway_wire::RefusalCode;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::door::Door;
-use crate::pipelined::OnAnswer;
+use crate::pipelined::{OnAnswer, PipelinedStream};
 use crate::relay_api::{Service, ServiceKind};
 use crate::tunnel::Tunnel;
 use crate::AgentError;
@@ -96,7 +97,7 @@ impl ServiceStats {
         }
     }
 
-    fn problem(&self, text: String) {
+    pub(crate) fn problem(&self, text: String) {
         *self.last_problem.lock().expect("stats lock") = Some(StreamProblem {
             at: crate::signin::now_unix(),
             text,
@@ -105,10 +106,10 @@ impl ServiceStats {
 }
 
 /// Counts a stream as active while it lives.
-struct ActiveGuard<'a>(&'a ServiceStats);
+pub(crate) struct ActiveGuard<'a>(&'a ServiceStats);
 
 impl<'a> ActiveGuard<'a> {
-    fn new(stats: &'a ServiceStats) -> Self {
+    pub(crate) fn new(stats: &'a ServiceStats) -> Self {
         stats.active.fetch_add(1, Ordering::Relaxed);
         stats.total.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(stats)
@@ -122,32 +123,32 @@ impl Drop for ActiveGuard<'_> {
 }
 
 /// The local socket, counting bytes each way into [`ServiceStats`].
-struct Counted<'a, T> {
-    inner: &'a mut T,
-    stats: &'a ServiceStats,
+pub(crate) struct Counted<T> {
+    pub(crate) inner: T,
+    pub(crate) stats: Arc<ServiceStats>,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         self.stats.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
         r
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut *self.inner).poll_write(cx, buf);
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
             self.stats
                 .bytes_down
@@ -157,11 +158,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -251,6 +252,20 @@ impl ServiceListener {
         streams: TaskTracker,
         stop: CancellationToken,
     ) {
+        // `http` services go through the door's HTTP gate: every request
+        // is checked before it enters the tunnel (door/http.rs).
+        let gate = (self.service.kind == ServiceKind::Http).then(|| {
+            Arc::new(crate::door::http::Gate::new(
+                self.service.clone(),
+                self.local_addr().port(),
+                tunnel.clone(),
+                connect_wait,
+                stats.clone(),
+                door.clone(),
+                streams.clone(),
+                stop.clone(),
+            ))
+        });
         loop {
             let (tcp, peer) = tokio::select! {
                 r = self.listener.accept() => match r {
@@ -281,6 +296,11 @@ impl ServiceListener {
                 continue;
             }
             let _ = tcp.set_nodelay(true);
+            if let Some(gate) = &gate {
+                let gate = gate.clone();
+                streams.spawn(async move { gate.serve(tcp, peer).await });
+                continue;
+            }
             let service = self.service.clone();
             let tunnel = tunnel.clone();
             let stats = stats.clone();
@@ -306,42 +326,7 @@ async fn carry(
     stop: &CancellationToken,
 ) -> Result<(), AgentError> {
     let _active = ActiveGuard::new(stats);
-    let on_answer = || -> Option<OnAnswer> {
-        let stats = stats.clone();
-        Some(Box::new(move |took: Duration| {
-            let micros = took.as_micros().clamp(1, u64::MAX as u128) as u64;
-            stats.last_open_micros.store(micros, Ordering::Relaxed);
-        }))
-    };
-    // The open header goes out with the client's first bytes: no round trip
-    // to the relay before data flows. The answer is read before any byte
-    // goes back to the client.
-    let opened = async {
-        let session = tokio::select! {
-            s = tunnel.session(connect_wait) => s?,
-            _ = stop.cancelled() => {
-                return Err(AgentError::unreachable("the environment was stopped"))
-            }
-        };
-        match session.open_pipelined(&service.name, on_answer()).await {
-            // The session died under us (e.g. the relay restarted and we
-            // have not noticed yet): wait for the next one, once.
-            Err(e @ AgentError::Unreachable { .. }) => {
-                match tokio::time::timeout(Duration::from_secs(1), session.closed()).await {
-                    Ok(_) => {
-                        tunnel
-                            .session(connect_wait)
-                            .await?
-                            .open_pipelined(&service.name, on_answer())
-                            .await
-                    }
-                    Err(_) => Err(e),
-                }
-            }
-            other => other,
-        }
-    }
-    .await;
+    let opened = open_stream(service, tunnel, connect_wait, stats, stop).await;
     let mut stream = match opened {
         Ok(s) => s,
         Err(e) => {
@@ -353,7 +338,7 @@ async fn carry(
     };
     let mut counted = Counted {
         inner: &mut tcp,
-        stats,
+        stats: stats.clone(),
     };
     tokio::select! {
         // Stopping the environment also ends its session, which breaks the
@@ -383,6 +368,48 @@ async fn carry(
     Ok(())
 }
 
+/// Opens a stream to `service` (pipelined: the header goes out with the
+/// first bytes written to it), waiting up to `connect_wait` for the tunnel;
+/// if the session died under us, once more on the next one.
+pub(crate) async fn open_stream(
+    service: &Service,
+    tunnel: &Tunnel,
+    connect_wait: Duration,
+    stats: &Arc<ServiceStats>,
+    stop: &CancellationToken,
+) -> Result<PipelinedStream<Stream>, AgentError> {
+    let on_answer = || -> Option<OnAnswer> {
+        let stats = stats.clone();
+        Some(Box::new(move |took: Duration| {
+            let micros = took.as_micros().clamp(1, u64::MAX as u128) as u64;
+            stats.last_open_micros.store(micros, Ordering::Relaxed);
+        }))
+    };
+    let session = tokio::select! {
+        s = tunnel.session(connect_wait) => s?,
+        _ = stop.cancelled() => {
+            return Err(AgentError::unreachable("the environment was stopped"))
+        }
+    };
+    match session.open_pipelined(&service.name, on_answer()).await {
+        // The session died under us (e.g. the relay restarted and we
+        // have not noticed yet): wait for the next one, once.
+        Err(e @ AgentError::Unreachable { .. }) => {
+            match tokio::time::timeout(Duration::from_secs(1), session.closed()).await {
+                Ok(_) => {
+                    tunnel
+                        .session(connect_wait)
+                        .await?
+                        .open_pipelined(&service.name, on_answer())
+                        .await
+                }
+                Err(_) => Err(e),
+            }
+        }
+        other => other,
+    }
+}
+
 /// Ends a local connection whose environment stopped: a FIN first, then
 /// whatever the client still sends is read (briefly) so that closing does
 /// not turn into a reset.
@@ -399,9 +426,10 @@ async fn close_cleanly(tcp: &mut TcpStream) {
     let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
 }
 
-/// Answers an HTTP client with a short error page naming the reason.
-async fn http_error(tcp: &mut TcpStream, e: &AgentError, read_request: bool) {
-    let (status, text) = match e {
+/// The HTTP status line and plain reason for a stream that could not be
+/// carried.
+pub(crate) fn error_status(e: &AgentError) -> (&'static str, String) {
+    match e {
         AgentError::Refused(r) => match r.code {
             RefusalCode::Forbidden => ("403 Forbidden", r.to_string()),
             RefusalCode::Unauthenticated => ("403 Forbidden", format!("sign-in needed: {r}")),
@@ -411,7 +439,12 @@ async fn http_error(tcp: &mut TcpStream, e: &AgentError, read_request: bool) {
         },
         AgentError::Unauthorized(m) => ("403 Forbidden", m.clone()),
         other => ("502 Bad Gateway", other.to_string()),
-    };
+    }
+}
+
+/// Answers an HTTP client with a short error page naming the reason.
+async fn http_error(tcp: &mut TcpStream, e: &AgentError, read_request: bool) {
+    let (status, text) = error_status(e);
     // Read (part of) the request first, so closing doesn't reset the
     // connection before the client has read our answer.
     // When the request already went out with a pipelined open, only take

@@ -119,11 +119,23 @@ mod tests {
 
     #[test]
     fn certificate_errors_are_said_plainly() {
-        assert_eq!(cert(CertificateError::Expired), Some("the relay's certificate has expired"));
-        assert!(cert(CertificateError::NotValidForName).unwrap().contains("another name"));
-        assert!(cert(CertificateError::UnknownIssuer).unwrap().contains("not signed by an authority"));
-        let ca = CertificateError::Other(rustls::OtherError(Arc::new(webpki::Error::CaUsedAsEndEntity)));
-        assert_eq!(cert(ca), Some("the relay presents a CA certificate as its own certificate"));
+        assert_eq!(
+            cert(CertificateError::Expired),
+            Some("the relay's certificate has expired")
+        );
+        assert!(cert(CertificateError::NotValidForName)
+            .unwrap()
+            .contains("another name"));
+        assert!(cert(CertificateError::UnknownIssuer)
+            .unwrap()
+            .contains("not signed by an authority"));
+        let ca = CertificateError::Other(rustls::OtherError(Arc::new(
+            webpki::Error::CaUsedAsEndEntity,
+        )));
+        assert_eq!(
+            cert(ca),
+            Some("the relay presents a CA certificate as its own certificate")
+        );
     }
 
     #[test]
@@ -132,9 +144,15 @@ mod tests {
             io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(CertificateError::Expired),
         );
-        assert_eq!(explain(&wrapped).unwrap().sentence, "the relay's certificate has expired");
+        assert_eq!(
+            explain(&wrapped).unwrap().sentence,
+            "the relay's certificate has expired"
+        );
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
-        assert!(explain(&refused).unwrap().sentence.contains("connection refused"));
+        assert!(explain(&refused)
+            .unwrap()
+            .sentence
+            .contains("connection refused"));
         assert_eq!(explain(&io::Error::other("something else")), None);
     }
 }

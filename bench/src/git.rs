@@ -223,13 +223,22 @@ async fn objects_in_packs(repo: &Path, home: &Path) -> anyhow::Result<u64> {
 /// Clones the repository through `addr` (`git clone --bare --quiet`) into a
 /// fresh directory under `scratch`, checks the clone is complete (same
 /// head, same object count), and deletes it. Returns the clone's wall time.
-pub async fn clone(repo: &GitRepo, addr: SocketAddr, scratch: &Path) -> anyhow::Result<Duration> {
+///
+/// `env`: more environment for the clone (the local door's credential
+/// helper, for Gangway's `kind = "http"`).
+pub async fn clone(
+    repo: &GitRepo,
+    addr: SocketAddr,
+    scratch: &Path,
+    env: &[(String, String)],
+) -> anyhow::Result<Duration> {
     let dir = tempfile::Builder::new()
         .prefix("clone-")
         .tempdir_in(scratch)?;
     let dest = dir.path().join(format!("{REPO_NAME}.git"));
     let mut cmd = repo.git();
-    cmd.args(["clone", "--bare", "--quiet"])
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+        .args(["clone", "--bare", "--quiet"])
         .arg(repo_url(addr))
         .arg(&dest);
     let started = Instant::now();

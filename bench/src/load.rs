@@ -69,10 +69,21 @@ pub struct WrkResult {
 
 /// `wrk -t1 -cCONNS -dSECS --latency URL`. One wrk thread: on a 2-core
 /// machine a second one would only take CPU from the path under test.
-pub async fn wrk(url: &str, conns: u32, secs: u64) -> anyhow::Result<WrkResult> {
+///
+/// `script`: a wrk Lua script (e.g. one setting the local door's
+/// `Authorization` header, so the secret is in no process argument).
+pub async fn wrk(
+    url: &str,
+    conns: u32,
+    secs: u64,
+    script: Option<&std::path::Path>,
+) -> anyhow::Result<WrkResult> {
     let mut cmd = tokio::process::Command::new("wrk");
-    cmd.args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s")])
-        .args(["--latency", url]);
+    cmd.args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s")]);
+    if let Some(s) = script {
+        cmd.arg("-s").arg(s);
+    }
+    cmd.args(["--latency", url]);
     let out = run_tool(cmd, Duration::from_secs(secs + 20)).await?;
     parse_wrk(&out).with_context(|| format!("parsing wrk output:\n{out}"))
 }

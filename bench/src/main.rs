@@ -468,15 +468,32 @@ async fn measure_http(path: &RunningPath, args: &Args, results: &mut Results) {
             ],
         ));
     }
+    // The local door wants its credential on every request of the
+    // `kind = "http"` service: a wrk script sets the header (0600 file,
+    // not a process argument).
+    let door_script = match (&path.door, a.web_http) {
+        (Some((socket, program)), Some(web_http)) => match door_script(program, socket, web_http) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                results.error(kind, format!("the local door's credential: {e:#}"));
+                None
+            }
+        },
+        _ => None,
+    };
     for (web, conns, [rps, p50, p99, cpu]) in runs {
         let url = format!("http://{web}{SMALL_FILE_PATH}");
+        let script = door_script
+            .as_ref()
+            .filter(|_| Some(web) == a.web_http)
+            .map(|f| f.path());
         let what = if Some(web) == a.web_http {
             " (kind = http)"
         } else {
             ""
         };
         let cpu0 = tunnel_cpu(path, results);
-        match load::wrk(&url, conns, args.secs).await {
+        match load::wrk(&url, conns, args.secs, script).await {
             Ok(r) => {
                 let per_req = cpu_per_op(path, results, cpu0, r.requests, cpu);
                 eprintln!(
@@ -497,6 +514,20 @@ async fn measure_http(path: &RunningPath, args: &Args, results: &mut Results) {
             Err(e) => results.error(kind, format!("wrk -c{conns}{what}: {e:#}")),
         }
     }
+}
+
+/// A wrk script that sends the local door's credential for `addr`.
+fn door_script(
+    program: &Path,
+    socket: &Path,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<tempfile::NamedTempFile> {
+    use std::io::Write;
+    let auth = gangway_tests::gangway::door_auth_by(program, socket, addr)?;
+    let mut f = tempfile::NamedTempFile::new()?;
+    writeln!(f, "wrk.headers[\"Authorization\"] = \"{auth}\"")?;
+    f.flush()?;
+    Ok(f)
 }
 
 async fn measure_conns(path: &RunningPath, args: &Args, results: &mut Results) {
@@ -537,7 +568,11 @@ async fn measure_git(path: &RunningPath, repo: &GitRepo, scratch: &Path, results
         return;
     };
     let cpu0 = tunnel_cpu(path, results);
-    match git::clone(repo, addr, scratch).await {
+    let env = match &path.door {
+        Some((socket, program)) => gangway_tests::gangway::git_helper_env_by(program, socket),
+        None => Vec::new(),
+    };
+    match git::clone(repo, addr, scratch, &env).await {
         Ok(took) => {
             let secs = took.as_secs_f64();
             let cpu = cpu_used(path, results, cpu0);

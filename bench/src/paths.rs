@@ -40,6 +40,9 @@ pub struct RunningPath {
     pub client: Option<Proc>,
     /// The server-side process (relay / wstunnel server).
     pub server: Option<Proc>,
+    /// Gangway only: the agent's control socket and program, for the
+    /// local door's credential (`kind = "http"` services need it).
+    pub door: Option<(PathBuf, PathBuf)>,
 }
 
 impl RunningPath {
@@ -49,6 +52,7 @@ impl RunningPath {
             addrs: upstream,
             client: None,
             server: None,
+            door: None,
         }
     }
 
@@ -160,6 +164,7 @@ path = "{audit}"
         .args(["--listen", "web-http=127.0.0.1:0"])
         .args(["--listen", "iperf=127.0.0.1:0"])
         .args(["--listen", "echo=127.0.0.1:0"])
+        .env("GANGWAY_CONTROL_SOCKET", dir.join("agent.sock"))
         .env("RUST_LOG", "info");
     if upstream.git.is_some() {
         cmd.args(["--listen", "git=127.0.0.1:0"]);
@@ -196,6 +201,7 @@ path = "{audit}"
         addrs,
         client: Some(agent),
         server: Some(relay),
+        door: Some((dir.join("agent.sock"), bins.agent.clone())),
     })
 }
 
@@ -248,5 +254,6 @@ pub async fn start_wstunnel(
         },
         client: Some(client),
         server: Some(server),
+        door: None,
     })
 }

@@ -39,6 +39,13 @@ pub enum Command {
     /// List, choose, add or remove environments in the user config file.
     #[command(subcommand)]
     Env(EnvCommand),
+    /// Git and the local door: the credential helper git runs, and its
+    /// registration in ~/.gitconfig (done by `login`, undone by `logout`).
+    #[command(subcommand)]
+    Git(GitCommand),
+    /// Open a web service (e.g. confluence) in the browser through the
+    /// local door (a one-time link; no password dialog).
+    Open(OpenArgs),
     /// Show every setting in effect, with where its value comes from (your
     /// organisation's policy, its recommendations, your config file or the
     /// built-in default) and whether it is locked.
@@ -79,6 +86,31 @@ pub enum EnvCommand {
         #[command(flatten)]
         config: ConfigArgs,
     },
+}
+
+#[derive(Subcommand)]
+pub enum GitCommand {
+    /// git's credential-helper protocol (git runs this: `get` answers with
+    /// the agent's local credential for its own addresses; `store` and
+    /// `erase` do nothing).
+    Credential {
+        #[arg(value_parser = ["get", "store", "erase"])]
+        action: String,
+    },
+    /// Register gangway in ~/.gitconfig as the credential helper for the
+    /// running agent's local HTTP addresses (no secret is written).
+    Setup,
+    /// Remove every gangway credential helper from ~/.gitconfig.
+    Remove,
+}
+
+#[derive(clap::Args)]
+pub struct OpenArgs {
+    /// The service, e.g. confluence.
+    pub service: String,
+    /// Print the one-time URL instead of opening a browser.
+    #[arg(long)]
+    pub print: bool,
 }
 
 #[derive(clap::Args)]

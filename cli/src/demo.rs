@@ -160,6 +160,8 @@ pub async fn run() -> anyhow::Result<()> {
     let catalog = RelayApi::new(relay_url.clone(), tls.clone())?
         .catalog(&token)
         .await?;
+    // The local door: the Confluence stand-in opens through a one-time link.
+    let door = std::sync::Arc::new(gangway_agent::door::Door::new());
     let running = up::start(
         UpOptions {
             relay: relay_url.clone(),
@@ -170,7 +172,7 @@ pub async fn run() -> anyhow::Result<()> {
             allow_network_listen: false,
             connect_wait: Duration::from_secs(10),
             backoff: Backoff::default(),
-            door: Default::default(),
+            door: door.clone(),
         },
         catalog,
         stop.clone(),
@@ -197,7 +199,12 @@ pub async fn run() -> anyhow::Result<()> {
     println!("Try, in another terminal:");
     println!("  git clone {git_url} gangway-demo");
     println!("  (edit, commit, then: git push origin main)");
-    println!("  open http://{web_local}/   (Confluence stand-in)");
+    let once = gangway_agent::door::http::open_url(
+        web_local.port(),
+        &door.secrets().one_time_token(web_local.port()),
+    );
+    println!("  open {once}");
+    println!("     (the Confluence stand-in, through the local door: a one-time link, valid for a minute)");
     println!();
     println!(
         "Every byte goes through one TLS WebSocket to the relay. Audit log: {}",

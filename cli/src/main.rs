@@ -49,6 +49,8 @@ fn main() -> ExitCode {
             Command::Token(args) => commands::token::run(args).await,
             Command::Up(args) => commands::up::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Env(cmd) => commands::env::run(cmd).await,
+            Command::Git(cmd) => commands::git::run(cmd).await,
+            Command::Open(args) => commands::open::run(args).await,
             Command::Config(args) => commands::config::run(args),
             Command::SshProxy { service } => commands::ssh_proxy::run(service).await,
             #[cfg(feature = "demo")]

@@ -360,6 +360,10 @@ pub struct AgentProcess {
     pub process: Process,
     /// Service name → local address it listens on.
     pub listening: HashMap<String, SocketAddr>,
+    /// Its control socket: its own, unless the caller chose one (through
+    /// `GANGWAY_CONTROL_SOCKET` or `XDG_RUNTIME_DIR`).
+    pub control_socket: PathBuf,
+    _control_dir: Option<TempDir>,
 }
 
 impl AgentProcess {
@@ -404,6 +408,22 @@ impl AgentProcess {
     /// `GANGWAY_TOKEN` instead of a token file, and a `--listen` flag per
     /// service) and waits for a listener for each of `services`.
     pub fn spawn(mut cmd: Command, services: &[&str]) -> Result<Self> {
+        let chosen = |key: &str| {
+            cmd.get_envs()
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, v)| v.map(PathBuf::from))
+        };
+        let (control_socket, control_dir) =
+            match (chosen("GANGWAY_CONTROL_SOCKET"), chosen("XDG_RUNTIME_DIR")) {
+                (Some(p), _) => (p, None),
+                (None, Some(d)) => (d.join("gangway").join("agent.sock"), None),
+                (None, None) => {
+                    let dir = tempfile::tempdir()?;
+                    let p = dir.path().join("agent.sock");
+                    cmd.env("GANGWAY_CONTROL_SOCKET", &p);
+                    (p, Some(dir))
+                }
+            };
         let mut process = Process::spawn_captured("agent", &mut cmd)?;
         let mut listening = HashMap::new();
         for s in services {
@@ -422,7 +442,50 @@ impl AgentProcess {
                 .with_context(|| format!("no address in {line:?}"))?;
             listening.insert(s.to_string(), addr);
         }
-        Ok(Self { process, listening })
+        Ok(Self {
+            process,
+            listening,
+            control_socket,
+            _control_dir: control_dir,
+        })
+    }
+
+    /// The local door's git secret for the `http` listener of `service`,
+    /// asked the way git asks: `gangway git credential get` over the
+    /// agent's control socket.
+    pub fn door_secret(&self, service: &str) -> Result<String> {
+        git_credential(&self.control_socket, self.addr(service))
+    }
+
+    /// An `Authorization` header value carrying the door's credential for
+    /// `service` (for raw HTTP clients in tests).
+    pub fn door_auth(&self, service: &str) -> Result<String> {
+        door_auth(&self.control_socket, self.addr(service))
+    }
+
+    /// Headers that carry the door's credential for `service`, for a
+    /// reqwest client's `default_headers`.
+    pub fn door_headers(&self, service: &str) -> Result<reqwest::header::HeaderMap> {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            self.door_auth(service)?.parse()?,
+        );
+        Ok(h)
+    }
+
+    /// A reqwest client that carries the door's credential for `service`.
+    pub fn http(&self, service: &str) -> Result<reqwest::Client> {
+        Ok(reqwest::Client::builder()
+            .default_headers(self.door_headers(service)?)
+            .build()?)
+    }
+
+    /// Environment for git so that it gets the door's credential from this
+    /// agent by itself: `gangway git credential` as its only helper (the
+    /// same lines `gangway git setup` writes, through `GIT_CONFIG_*`).
+    pub fn git_env(&self) -> Result<Vec<(String, String)>> {
+        git_helper_env(&self.control_socket)
     }
 
     /// `gangway up` with a token the provider issued to `client` (client
@@ -447,6 +510,79 @@ impl AgentProcess {
     pub fn stop(&mut self) {
         self.process.stop();
     }
+}
+
+/// `gangway git credential get` for `addr`, through the control socket at
+/// `socket`: the password it prints.
+pub fn git_credential(socket: &Path, addr: SocketAddr) -> Result<String> {
+    git_credential_by(&bin_path("gangway")?, socket, addr)
+}
+
+/// [`git_credential`] with the `gangway` program at `program`.
+pub fn git_credential_by(program: &Path, socket: &Path, addr: SocketAddr) -> Result<String> {
+    use std::io::Write;
+    let mut cmd = Command::new(program);
+    cmd.args(["git", "credential", "get"])
+        .env_remove("GANGWAY_TOKEN")
+        .env("GANGWAY_CONTROL_SOCKET", socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(format!("protocol=http\nhost={addr}\n\n").as_bytes())?;
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("password="))
+        .map(str::to_string)
+        .with_context(|| {
+            format!(
+                "`gangway git credential get` gave no password for {addr}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+/// An `Authorization` value with the door's credential for `addr`, from
+/// the agent serving the control socket `socket`.
+pub fn door_auth(socket: &Path, addr: SocketAddr) -> Result<String> {
+    door_auth_by(&bin_path("gangway")?, socket, addr)
+}
+
+/// [`door_auth`] with the `gangway` program at `program`.
+pub fn door_auth_by(program: &Path, socket: &Path, addr: SocketAddr) -> Result<String> {
+    use base64::Engine;
+    let secret = git_credential_by(program, socket, addr)?;
+    Ok(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("gangway:{secret}"))
+    ))
+}
+
+/// Environment for git (see [`AgentProcess::git_env`]) for the agent
+/// serving the control socket `socket`.
+pub fn git_helper_env(socket: &Path) -> Result<Vec<(String, String)>> {
+    Ok(git_helper_env_by(&bin_path("gangway")?, socket))
+}
+
+/// [`git_helper_env`] with the `gangway` program at `program`.
+pub fn git_helper_env_by(program: &Path, socket: &Path) -> Vec<(String, String)> {
+    let helper = format!("{} git credential", program.display());
+    vec![
+        ("GIT_CONFIG_COUNT".into(), "2".into()),
+        ("GIT_CONFIG_KEY_0".into(), "credential.helper".into()),
+        ("GIT_CONFIG_VALUE_0".into(), String::new()),
+        ("GIT_CONFIG_KEY_1".into(), "credential.helper".into()),
+        ("GIT_CONFIG_VALUE_1".into(), helper),
+        (
+            "GANGWAY_CONTROL_SOCKET".into(),
+            socket.display().to_string(),
+        ),
+    ]
 }
 
 /// A TCP backend that counts connections and closes them: proves that a

@@ -233,11 +233,14 @@ async fn refusals_reach_the_real_listener_as_403_page_and_closed_tcp() -> Result
     .await?;
 
     // http: the agent's own page, with the relay's reason.
-    let resp = reqwest::get(format!(
-        "http://{}/scm/demo.git/info/refs?service=git-upload-pack",
-        agent.addr("bitbucket")
-    ))
-    .await?;
+    let resp = agent
+        .http("bitbucket")?
+        .get(format!(
+            "http://{}/scm/demo.git/info/refs?service=git-upload-pack",
+            agent.addr("bitbucket")
+        ))
+        .send()
+        .await?;
     assert_eq!(resp.status(), 403);
     let reason = "ci-dev may not use Bitbucket (needs one of the groups: admins)";
     let header = resp
@@ -354,7 +357,11 @@ async fn connect_wait_running_out_is_a_502_page_and_a_closed_tcp_connection() ->
         .await?;
 
     let t = Instant::now();
-    let resp = reqwest::get(format!("http://{}/", agent.addr("bitbucket"))).await?;
+    let client = agent.http("bitbucket")?;
+    let resp = client
+        .get(format!("http://{}/", agent.addr("bitbucket")))
+        .send()
+        .await?;
     let took = t.elapsed();
     assert_eq!(resp.status(), 502);
     let body = resp.text().await?;

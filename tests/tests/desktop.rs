@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use gangway_agent::control::Request;
 use gangway_agent::status::{Frontend, NoticeKind, Phase};
-use gangway_tests::gangway::bin_path;
+use gangway_tests::gangway::{bin_path, door_auth};
 use gangway_tests::peers::browser::Browser;
 use gangway_tests::peers::desktop::{check_png, Display};
 use gangway_tests::peers::process::{assert_success, Process};
@@ -60,10 +60,16 @@ fn app_command(w: &World, display: &Display) -> Result<std::process::Command> {
     Ok(cmd)
 }
 
-async fn http_get(addr: std::net::SocketAddr) -> Result<String> {
+/// `GET /` with the local door's credential (`auth`).
+async fn http_get(addr: std::net::SocketAddr, auth: &str) -> Result<String> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await?;
+    s.write_all(
+        format!(
+            "GET / HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await??;
     Ok(out)
@@ -134,6 +140,19 @@ async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()
             s.phase == Phase::Connected && s.services.len() == 4
         })
         .await?;
+    // `login` registered git's credential helper for the app's HTTP
+    // listeners in ~/.gitconfig (helper lines, no secret).
+    let gitconfig =
+        std::fs::read_to_string(w.keychain.home().join(".gitconfig")).unwrap_or_default();
+    for svc in ["bitbucket", "confluence"] {
+        let port = addr_of(&s, svc).context(svc)?.port();
+        assert!(
+            gitconfig.contains(&format!("[credential \"http://127.0.0.1:{port}\"]")),
+            "{gitconfig}\n{}",
+            done.stderr
+        );
+    }
+    assert!(gitconfig.contains(" git credential"), "{gitconfig}");
     let echo = s.services.iter().find(|x| x.name == "echo").unwrap();
     assert_eq!(echo.state, "not listening");
     assert_eq!(
@@ -170,7 +189,11 @@ async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()
     );
 
     // Traffic, so the window has numbers to show.
-    let page = http_get(confluence).await?;
+    let auth = door_auth(
+        &w.runtime_dir().join("gangway").join("agent.sock"),
+        confluence,
+    )?;
+    let page = http_get(confluence, &auth).await?;
     assert!(page.contains("Engineering space"), "{page}");
     let mut e = tokio::net::TcpStream::connect(ssh).await?;
     e.write_all(&vec![7u8; 256 * 1024]).await?;
@@ -180,7 +203,11 @@ async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()
     // Open Confluence and Copy git clone URL, as the menu items do.
     activate(&w, "open-confluence").await?;
     let opened = w.browser.next_url(Duration::from_secs(10)).await?;
-    assert_eq!(opened, format!("http://{confluence}/"));
+    // Through the local door's one-time URL (it sets the door cookie).
+    assert!(
+        opened.starts_with(&format!("http://{confluence}/.gangway/open?t=")),
+        "{opened}"
+    );
     activate(&w, "copy-clone:http").await?;
     assert_eq!(display.clipboard()?, format!("http://{http}/scm/"));
     activate(&w, "copy-clone:ssh").await?;
@@ -249,7 +276,9 @@ async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(app.alive(), "closing the window quit the app");
-    assert!(http_get(confluence).await?.contains("Engineering space"));
+    assert!(http_get(confluence, &auth)
+        .await?
+        .contains("Engineering space"));
 
     // One instance per user: a second start shows the first one's window.
     let second = Process::spawn_captured("gangway-desktop (2nd)", app_command(&w, &display)?)?

@@ -42,7 +42,10 @@ reason = "pushing needs the developers group""#,
     let work = tempfile::tempdir()?;
     let w = work.path().to_path_buf();
     let u = url.clone();
-    tokio::task::spawn_blocking(move || git::git(&w, &["clone", "--quiet", &u, "c1"])).await??;
+    let env = dev.git_env()?;
+    let e = env.clone();
+    tokio::task::spawn_blocking(move || git::git_with(&w, &["clone", "--quiet", &u, "c1"], &e))
+        .await??;
     let both: std::collections::HashSet<_> = relay
         .audit()
         .iter()
@@ -55,7 +58,7 @@ reason = "pushing needs the developers group""#,
     node1.stop();
     let (w, u) = (work.path().to_path_buf(), url.clone());
     let pushed = tokio::task::spawn_blocking(move || {
-        git::clone_commit_push(&u, &w.join("c2"), "after-failover.txt")
+        git::clone_commit_push_with(&u, &w.join("c2"), "after-failover.txt", &env)
     })
     .await??;
     assert_eq!(repos.head_commit("demo")?, pushed);
@@ -81,8 +84,9 @@ reason = "pushing needs the developers group""#,
     let reader = s.agent(&relay, CI_READONLY, &["bitbucket"]).await?;
     let rurl = format!("http://{}/scm/demo.git", reader.addr("bitbucket"));
     let w = work.path().to_path_buf();
+    let renv = reader.git_env()?;
     let err = tokio::task::spawn_blocking(move || {
-        git::clone_commit_push(&rurl, &w.join("r1"), "nope.txt")
+        git::clone_commit_push_with(&rurl, &w.join("r1"), "nope.txt", &renv)
     })
     .await?
     .unwrap_err();
@@ -172,6 +176,7 @@ interval_secs = 1
     let base = format!("http://{}", agent.addr("confluence"));
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .default_headers(agent.door_headers("confluence")?)
         .build()?;
 
     let mut jar = Jar::default();
@@ -322,12 +327,12 @@ backends = ["{echo}"]"#
     let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
     cfg.max_message_size = Some(8 << 20);
     cfg.max_frame_size = Some(8 << 20);
-    let (mut ws, resp) = tokio_tungstenite::client_async_with_config(
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
         format!("ws://{}/synchrony/v1/bayeux", agent.addr("confluence")),
-        tcp,
-        Some(cfg),
-    )
-    .await?;
+    )?;
+    req.headers_mut()
+        .insert("authorization", agent.door_auth("confluence")?.parse()?);
+    let (mut ws, resp) = tokio_tungstenite::client_async_with_config(req, tcp, Some(cfg)).await?;
     assert_eq!(resp.status(), 101);
     // Affinity holds for upgrades too: the relay names the node, in the
     // route's own cookie.

@@ -55,6 +55,7 @@ struct Relayed {
     dir: TempDir,
     /// `http://<the agent's local address for the service>`.
     base: String,
+    service: String,
 }
 
 impl Relayed {
@@ -75,7 +76,13 @@ impl Relayed {
             _cert: cert,
             dir,
             base,
+            service: service.to_string(),
         })
+    }
+
+    /// [`client`] carrying the agent's door credential.
+    fn client(&self, timeout: Duration) -> Result<Client> {
+        client(timeout, &self._agent, &self.service)
     }
 
     /// Waits until the relay logs `what` ("backend marked down") for `node`.
@@ -94,8 +101,9 @@ impl Relayed {
 /// An HTTP client as the tests here use it: no redirects followed, no
 /// cookie store, a new connection for every request, and a deadline (a
 /// hang is a failure, not a stuck test).
-fn client(timeout: Duration) -> Result<Client> {
+fn client(timeout: Duration, agent: &AgentProcess, service: &str) -> Result<Client> {
     Ok(Client::builder()
+        .default_headers(agent.door_headers(service)?)
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(0)
         .timeout(timeout)
@@ -215,7 +223,7 @@ healthy_threshold = 2
 unhealthy_threshold = 2"#,
     );
     let mut r = Relayed::start("confluence", &services).await?;
-    let http = client(Duration::from_secs(10))?;
+    let http = r.client(Duration::from_secs(10))?;
 
     // The user's first page: a node and a session there.
     let resp = get(&http, &format!("{}/display/SPACE", r.base), "").await?;
@@ -356,7 +364,7 @@ async fn least_conn_sends_new_requests_past_a_busy_node() -> Result<()> {
     }
     let services = two_node_confluence(&nodes, r#"balance = "least_conn""#);
     let r = Relayed::start("confluence", &services).await?;
-    let http = client(Duration::from_secs(30))?;
+    let http = r.client(Duration::from_secs(30))?;
 
     let download = get(&http, &format!("{}/claims/slow", r.base), "").await?;
     assert_eq!(download.status(), StatusCode::OK);
@@ -434,7 +442,7 @@ async fn a_failed_get_is_retried_on_another_node_and_a_post_is_not() -> Result<(
     let (dropper, good) = (&nodes[0], &nodes[1]);
     let services = two_node_confluence(&nodes, r#"affinity_cookie = "GANGWAY_ROUTE""#);
     let r = Relayed::start("confluence", &services).await?;
-    let http = client(Duration::from_secs(20))?;
+    let http = r.client(Duration::from_secs(20))?;
 
     // The affinity cookie naming node1, as the relay gives it.
     let mut to_dropper = None;
@@ -527,7 +535,7 @@ async fn content_location_naming_a_public_url_or_the_node_comes_back_local() -> 
         r#"public_urls = ["https://confluence.example.com"]"#,
     );
     let r = Relayed::start("confluence", &services).await?;
-    let http = client(Duration::from_secs(10))?;
+    let http = r.client(Duration::from_secs(10))?;
     let origin = format!("http://{}", node.addr());
     let local = &r.base;
 
@@ -587,7 +595,7 @@ async fn forwarded_proto_and_port_name_the_local_address() -> Result<()> {
     let node = ConfluenceNode::start("node1")?;
     let services = http_service("confluence", 8090, &[node.addr()], "");
     let r = Relayed::start("confluence", &services).await?;
-    let http = client(Duration::from_secs(10))?;
+    let http = r.client(Duration::from_secs(10))?;
     let local_port = r.base.rsplit(':').next().unwrap().to_string();
     let body = http
         .get(format!("{}/headers", r.base))
@@ -660,7 +668,7 @@ async fn a_64_mib_upload_reaches_the_backend_intact() -> Result<()> {
     let r = Relayed::start("bitbucket", &cgi_service(&cgi, "")).await?;
     let body = payload(64 << 20);
     let want = sha256(r.dir.path(), &body)?;
-    let http = client(Duration::from_secs(120))?;
+    let http = r.client(Duration::from_secs(120))?;
 
     let started = Instant::now();
     let resp = http
@@ -724,7 +732,7 @@ timeout_secs = 1"#,
     );
     let r = Relayed::start("bitbucket", &services).await?;
     // The client waits as long as it takes (within a deadline for a hang).
-    let http = client(SILENCE * 3)?;
+    let http = r.client(SILENCE * 3)?;
 
     let quiet_start = async {
         let started = Instant::now();
@@ -814,7 +822,10 @@ async fn two_relays_honour_each_others_affinity_cookie() -> Result<()> {
         .iter()
         .map(|a| format!("http://{}", a.addr("confluence")))
         .collect();
-    let http = client(Duration::from_secs(10))?;
+    let https = agents
+        .iter()
+        .map(|a| client(Duration::from_secs(10), a, "confluence"))
+        .collect::<Result<Vec<_>>>()?;
 
     // Each relay, asked without cookies, names both nodes; the same id
     // for the same node on either relay.
@@ -824,7 +835,7 @@ async fn two_relays_honour_each_others_affinity_cookie() -> Result<()> {
     ];
     for (relay, base) in bases.iter().enumerate() {
         for _ in 0..4 {
-            let resp = get(&http, &format!("{base}/"), "").await?;
+            let resp = get(&https[relay], &format!("{base}/"), "").await?;
             let route = set_cookie(&resp, ROUTE).context("no affinity cookie")?;
             let node = node_answer(&resp.text().await?)?.node;
             let was = ids[relay].insert(node.clone(), route.clone());
@@ -844,13 +855,13 @@ async fn two_relays_honour_each_others_affinity_cookie() -> Result<()> {
 
     // A session made through one relay, used through the other.
     for (from, to) in [(0, 1), (1, 0)] {
-        let resp = get(&http, &format!("{}/display/SPACE", bases[from]), "").await?;
+        let resp = get(&https[from], &format!("{}/display/SPACE", bases[from]), "").await?;
         let route = set_cookie(&resp, ROUTE).context("no affinity cookie")?;
         let session = set_cookie(&resp, "JSESSIONID").context("no session")?;
         let home = node_answer(&resp.text().await?)?.node;
         let cookies = format!("{ROUTE}={route}; JSESSIONID={session}");
         for i in 0..6 {
-            let resp = get(&http, &format!("{}/pages/{i}", bases[to]), &cookies).await?;
+            let resp = get(&https[to], &format!("{}/pages/{i}", bases[to]), &cookies).await?;
             assert_eq!(resp.status(), StatusCode::OK);
             assert_eq!(
                 set_cookie(&resp, ROUTE),

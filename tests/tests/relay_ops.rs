@@ -359,7 +359,10 @@ async fn relays_sharing_an_assertion_key_file_verify_each_others_assertions() ->
 
     // An assertion relay a signed, as the node saw it.
     let agent = setup.agent(&a, CI_DEV, &["confluence"]).await?;
-    let headers = reqwest::get(format!("http://{}/headers", agent.addr("confluence")))
+    let headers = agent
+        .http("confluence")?
+        .get(format!("http://{}/headers", agent.addr("confluence")))
+        .send()
         .await?
         .text()
         .await?;

@@ -87,9 +87,9 @@ impl Drop for Tap {
 /// Sends `head` (request line and headers, without the blank line) as it
 /// is, byte for byte, with `Connection: close`; returns the status and the
 /// whole answer. No URL library in between to tidy the target.
-async fn raw(addr: SocketAddr, head: &str) -> Result<(u16, String)> {
+async fn raw(addr: SocketAddr, auth: &str, head: &str) -> Result<(u16, String)> {
     let mut tcp = TcpStream::connect(addr).await?;
-    let req = format!("{head}\r\nConnection: close\r\n\r\n");
+    let req = format!("{head}\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n");
     tcp.write_all(req.as_bytes()).await?;
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut out))
@@ -158,11 +158,13 @@ async fn encoded_push_by_a_reader_is_refused_before_the_backend() -> Result<()> 
     let relay = s.relay(&bitbucket(tap.addr, &rule))?;
     let reader = s.agent(&relay, CI_READONLY, &["bitbucket"]).await?;
     let local = reader.addr("bitbucket");
-    let host = format!("Host: {local}");
+    let auth = reader.door_auth("bitbucket")?;
+    let host = format!("Host: {local}\r\nAuthorization: {auth}");
 
     // The tap sees what a reader may do: a fetch's ref advertisement.
     let (status, _) = raw(
         local,
+        &auth,
         &format!("GET /scm/demo.git/info/refs?service=git-upload-pack HTTP/1.1\r\n{host}"),
     )
     .await?;
@@ -224,6 +226,7 @@ async fn ambiguous_targets_are_refused_with_400() -> Result<()> {
     let relay = s.relay(&bitbucket(tap.addr, ""))?;
     let dev = s.agent(&relay, CI_DEV, &["bitbucket"]).await?;
     let local = dev.addr("bitbucket");
+    let auth = dev.door_auth("bitbucket")?;
     let targets = [
         "/scm/other.git/../demo.git/info/refs",
         "/scm/demo.git/%2e%2e/demo.git/info/refs",
@@ -239,7 +242,8 @@ async fn ambiguous_targets_are_refused_with_400() -> Result<()> {
         "*",
     ];
     for t in targets {
-        let (status, answer) = raw(local, &format!("GET {t} HTTP/1.1\r\nHost: {local}")).await?;
+        let (status, answer) =
+            raw(local, &auth, &format!("GET {t} HTTP/1.1\r\nHost: {local}")).await?;
         assert_eq!(status, 400, "{t}: {answer}");
         assert_eq!(refused(&relay, 400, t), 1, "{t}: {:?}", relay.audit());
     }
@@ -251,6 +255,7 @@ async fn ambiguous_targets_are_refused_with_400() -> Result<()> {
     // A canonical target still works, and goes upstream as it came.
     let (status, _) = raw(
         local,
+        &auth,
         &format!("GET /scm/demo.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: {local}"),
     )
     .await?;
@@ -262,6 +267,7 @@ async fn ambiguous_targets_are_refused_with_400() -> Result<()> {
     // target, the one the rules saw.
     let (status, _) = raw(
         local,
+        &auth,
         &format!(
             "GET /scm/d%65mo.git/info/r%65fs?service=git-upload-p%61ck HTTP/1.1\r\nHost: {local}"
         ),
@@ -288,8 +294,9 @@ async fn git_rule_blocks_a_real_push_and_lets_clone_through() -> Result<()> {
     let url = git::http_repo_url(reader.addr("bitbucket"), "demo");
     let work = tempfile::tempdir()?;
     let w = work.path().to_path_buf();
+    let env = reader.git_env()?;
     let err = tokio::task::spawn_blocking(move || {
-        git::clone_commit_push(&url, &w.join("reader"), "nope.txt")
+        git::clone_commit_push_with(&url, &w.join("reader"), "nope.txt", &env)
     })
     .await?
     .expect_err("a reader's push must fail");
@@ -308,9 +315,11 @@ async fn git_rule_blocks_a_real_push_and_lets_clone_through() -> Result<()> {
     let dev = s.agent(&relay, CI_DEV, &["bitbucket"]).await?;
     let url = git::http_repo_url(dev.addr("bitbucket"), "demo");
     let w = work.path().to_path_buf();
-    let pushed =
-        tokio::task::spawn_blocking(move || git::clone_commit_push(&url, &w.join("dev"), "ok.txt"))
-            .await??;
+    let env = dev.git_env()?;
+    let pushed = tokio::task::spawn_blocking(move || {
+        git::clone_commit_push_with(&url, &w.join("dev"), "ok.txt", &env)
+    })
+    .await??;
     assert_eq!(repos.head_commit("demo")?, pushed);
     Ok(())
 }
@@ -327,8 +336,10 @@ async fn underscore_identity_headers_never_reach_the_backend() -> Result<()> {
     let relay = s.relay(&svc)?;
     let dev = s.agent(&relay, CI_DEV, &["confluence"]).await?;
     let local = dev.addr("confluence");
+    let auth = dev.door_auth("confluence")?;
     let (status, answer) = raw(
         local,
+        &auth,
         &format!(
             "GET /headers HTTP/1.1\r\nHost: {local}\r\nX_Gangway_User: admin\r\n\
              X_GANGWAY_GROUPS: admins\r\nx-gangway_assertion: forged\r\n\
@@ -339,6 +350,7 @@ async fn underscore_identity_headers_never_reach_the_backend() -> Result<()> {
     assert_eq!(status, 200, "{answer}");
     let (status, answer) = raw(
         local,
+        &auth,
         &format!(
             "GET /upgrade HTTP/1.1\r\nHost: {local}\r\nConnection: Upgrade, HTTP2-Settings\r\n\
              Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__"
@@ -442,8 +454,10 @@ backends = ["{echo}"]"#
         .agent(&relay, CI_DEV, &["confluence", "bitbucket"])
         .await?;
     let local = agent.addr("confluence");
+    let auth = agent.door_auth("confluence")?;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .default_headers(agent.door_headers("confluence")?)
         .build()?;
 
     let first = http
@@ -460,6 +474,7 @@ backends = ["{echo}"]"#
         let mut req = format!("ws://{local}/synchrony/v1/bayeux").into_client_request()?;
         req.headers_mut()
             .insert("cookie", cookie_header(&jar).parse()?);
+        req.headers_mut().insert("authorization", auth.parse()?);
         let tcp = TcpStream::connect(local).await?;
         let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await?;
         assert_eq!(resp.status(), 101);

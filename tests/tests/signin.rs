@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use gangway_tests::gangway::{
-    bin_path, start_device_login, write_relay_config, CountingBackend, IdentitySpec, RelayProcess,
-    ServiceSpec, TestCert,
+    bin_path, door_auth, git_helper_env, start_device_login, write_relay_config, CountingBackend,
+    IdentitySpec, RelayProcess, ServiceSpec, TestCert,
 };
 use gangway_tests::peers::browser::Browser;
 use gangway_tests::peers::git::{self, GitDaemon, GitHttpServer, RepoFixture};
@@ -110,6 +110,14 @@ impl Setup {
 
     /// `gangway SUB --relay URL --ca-file CERT ARGS…` with the test keychain
     /// and browser.
+    /// The control socket of the agent `up` starts.
+    fn socket(&self) -> std::path::PathBuf {
+        self.keychain
+            .runtime_dir()
+            .join("gangway")
+            .join("agent.sock")
+    }
+
     fn gangway(&self, sub: &str, args: &[&str]) -> Result<Command> {
         let mut cmd = Command::new(bin_path("gangway")?);
         cmd.arg(sub)
@@ -558,7 +566,12 @@ async fn device_flow_reader_sees_less_and_is_refused_with_reason() -> Result<()>
     }
     // A barrier: a request bob may make reaches confluence's backend
     // through the same relay; by then nothing reached bitbucket's.
-    let _ = reqwest::get(format!("http://{}/", addrs[0])).await;
+    let auth = door_auth(&s.socket(), addrs[0])?;
+    let _ = reqwest::Client::new()
+        .get(format!("http://{}/", addrs[0]))
+        .header("authorization", auth)
+        .send()
+        .await;
     confluence
         .wait_for_connections(1, Duration::from_secs(20))
         .await?;
@@ -738,7 +751,10 @@ async fn revoked_sign_in_becomes_sign_in_needed_and_login_resumes() -> Result<()
     .await?;
     let repo_url = format!("http://{}/scm/demo.git", addrs[0]);
     let work = tempfile::tempdir()?;
-    git::git(work.path(), &["ls-remote", &repo_url])?;
+    let env = git_helper_env(&s.socket())?;
+    git::git_with(work.path(), &["ls-remote", &repo_url], &env)?;
+    let auth = door_auth(&s.socket(), addrs[0])?;
+    let http = reqwest::Client::new();
 
     assert!(s.revoke_at_provider("alice").await? >= 1);
     up.wait_line("sign-in needed", Duration::from_secs(30), |l| {
@@ -748,7 +764,11 @@ async fn revoked_sign_in_becomes_sign_in_needed_and_login_resumes() -> Result<()
 
     // New connections get the reason at once; no hang.
     let t = Instant::now();
-    let resp = reqwest::get(format!("{repo_url}/info/refs?service=git-upload-pack")).await?;
+    let resp = http
+        .get(format!("{repo_url}/info/refs?service=git-upload-pack"))
+        .header("authorization", &auth)
+        .send()
+        .await?;
     assert_eq!(resp.status(), 403);
     let body = resp.text().await?;
     assert!(body.contains("sign-in needed"), "{body}");
@@ -779,7 +799,11 @@ async fn revoked_sign_in_becomes_sign_in_needed_and_login_resumes() -> Result<()
     })
     .await?;
     assert!(up.alive(), "the agent exited");
-    let resp = reqwest::get(format!("{repo_url}/info/refs?service=git-upload-pack")).await?;
+    let resp = http
+        .get(format!("{repo_url}/info/refs?service=git-upload-pack"))
+        .header("authorization", &auth)
+        .send()
+        .await?;
     assert_eq!(resp.status(), 403);
 
     // Signing in again (another terminal) brings the running agent back.
@@ -787,7 +811,7 @@ async fn revoked_sign_in_becomes_sign_in_needed_and_login_resumes() -> Result<()
     assert_success("second login", &done);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match git::git(work.path(), &["ls-remote", &repo_url]) {
+        match git::git_with(work.path(), &["ls-remote", &repo_url], &env) {
             Ok(out) if out.contains("refs/heads/main") => break,
             other => {
                 ensure!(

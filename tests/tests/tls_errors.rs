@@ -62,8 +62,16 @@ fn params(names: &[&str]) -> Result<rcgen::CertificateParams> {
 fn plain(stderr: &str, sentence: &str, fix: &str) {
     assert!(stderr.contains(sentence), "no {sentence:?} in:\n{stderr}");
     assert!(stderr.contains(fix), "no fix {fix:?} in:\n{stderr}");
-    for raw in ["OtherError", "InvalidCertificate", "CaUsedAsEndEntity", "os error"] {
-        assert!(!stderr.contains(raw), "library words {raw:?} reached the user:\n{stderr}");
+    for raw in [
+        "OtherError",
+        "InvalidCertificate",
+        "CaUsedAsEndEntity",
+        "os error",
+    ] {
+        assert!(
+            !stderr.contains(raw),
+            "library words {raw:?} reached the user:\n{stderr}"
+        );
     }
 }
 
@@ -95,7 +103,11 @@ async fn expired_wrong_name_and_untrusted_certificates_are_said_plainly() -> Res
     std::fs::create_dir_all(&d)?;
     let r = relay(&expired, &d)?;
     let err = login_error(&r.url(), Some(&expired.cert)).await?;
-    plain(&err, "the relay's certificate has expired", "check this computer's date and time");
+    plain(
+        &err,
+        "the relay's certificate has expired",
+        "check this computer's date and time",
+    );
     drop(r);
 
     let other = TestCert::from_params(params(&["relay.other.example"])?)?;

@@ -84,6 +84,7 @@ async fn git_clone_and_push_through_the_tunnel() -> Result<()> {
     let agent = AgentProcess::start(&relay.url(), &cert.cert, &token, &["bitbucket", "git"], &[])?;
 
     let work = tempfile::tempdir()?;
+    let env = agent.git_env()?;
     let urls = [
         format!("http://{}/scm/demo.git", agent.addr("bitbucket")),
         format!("git://{}/demo.git", agent.addr("git")),
@@ -92,8 +93,9 @@ async fn git_clone_and_push_through_the_tunnel() -> Result<()> {
         let dest = work.path().join(format!("clone{i}"));
         let url2 = url.clone();
         let dest2 = dest.clone();
+        let env2 = env.clone();
         let pushed = tokio::task::spawn_blocking(move || {
-            git::clone_commit_push(&url2, &dest2, &format!("file{i}.txt"))
+            git::clone_commit_push_with(&url2, &dest2, &format!("file{i}.txt"), &env2)
         })
         .await??;
         // The clone has the fixture's binary file, byte for byte.
@@ -267,23 +269,27 @@ async fn refused_http_stream_answers_with_the_reason() -> Result<()> {
     )?;
     let token = token_file(&idp, CI_DEV, dir.path()).await?;
     let agent = AgentProcess::start(&relay.url(), &cert.cert, &token, &["bitbucket"], &[])?;
-    let resp = reqwest::get(format!(
-        "http://{}/scm/demo.git/info/refs?service=git-upload-pack",
-        agent.addr("bitbucket")
-    ))
-    .await?;
+    let resp = agent
+        .http("bitbucket")?
+        .get(format!(
+            "http://{}/scm/demo.git/info/refs?service=git-upload-pack",
+            agent.addr("bitbucket")
+        ))
+        .send()
+        .await?;
     assert_eq!(resp.status(), 503);
     let body = resp.text().await?;
     assert!(body.contains("no healthy backend for bitbucket"), "{body}");
     assert!(body.contains("Connection refused"), "{body}");
 
     let work = tempfile::tempdir()?;
-    let err = git::git(
+    let err = git::git_with(
         work.path(),
         &[
             "clone",
             &format!("http://{}/scm/demo.git", agent.addr("bitbucket")),
         ],
+        &agent.git_env()?,
     )
     .unwrap_err()
     .to_string();

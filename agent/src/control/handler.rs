@@ -10,8 +10,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{socket_path, Bound, ControlError, ControlServer, ErrorCode, Failure};
-use super::{Carried, Handled, Handler, Opening, Progress, Request};
+use super::{Carried, GitCredential, Handled, Handler, OpenUrl, Opening, Progress, Request};
 use crate::agent::Agent;
+use crate::door::http::local_authority;
+use crate::relay_api::ServiceKind;
 use crate::AgentError;
 
 /// How long a `login` request waits for the browser when it names no time.
@@ -113,11 +115,73 @@ pub async fn handle_agent_request(
             ErrorCode::BadRequest,
             "a proxy request is carried by its own connection",
         )),
+        Request::GitCredential { protocol, host } => {
+            Ok(json(git_credential(agent, &protocol, &host)))
+        }
+        Request::OpenUrl { service } => open_url(agent, &service).map(json),
         Request::Show | Request::Menu | Request::Activate { .. } => Err(Failure::new(
             ErrorCode::Unsupported,
             "this agent is `gangway up` (no tray, no window)",
         )),
     }
+}
+
+/// The `http` services this agent listens for now: (name, display name,
+/// port).
+fn http_listeners(agent: &Agent) -> Vec<(String, String, u16)> {
+    agent
+        .snapshot()
+        .services
+        .into_iter()
+        .filter(|s| s.kind == ServiceKind::Http)
+        .filter_map(|s| {
+            let addr: std::net::SocketAddr = s.local_addr.as_deref()?.parse().ok()?;
+            Some((s.name, s.display_name, addr.port()))
+        })
+        .collect()
+}
+
+/// The local git credential, if `protocol://host` is one of this agent's
+/// `http` listeners.
+fn git_credential(agent: &Agent, protocol: &str, host: &str) -> Option<GitCredential> {
+    if protocol != "http" {
+        return None;
+    }
+    http_listeners(agent)
+        .iter()
+        .any(|(_, _, port)| local_authority(host.as_bytes(), *port))
+        .then(|| GitCredential {
+            username: "gangway".into(),
+            password: agent.door().secrets().git_secret(),
+        })
+}
+
+/// A one-time URL for `service` (name or display name, any case).
+fn open_url(agent: &Agent, service: &str) -> Result<OpenUrl, Failure> {
+    let listeners = http_listeners(agent);
+    let found = listeners.iter().find(|(name, display, _)| {
+        name.eq_ignore_ascii_case(service) || display.eq_ignore_ascii_case(service)
+    });
+    let Some((name, display_name, port)) = found else {
+        let known: Vec<&str> = listeners.iter().map(|(n, _, _)| n.as_str()).collect();
+        return Err(Failure::new(
+            ErrorCode::NotFound,
+            if known.is_empty() {
+                format!("{service} is not available now (no web service is listening)")
+            } else {
+                format!(
+                    "{service} is not available now (web services: {})",
+                    known.join(", ")
+                )
+            },
+        ));
+    };
+    let token = agent.door().secrets().one_time_token(*port);
+    Ok(OpenUrl {
+        service: name.clone(),
+        display_name: display_name.clone(),
+        url: crate::door::http::open_url(*port, &token),
+    })
 }
 
 /// Serves the control API for `handler` at the default path (or

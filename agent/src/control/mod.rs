@@ -74,6 +74,40 @@ pub enum Request {
     /// Carry this connection as one stream to `service` after the `ok`
     /// reply (see the module docs).
     Proxy { service: String },
+    /// The local git credential for a URL git asks about (its credential
+    /// helper's `protocol` and `host`, which carries the port). Answers
+    /// [`GitCredential`] only for this agent's own `http` listeners, else
+    /// `null`.
+    GitCredential { protocol: String, host: String },
+    /// A one-time URL that lets the browser in to `service` (its name or
+    /// display name): [`OpenUrl`].
+    OpenUrl { service: String },
+}
+
+/// The answer to [`Request::GitCredential`]. Carries a secret: never
+/// logged; `Debug` hides it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitCredential {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for GitCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitCredential")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The answer to [`Request::OpenUrl`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenUrl {
+    pub service: String,
+    pub display_name: String,
+    /// Valid once, for about a minute.
+    pub url: String,
 }
 
 /// One line of the agent's answer.
@@ -215,5 +249,32 @@ mod tests {
             .unwrap(),
             r#"{"cmd":"proxy","service":"bitbucket-ssh"}"#
         );
+    }
+
+    #[test]
+    fn door_requests_are_json_lines_and_the_credential_is_hidden() {
+        let r: Request = serde_json::from_str(
+            r#"{"cmd":"git_credential","protocol":"http","host":"127.0.0.1:7990"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::GitCredential {
+                protocol: "http".into(),
+                host: "127.0.0.1:7990".into()
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::OpenUrl {
+                service: "confluence".into()
+            })
+            .unwrap(),
+            r#"{"cmd":"open_url","service":"confluence"}"#
+        );
+        let c = GitCredential {
+            username: "gangway".into(),
+            password: "s3cret".into(),
+        };
+        assert!(!format!("{c:?}").contains("s3cret"));
     }
 }

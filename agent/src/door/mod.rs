@@ -11,10 +11,14 @@
 //!
 //! Rooms: [`peer`] asks the kernel which uid owns a caller's socket and
 //! admits or refuses it ([`Door::admit`]); [`listen`] keeps listeners on
-//! loopback unless the user allows the network in so many words.
+//! loopback unless the user allows the network in so many words; [`http`]
+//! the gate for `http` services (Host, Origin, the local credential, the
+//! one-time URL); [`secrets`] the local secrets it checks.
 
+pub mod http;
 pub mod listen;
 pub mod peer;
+pub mod secrets;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -81,11 +85,18 @@ pub struct Door {
     last_refused: Mutex<Option<RefusedCaller>>,
     owner: OnceLock<String>,
     open_to_network: Mutex<Vec<String>>,
+    /// The git secret, the browser cookie and one-time tokens.
+    secrets: secrets::LocalSecrets,
 }
 
 impl Door {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The local secrets the HTTP gate checks.
+    pub fn secrets(&self) -> &secrets::LocalSecrets {
+        &self.secrets
     }
 
     /// Records (and logs) a refused caller.

@@ -91,6 +91,7 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<ExitCode> {
     };
     let done = signin::sign_in(&target.name(), &target.relay, tls, &keychain, method).await?;
     print_signed_in(&target.label(), &done);
+    super::git::after_login().await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -114,5 +115,6 @@ async fn through_agent(client: &Client, snap: &Snapshot, timeout: u64) -> anyhow
     })
     .await?;
     print_signed_in(&label, &done);
+    super::git::after_login().await;
     Ok(ExitCode::SUCCESS)
 }

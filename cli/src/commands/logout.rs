@@ -21,6 +21,7 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<ExitCode> {
                 &done,
                 Some(frontend_name(snap.frontend)),
             );
+            super::git::after_logout();
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -29,5 +30,6 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<ExitCode> {
     let keychain = target.keychain().await?;
     let done = signin::sign_out(&target.name(), &target.relay, tls, &keychain).await?;
     print_signed_out(&target.label(), &done, None);
+    super::git::after_logout();
     Ok(ExitCode::SUCCESS)
 }

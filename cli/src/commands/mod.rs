@@ -2,8 +2,10 @@
 
 pub mod config;
 pub mod env;
+pub mod git;
 pub mod login;
 pub mod logout;
+pub mod open;
 pub mod ssh_proxy;
 pub mod status;
 pub mod token;

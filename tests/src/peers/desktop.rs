@@ -121,13 +121,6 @@ impl Display {
         shown
     }
 
-    fn wait_until(&self, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-        let what = format!("{what} on {}", self.name);
-        blocking_poll(&what, startup_timeout(START_TIMEOUT), || {
-            Ok(f().unwrap_or(false).then_some(()))
-        })
-    }
-
     /// Runs `xdotool ARGS` on this display; its stdout.
     pub fn xdotool(&self, args: &[&str]) -> Result<String> {
         let out = Command::new("xdotool")

@@ -422,6 +422,25 @@ pub fn git_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<String
 /// Clones `url` into `dest`, commits a new file `file_name`, pushes to
 /// `main` and returns the new commit id.
 pub fn clone_commit_push(url: &str, dest: &Path, file_name: &str) -> Result<String> {
+    clone_commit_push_with(url, dest, file_name, &[])
+}
+
+/// [`git`] with extra environment variables given as owned pairs (e.g. an
+/// agent's `git_env()`: its credential helper).
+pub fn git_with(cwd: &Path, args: &[&str], env: &[(String, String)]) -> Result<String> {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    git_env(cwd, args, &env)
+}
+
+/// [`clone_commit_push`] with extra environment variables for every git
+/// command (e.g. an agent's `git_env()`).
+pub fn clone_commit_push_with(
+    url: &str,
+    dest: &Path,
+    file_name: &str,
+    env: &[(String, String)],
+) -> Result<String> {
+    let git = |cwd: &Path, args: &[&str]| git_with(cwd, args, env);
     let dest_str = dest.to_str().context("clone destination is not UTF-8")?;
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
