@@ -142,14 +142,12 @@ pub fn add_with(
                 .and_then(|s| s.origin.clone()),
         }
     })?;
-    if make_default {
-        if effective.settings.locked(Key::DefaultEnvironment).is_some() {
-            return Err(locked(
-                "the default environment".into(),
-                Key::DefaultEnvironment,
-                &effective,
-            ));
-        }
+    if make_default && effective.settings.locked(Key::DefaultEnvironment).is_some() {
+        return Err(locked(
+            "the default environment".into(),
+            Key::DefaultEnvironment,
+            &effective,
+        ));
     }
     let (_, mut doc) = read(path)?;
     let envs = environments(&mut doc, path)?;
