@@ -14,6 +14,7 @@
 
 pub mod autostart;
 pub mod commands;
+pub mod git_setup;
 pub mod menu;
 pub mod notify;
 pub mod shell;

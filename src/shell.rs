@@ -109,8 +109,9 @@ impl Shell {
             Action::SignIn => {
                 let agent = self.agent.clone();
                 tauri::async_runtime::spawn(async move {
-                    if let Err(e) = agent.sign_in(SIGN_IN_TIMEOUT, |_| {}).await {
-                        tracing::warn!("sign-in: {e}");
+                    match agent.sign_in(SIGN_IN_TIMEOUT, |_| {}).await {
+                        Ok(_) => crate::git_setup::after_sign_in(&agent).await,
+                        Err(e) => tracing::warn!("sign-in: {e}"),
                     }
                 });
                 Ok(())
@@ -118,8 +119,9 @@ impl Shell {
             Action::SignOut => {
                 let agent = self.agent.clone();
                 tauri::async_runtime::spawn(async move {
-                    if let Err(e) = agent.sign_out().await {
-                        tracing::warn!("sign-out: {e}");
+                    match agent.sign_out().await {
+                        Ok(_) => crate::git_setup::after_sign_out().await,
+                        Err(e) => tracing::warn!("sign-out: {e}"),
                     }
                 });
                 Ok(())

@@ -168,9 +168,11 @@ mod tests {
     fn the_cause_is_kept_typed_and_said_once() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
         let e = AgentError::unreachable_by("https://relay.example", io);
+        // In plain words, with what to do (crate::plain).
         assert_eq!(
             e.to_string(),
-            "relay unreachable: https://relay.example: connection refused"
+            "relay unreachable: https://relay.example: nothing answers at that address \
+             (connection refused) — check the relay URL and that the relay runs; ask IT if it is down"
         );
         let cause = e.source().expect("a source");
         let io = cause

@@ -20,7 +20,7 @@ pub struct Plain {
 
 impl std::fmt::Display for Plain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.sentence, self.fix)
+        write!(f, "{} — {}", self.sentence, self.fix)
     }
 }
 

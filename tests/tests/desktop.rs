@@ -153,6 +153,51 @@ async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()
         );
     }
     assert!(gitconfig.contains(" git credential"), "{gitconfig}");
+
+    // Signing out from the tray menu takes git's helper lines out again;
+    // signing in from the tray (its own browser sign-in, no terminal)
+    // puts them back: git needs no step of its own either way.
+    let gitconfig_path = w.keychain.home().join(".gitconfig");
+    let helper_for = |port: u16| format!("[credential \"http://127.0.0.1:{port}\"]");
+    let bitbucket_port = addr_of(&s, "bitbucket").context("bitbucket")?.port();
+    activate(&w, "sign-out").await?;
+    w.wait_status("signed out", Duration::from_secs(30), |s| {
+        matches!(s.phase, Phase::SignedOut | Phase::SignInNeeded { .. })
+    })
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&gitconfig_path)
+        .unwrap_or_default()
+        .contains(&helper_for(bitbucket_port))
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the tray's sign-out left git's helper lines"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    activate(&w, "sign-in").await?;
+    let url = w.browser.next_url(Duration::from_secs(20)).await?;
+    let page = browser.sign_in(&url, "alice", "alice-pw").await?;
+    assert_eq!(page.selector, "#gangway-result", "{page:?}");
+    let s = w
+        .wait_status("connected again", Duration::from_secs(30), |s| {
+            s.phase == Phase::Connected && s.services.len() == 4
+        })
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&gitconfig_path)
+        .unwrap_or_default()
+        .contains(&helper_for(
+            addr_of(&s, "bitbucket").context("bitbucket")?.port(),
+        ))
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the tray's sign-in did not register git's helper"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let echo = s.services.iter().find(|x| x.name == "echo").unwrap();
     assert_eq!(echo.state, "not listening");
     assert_eq!(

@@ -113,6 +113,24 @@ fn curl(user: Option<&LocalUser>, url: &str, headers: &[&str]) -> Result<Command
     Ok(cmd)
 }
 
+/// `curl` as the owner, with the door's local credential for `service`
+/// (the HTTP gate wants it on every request), read by curl from a 0600
+/// file so the secret is in no process's arguments. The file lives as long
+/// as the returned guard.
+fn owner_curl(
+    agent: &AgentProcess,
+    service: &str,
+    url: &str,
+) -> Result<(Command, tempfile::NamedTempFile)> {
+    let mut header = tempfile::NamedTempFile::new()?;
+    std::io::Write::write_all(
+        &mut header,
+        format!("Authorization: {}\n", agent.door_auth(service)?).as_bytes(),
+    )?;
+    let at = format!("@{}", header.path().display());
+    Ok((curl(None, url, &[at.as_str()])?, header))
+}
+
 /// What a raw TCP connection to `port` receives as `user` until it is
 /// closed (bash's `/dev/tcp`).
 fn raw_read(user: &LocalUser, port: u16) -> Result<Command> {
@@ -225,15 +243,14 @@ async fn another_user_is_refused_on_every_service_and_the_owner_is_not() -> Resu
     .await?;
     assert_eq!(out.stdout.trim(), "000", "Synchrony answered: {out:?}");
 
-    // The owner on the same listeners: served, and the relay sees it.
-    let out = finish("curl git as the owner", curl(None, &refs, &[])?).await?;
+    // The owner on the same listeners: served (with the HTTP gate's
+    // local credential), and the relay sees it.
+    let (cmd, _h) = owner_curl(&agent, "bitbucket", &refs)?;
+    let out = finish("curl git as the owner", cmd).await?;
     assert_eq!(out.stdout.trim(), "200", "{out:?}");
     let owner_page = format!("http://127.0.0.1:{wiki_port}/door-probe-owner");
-    let out = finish(
-        "curl Confluence as the owner",
-        curl(None, &owner_page, &[])?,
-    )
-    .await?;
+    let (cmd, _h) = owner_curl(&agent, "confluence", &owner_page)?;
+    let out = finish("curl Confluence as the owner", cmd).await?;
     assert_eq!(out.stdout.trim(), "200", "{out:?}");
     let hello = banner(agent.addr("bitbucket-ssh"))?;
     assert!(hello.starts_with("SSH-2.0-OpenSSH"), "{hello:?}");
@@ -462,7 +479,8 @@ async fn network_listen_is_refused_without_the_flag_and_warned_with_it() -> Resu
     assert!(warnings.contains(&warning), "{warnings}");
     // The owner is still served on it.
     let refs = format!("http://127.0.0.1:{port}/scm/repo.git/info/refs?service=git-upload-pack");
-    let out = finish("curl git as the owner", curl(None, &refs, &[])?).await?;
+    let (cmd, _h) = owner_curl(&agent, "bitbucket", &refs)?;
+    let out = finish("curl git as the owner", cmd).await?;
     assert_eq!(out.stdout.trim(), "200", "{out:?}");
     agent.stop();
     Ok(())

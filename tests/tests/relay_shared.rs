@@ -132,6 +132,8 @@ fn http() -> Result<reqwest::Client> {
 async fn get_wiki(agent: &AgentProcess) -> Result<(u16, Option<String>, String)> {
     let resp = http()?
         .get(format!("http://{}/rest/api/1", agent.addr("wiki")))
+        // The local door's credential (the agent's HTTP gate wants it).
+        .header(reqwest::header::AUTHORIZATION, agent.door_auth("wiki")?)
         .send()
         .await?;
     let status = resp.status().as_u16();
@@ -679,6 +681,7 @@ async fn metrics_pass_promtool_and_audit_lines_reach_rsyslog() -> Result<()> {
     // One request with a body: bytes up on the http service.
     let posted = http()?
         .post(format!("http://{}/submit", agent.addr("wiki")))
+        .header(reqwest::header::AUTHORIZATION, agent.door_auth("wiki")?)
         .body("hello relay")
         .send()
         .await?;
