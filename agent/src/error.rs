@@ -148,7 +148,11 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut src = e.source();
     while let Some(s) = src {
         if let Some(p) = crate::plain::explain(s) {
-            return format!("{msg}: {p}");
+            let p = p.to_string();
+            if !msg.contains(&p) {
+                msg = format!("{msg}: {p}");
+            }
+            return msg;
         }
         let s_msg = s.to_string();
         if !msg.contains(&s_msg) {

@@ -34,9 +34,19 @@ pub fn explain(e: &(dyn Error + 'static)) -> Option<Plain> {
     if let Some(t) = e.downcast_ref::<rustls::Error>() {
         return tls(t);
     }
-    let io = e.downcast_ref::<io::Error>()?;
-    if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        return tls(t);
+    let mut io = e.downcast_ref::<io::Error>()?;
+    // An io::Error may carry the TLS error, or another io::Error that does
+    // (hyper-rustls wraps tokio-rustls' error once more); its `source()`
+    // skips what it carries, so look inside by hand.
+    for _ in 0..4 {
+        let Some(inner) = io.get_ref() else { break };
+        if let Some(t) = inner.downcast_ref::<rustls::Error>() {
+            return tls(t);
+        }
+        match inner.downcast_ref::<io::Error>() {
+            Some(i) => io = i,
+            None => break,
+        }
     }
     match io.kind() {
         io::ErrorKind::ConnectionRefused => plain(
@@ -135,6 +145,50 @@ mod tests {
         assert_eq!(
             cert(ca),
             Some("the relay presents a CA certificate as its own certificate")
+        );
+    }
+
+    /// The chain reqwest really produces for a server presenting a CA
+    /// certificate as its own (what users saw before).
+    #[tokio::test]
+    async fn reqwests_chain_for_a_ca_certificate_is_said_plainly() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert.pem()).unwrap();
+        let tls = crate::tls::client_config(Some(&ca)).unwrap();
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .build()
+            .unwrap();
+        let e = client
+            .get(format!("https://{addr}/"))
+            .send()
+            .await
+            .unwrap_err();
+        let said = crate::error::error_chain(&e);
+        assert!(
+            said.contains("the relay presents a CA certificate as its own certificate"),
+            "{said}"
         );
     }
 
