@@ -460,7 +460,13 @@ impl AgentProcess {
     /// An `Authorization` header value carrying the door's credential for
     /// `service` (for raw HTTP clients in tests).
     pub fn door_auth(&self, service: &str) -> Result<String> {
-        door_auth(&self.control_socket, self.addr(service))
+        // A listener on 0.0.0.0 (`--allow-network-listen`) is reached
+        // locally at 127.0.0.1, the address git would ask about.
+        let mut addr = self.addr(service);
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        door_auth(&self.control_socket, addr)
     }
 
     /// Headers that carry the door's credential for `service`, for a
