@@ -129,6 +129,36 @@ impl RpsRun {
     }
 }
 
+/// Phase 3's runs, and where the balancer sent the sessions.
+#[derive(Debug, Clone)]
+pub struct RpsFigures {
+    pub runs: Vec<RpsRun>,
+    /// (relay, sessions it opened over all runs, of which with HAProxy's
+    /// address as the audit `peer` instead of the client's).
+    pub per_relay: Vec<(&'static str, usize, usize)>,
+}
+
+/// Sessions in an audit file, and how many name `balancer` as the peer.
+fn audited_sessions(audit: &Path, balancer: &str) -> anyhow::Result<(usize, usize)> {
+    let text =
+        std::fs::read_to_string(audit).with_context(|| format!("reading {}", audit.display()))?;
+    let mut n = 0;
+    let mut from_balancer = 0;
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v.get("event").and_then(|e| e.as_str()) == Some("session_open") {
+            n += 1;
+            let peer = v.get("peer").and_then(|p| p.as_str()).unwrap_or_default();
+            if peer.starts_with(&format!("{balancer}:")) {
+                from_balancer += 1;
+            }
+        }
+    }
+    Ok((n, from_balancer))
+}
+
 /// Raises this process's open-file soft limit to the hard limit (children,
 /// the relays, inherit it). Returns (soft, hard) after.
 pub fn raise_nofile() -> anyhow::Result<(u64, u64)> {
@@ -460,7 +490,7 @@ pub async fn requests_per_second(
     upstreams: &WebAndEcho,
     dir: &Path,
     settings: &Settings,
-) -> anyhow::Result<Vec<RpsRun>> {
+) -> anyhow::Result<RpsFigures> {
     let mut r1 = start_relay(
         relay_bin,
         creds,
@@ -541,7 +571,12 @@ pub async fn requests_per_second(
     }
     r1.proc.check_alive()?;
     r2.proc.check_alive()?;
-    Ok(runs)
+    let mut per_relay = Vec::new();
+    for name in ["relay1", "relay2"] {
+        let (n, b) = audited_sessions(&dir.join(name).join("audit.jsonl"), haproxy::SOURCE)?;
+        per_relay.push((name, n, b));
+    }
+    Ok(RpsFigures { runs, per_relay })
 }
 
 type LoadResult = (u64, Duration, f64, Option<f64>, Vec<String>);

@@ -22,7 +22,7 @@ use clap::Parser;
 use gangway_bench::machine::{self, version_of, which};
 use gangway_bench::pki;
 use gangway_bench::report::median;
-use gangway_bench::sessions::{self, IdleFigures, RpsRun, Settings, StreamFigures};
+use gangway_bench::sessions::{self, IdleFigures, RpsFigures, RpsRun, Settings, StreamFigures};
 use gangway_bench::upstream::WebAndEcho;
 
 #[derive(Parser, Debug)]
@@ -254,7 +254,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )?;
     match &rps {
         None => {}
-        Some(Ok(runs)) => rps_report(&mut r, runs, &settings)?,
+        Some(Ok(f)) => rps_report(&mut r, f, &settings)?,
         Some(Err(e)) => writeln!(r, "\nRequests per second: failed: {e:#}")?,
     }
     println!("{r}");
@@ -411,7 +411,8 @@ Opening the streams cost {:.2} s of relay CPU.",
     Ok(())
 }
 
-fn rps_report(r: &mut String, runs: &[RpsRun], s: &Settings) -> anyhow::Result<()> {
+fn rps_report(r: &mut String, f: &RpsFigures, s: &Settings) -> anyhow::Result<()> {
+    let runs = &f.runs;
     writeln!(r, "\n### HTTP requests per second\n")?;
     writeln!(
         r,
@@ -464,6 +465,16 @@ HAProxy is `mode tcp` with `send-proxy-v2` and health checks; the relays trust i
             fmt(hcpu, 1)
         )?;
     }
+    let split: Vec<String> = f
+        .per_relay
+        .iter()
+        .map(|(name, n, b)| format!("{name} {n} (audit `peer` HAProxy's address: {b})"))
+        .collect();
+    writeln!(
+        r,
+        "\nSessions each relay opened over all runs, from its audit file: {}.",
+        split.join(", ")
+    )?;
     writeln!(r, "\nEvery run:\n")?;
     for x in runs {
         writeln!(
