@@ -1,6 +1,6 @@
 //! Gangway's benchmark harness.
 //!
-//! Two binaries share this library:
+//! Three binaries share this library:
 //!
 //! - `gangway-bench` measures, in one run on loopback, the same workloads
 //!   three ways and prints a markdown table:
@@ -15,6 +15,10 @@
 //!   server (bulk), an in-process echo server (connection rate, held
 //!   connections), and lighttpd running `git http-backend` over a
 //!   generated 200 MiB repository of random blobs (`git clone`).
+//! - `sessionbench` opens real sessions (TLS, WebSocket, token, yamux)
+//!   by the thousand against a release relay: memory and CPU per idle
+//!   session and per active stream, and HTTP requests per second through
+//!   HAProxy + 2 relays vs 1 relay ([`sessions`]).
 //! - `muxbench` compares the two multiplexers the design allows (yamux and
 //!   h2) over one real TLS loopback connection carrying a WebSocket used as
 //!   a byte stream, exactly as agent and relay do.
@@ -31,4 +35,6 @@ pub mod paths;
 pub mod pki;
 pub mod procs;
 pub mod report;
+pub mod sessions;
+pub mod tunnel_client;
 pub mod upstream;

@@ -18,6 +18,8 @@ pub struct Credentials {
     /// The certificate and key in memory, for in-process TLS (muxbench).
     pub cert_pem: String,
     pub key_pem: String,
+    /// Mints tokens for other subjects (the sessions bench).
+    pub signer: Signer,
 }
 
 /// A self-signed certificate for 127.0.0.1 / localhost: (cert PEM, key PEM).
@@ -27,7 +29,33 @@ pub fn self_signed() -> anyhow::Result<(String, String)> {
     Ok((ck.cert.pem(), ck.key_pair.serialize_pem()))
 }
 
-/// Writes `relay.crt`, `relay.key`, `jwks.json` and `token` into `dir`.
+/// Signs tokens for any subject with the key whose public half is in
+/// `jwks.json` (so one run can open sessions as many users).
+pub struct Signer {
+    key: jsonwebtoken::EncodingKey,
+}
+
+impl Signer {
+    /// A token for `subject` in the `developers` group, valid 12 hours.
+    pub fn token(&self, subject: &str) -> anyhow::Result<String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some("bench".into());
+        Ok(jsonwebtoken::encode(
+            &header,
+            &serde_json::json!({
+                "iss": ISSUER, "aud": AUDIENCE, "sub": subject,
+                "groups": ["developers"], "iat": now, "exp": now + 12 * 3600,
+            }),
+            &self.key,
+        )?)
+    }
+}
+
+/// Writes `relay.crt`, `relay.key`, `jwks.json` and `token` (for
+/// `bench-user`) into `dir`; the signer mints more.
 pub fn write(dir: &Path) -> anyhow::Result<Credentials> {
     let (cert_pem, key_pem) = self_signed()?;
     let signing = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
@@ -37,19 +65,10 @@ pub fn write(dir: &Path) -> anyhow::Result<Credentials> {
             "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signing.public_key_raw()),
         }]
     });
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
-    header.kid = Some("bench".into());
-    let token = jsonwebtoken::encode(
-        &header,
-        &serde_json::json!({
-            "iss": ISSUER, "aud": AUDIENCE, "sub": "bench-user",
-            "groups": ["developers"], "iat": now, "exp": now + 12 * 3600,
-        }),
-        &jsonwebtoken::EncodingKey::from_ed_der(&signing.serialize_der()),
-    )?;
+    let signer = Signer {
+        key: jsonwebtoken::EncodingKey::from_ed_der(&signing.serialize_der()),
+    };
+    let token = signer.token("bench-user")?;
     let creds = Credentials {
         cert: dir.join("relay.crt"),
         key: dir.join("relay.key"),
@@ -57,6 +76,7 @@ pub fn write(dir: &Path) -> anyhow::Result<Credentials> {
         token: dir.join("token"),
         cert_pem,
         key_pem,
+        signer,
     };
     std::fs::write(&creds.cert, &creds.cert_pem)?;
     std::fs::write(&creds.key, &creds.key_pem)?;

@@ -101,6 +101,44 @@ impl Upstreams {
     }
 }
 
+/// Just nginx (the small file) and the echo server, for the sessions
+/// bench; stopped on drop.
+pub struct WebAndEcho {
+    /// nginx.
+    pub web: SocketAddr,
+    /// The in-process echo server.
+    pub echo: SocketAddr,
+    _nginx: Proc,
+    echo_task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WebAndEcho {
+    fn drop(&mut self) {
+        self.echo_task.abort();
+    }
+}
+
+impl WebAndEcho {
+    /// Starts nginx (from PATH) and the echo server; nginx's files and
+    /// logs are under `dir`.
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        let echo_listener = tokio::net::TcpListener::bind(localhost(0)).await?;
+        let echo = echo_listener.local_addr()?;
+        let echo_task = tokio::spawn(echo_server(echo_listener));
+        let nginx_port = free_port()?;
+        let mut nginx = start_nginx(dir, nginx_port)?;
+        nginx
+            .wait_listening(nginx_port, Duration::from_secs(10))
+            .await?;
+        Ok(Self {
+            web: localhost(nginx_port),
+            echo,
+            _nginx: nginx,
+            echo_task,
+        })
+    }
+}
+
 /// nginx in the foreground (`daemon off`), one worker, no access log, all
 /// its files under `dir/nginx`.
 fn start_nginx(dir: &Path, port: u16) -> anyhow::Result<Proc> {
