@@ -353,7 +353,7 @@ async fn tray_menu_shows_the_policy_lock() -> Result<()> {
         .env("RUST_LOG", "info")
         .env_remove("GANGWAY_CONTROL_SOCKET")
         .env_remove("WAYLAND_DISPLAY");
-    let _app = Process::spawn_captured("gangway-desktop", cmd)?;
+    let mut app = Process::spawn_captured("gangway-desktop", cmd)?;
     w.wait_status("sign-in needed", Duration::from_secs(60), |s| {
         matches!(s.phase, Phase::SignInNeeded { .. })
     })
@@ -399,6 +399,16 @@ async fn tray_menu_shows_the_policy_lock() -> Result<()> {
         .await?;
     assert_eq!(s.organization.as_deref(), Some("Example Corp"));
     assert!(s.environment_fixed);
+    // Quit from the menu: the app and its web processes end with it.
+    w.control()
+        .request(&Request::Activate { id: "quit".into() }, |_, _| {})
+        .await?;
+    let status = app
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .context("the app did not quit")?;
+    assert!(status.success(), "{status}");
+    drop(display);
     Ok(())
 }
 
