@@ -109,14 +109,27 @@ impl Display {
         .env("DISPLAY", &self.name);
         // Its output is kept: when its window does not come, it says why
         // (or that it exited).
-        let mut trayer = Process::spawn_captured("trayer", &mut cmd)?;
+        // trayer sometimes exits at once with "cannot open display" on a
+        // display that xdotool has just talked to (seen under load, cause
+        // not found): such an early exit starts it again, within the same
+        // deadline; every exit is logged with trayer's own words.
         let what = format!("trayer's window on {}", self.name);
+        let mut trayer = Process::spawn_captured("trayer", &mut cmd)?;
+        let mut starts = 1;
         let shown = blocking_poll(&what, startup_timeout(START_TIMEOUT), || {
-            trayer.check_alive()?;
+            if let Err(e) = trayer.check_alive() {
+                if starts >= 3 {
+                    return Err(e);
+                }
+                eprintln!("trayer exited early ({e:#}); starting it again");
+                trayer = Process::spawn_captured("trayer", &mut cmd)?;
+                starts += 1;
+                return Ok(None);
+            }
             let windows = self.windows_of_class("trayer").unwrap_or_default();
             Ok((!windows.is_empty()).then_some(()))
-        })
-        .with_context(|| format!("trayer's output:\n{}", trayer.output()));
+        });
+        let shown = shown.with_context(|| format!("trayer's output:\n{}", trayer.output()));
         self.trayer = Some(trayer);
         shown
     }
