@@ -52,8 +52,8 @@ pub enum AgentError {
     SignInInProgress { url: String },
     /// The agent runs on a fixed token, so there is no sign-in to manage.
     #[error(
-        "this agent uses a fixed token (GANGWAY_TOKEN or --token-file); \
-         there is nothing to sign in to or out of"
+        "this agent uses a fixed token (GANGWAY_TOKEN, --token-file or \
+         --client-credentials); there is nothing to sign in to or out of"
     )]
     FixedToken,
     /// The identity provider signed the user in, but the relay refuses the

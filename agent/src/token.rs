@@ -2,15 +2,17 @@
 //!
 //! - Interactive use: the OS keychain, filled by `gangway login` and kept
 //!   fresh by refreshing through the identity provider ([`Credentials`]).
-//! - Build machines: `GANGWAY_TOKEN`, or a token file re-read on every
-//!   connect and refresh, so an outside process can rotate it.
+//! - Build machines: a service account's client credentials, the token
+//!   kept in memory and fetched anew before it expires ([`ServiceAccount`]);
+//!   or `GANGWAY_TOKEN`, or a token file re-read on every connect and
+//!   refresh, so an outside process can rotate it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use gangway_wire::Token;
 
-use crate::signin::{Credentials, UnverifiedClaims};
+use crate::signin::{Credentials, ServiceAccount, UnverifiedClaims};
 use crate::AgentError;
 
 /// A source of access tokens.
@@ -22,6 +24,8 @@ pub enum TokenSource {
     File(PathBuf),
     /// The signed-in user's tokens in the OS keychain, refreshed as needed.
     SignedIn(Arc<Credentials>),
+    /// A service account's client credentials grant; token in memory only.
+    Service(Arc<ServiceAccount>),
 }
 
 impl std::fmt::Debug for TokenSource {
@@ -30,6 +34,7 @@ impl std::fmt::Debug for TokenSource {
             TokenSource::Static(_) => f.write_str("TokenSource::Static(<redacted>)"),
             TokenSource::File(p) => write!(f, "TokenSource::File({})", p.display()),
             TokenSource::SignedIn(c) => write!(f, "TokenSource::SignedIn({})", c.relay()),
+            TokenSource::Service(a) => write!(f, "TokenSource::Service({})", a.client_id()),
         }
     }
 }
@@ -68,6 +73,7 @@ impl TokenSource {
             TokenSource::Static(t) => Ok(TimedToken::peek(t.clone())),
             TokenSource::File(path) => read_file(path).await.map(TimedToken::peek),
             TokenSource::SignedIn(c) => Ok(c.current().await?),
+            TokenSource::Service(a) => Ok(a.current().await?),
         }
     }
 
@@ -82,14 +88,17 @@ impl TokenSource {
     pub async fn renew(&self, than: Option<u64>) -> Result<TimedToken, AgentError> {
         match self {
             TokenSource::SignedIn(c) => Ok(c.renew(than).await?),
+            TokenSource::Service(a) => Ok(a.renew(than).await?),
             other => other.current_timed().await,
         }
     }
 
     /// The relay refused `token` (HTTP 401): don't offer it again.
     pub async fn rejected(&self, token: &Token) {
-        if let TokenSource::SignedIn(c) = self {
-            c.reject(token).await;
+        match self {
+            TokenSource::SignedIn(c) => c.reject(token).await,
+            TokenSource::Service(a) => a.reject(token).await,
+            _ => {}
         }
     }
 }

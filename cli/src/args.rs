@@ -26,7 +26,7 @@ pub enum Command {
     /// agent serves and who its local door refused.
     Status(StatusArgs),
     /// Print a current access token (refreshed if needed), for scripts.
-    Token(TargetArgs),
+    Token(TokenArgs),
     /// Connect to the relay and serve local listeners until Ctrl-C (the
     /// same agent as the tray app, without the tray; serves the control API).
     Up(UpArgs),
@@ -159,6 +159,46 @@ pub struct TargetArgs {
     pub config: Option<PathBuf>,
 }
 
+/// A service account instead of the signed-in user (build machines).
+#[derive(clap::Args, Clone, Default)]
+pub struct ServiceAccountArgs {
+    /// Sign in as a service account: the OAuth client credentials grant at
+    /// the environment's identity provider. The client id comes from
+    /// --client-id or GANGWAY_CLIENT_ID, the secret from
+    /// --client-secret-file or GANGWAY_CLIENT_SECRET (never a flag: other
+    /// users can read a command line). The token stays in memory and is
+    /// fetched anew before it expires; nothing goes to the keychain.
+    #[arg(long)]
+    pub client_credentials: bool,
+    /// The service account's client id (default: GANGWAY_CLIENT_ID).
+    #[arg(long, requires = "client_credentials")]
+    pub client_id: Option<String>,
+    /// File holding the client secret (default: GANGWAY_CLIENT_SECRET).
+    #[arg(long, requires = "client_credentials")]
+    pub client_secret_file: Option<PathBuf>,
+}
+
+impl ServiceAccountArgs {
+    /// The credentials, when --client-credentials was given.
+    pub fn credentials(&self) -> anyhow::Result<Option<gangway_agent::signin::ClientCredentials>> {
+        if !self.client_credentials {
+            return Ok(None);
+        }
+        Ok(Some(gangway_agent::signin::ClientCredentials::from_env(
+            self.client_id.as_deref(),
+            self.client_secret_file.as_deref(),
+        )?))
+    }
+}
+
+#[derive(clap::Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub service: ServiceAccountArgs,
+}
+
 #[derive(clap::Args)]
 pub struct StatusArgs {
     #[command(flatten)]
@@ -173,8 +213,10 @@ pub struct LoginArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// Sign in with a code on another device (no browser needed here).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "client_credentials")]
     pub device: bool,
+    #[command(flatten)]
+    pub service: ServiceAccountArgs,
     /// Seconds to wait for the browser sign-in to finish.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
@@ -190,8 +232,10 @@ pub struct UpArgs {
     /// File holding the access token, re-read on every connect. Without it
     /// (and without GANGWAY_TOKEN), the signed-in tokens in the OS keychain
     /// are used (see `gangway login`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "client_credentials")]
     pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub service: ServiceAccountArgs,
     /// Local address for a service, e.g. bitbucket=127.0.0.1:17990 (repeatable).
     /// Loopback addresses only, unless --allow-network-listen.
     #[arg(long = "listen", value_name = "SERVICE=ADDR")]

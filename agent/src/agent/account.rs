@@ -21,7 +21,7 @@ impl Agent {
     pub(super) fn keychain_for(&self, env: &EnvSpec) -> Result<Keychain, AgentError> {
         match &self.inner.opts.tokens {
             Tokens::Keychain(store) => Ok(Keychain::new(store.clone(), &env.relay)),
-            Tokens::Fixed(_) => Err(AgentError::FixedToken),
+            Tokens::Fixed(_) | Tokens::Service(_) => Err(AgentError::FixedToken),
         }
     }
 

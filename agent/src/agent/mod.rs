@@ -123,6 +123,9 @@ pub enum Tokens {
     Keychain(Arc<dyn SecretStore>),
     /// A fixed source (`GANGWAY_TOKEN`, `--token-file`) for every environment.
     Fixed(TokenSource),
+    /// A service account (`--client-credentials`): a client credentials
+    /// grant at each environment's identity provider, tokens in memory.
+    Service(crate::signin::ClientCredentials),
 }
 
 /// Everything an [`Agent`] needs, passed in.

@@ -18,7 +18,7 @@ use super::{now, state::Run, Agent, EnvSpec, Tokens};
 use crate::keychain::Keychain;
 use crate::notices::{self, Notifier};
 use crate::relay_api::{Catalog, RelayApi};
-use crate::signin::{self, Credentials, SignInStatus};
+use crate::signin::{self, Credentials, ServiceAccount, SignInStatus};
 use crate::status::{Frontend, Notice, NoticeKind, Phase, Problem};
 use crate::token::TokenSource;
 use crate::tunnel::{Backoff, TunnelState};
@@ -108,6 +108,11 @@ impl Agent {
             (Tokens::Fixed(_), _) => "The relay refuses the access token; provide a new one \
                  (GANGWAY_TOKEN or --token-file)."
                 .to_string(),
+            (Tokens::Service(c), _) => format!(
+                "The relay refuses the service account {}'s token; check its groups \
+                 at the identity provider.",
+                c.client_id
+            ),
             (_, Frontend::Tray) => "Choose Sign in… in the Gangway menu.".to_string(),
             (_, Frontend::Cli) => format!("Run `{}`.", env.login_hint),
         };
@@ -137,6 +142,11 @@ impl Agent {
     fn token_source(&self, env: &EnvSpec, tls: &Arc<rustls::ClientConfig>) -> TokenSource {
         match &self.inner.opts.tokens {
             Tokens::Fixed(t) => t.clone(),
+            Tokens::Service(creds) => TokenSource::Service(Arc::new(ServiceAccount::new(
+                env.relay.clone(),
+                tls.clone(),
+                creds.clone(),
+            ))),
             Tokens::Keychain(store) => TokenSource::SignedIn(Arc::new(Credentials::new(
                 env.relay.clone(),
                 tls.clone(),
@@ -161,8 +171,12 @@ impl Agent {
                     _ => (None, false, None),
                 }
             }
-            Tokens::Fixed(_) => match tokens.current_timed().await {
-                Ok(t) => (t.expires_at, false, None),
+            Tokens::Fixed(_) | Tokens::Service(_) => match tokens.current_timed().await {
+                Ok(t) => (
+                    t.expires_at,
+                    matches!(tokens, TokenSource::Service(_)),
+                    None,
+                ),
                 Err(_) => (None, false, None),
             },
         };

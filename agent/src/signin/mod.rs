@@ -8,6 +8,7 @@
 //!   headless: device authorization grant                            (device.rs)
 //!   tokens ─▶ OS keychain; refreshed ahead of expiry                (credentials.rs)
 //!   the whole sign-in / sign-out of one environment                 (flow.rs)
+//!   build machines: client credentials, token in memory            (service_account.rs)
 //! ```
 //!
 //! The OAuth protocol itself is the `oauth2` crate's; this module chooses
@@ -21,6 +22,7 @@ mod device;
 mod flow;
 mod loopback;
 mod provider;
+mod service_account;
 mod tokens;
 
 pub use browser::{browser_commands, open_browser};
@@ -29,6 +31,7 @@ pub use device::{device_code, DevicePrompt};
 pub use flow::{sign_in, sign_out, Method, Revocation, SignedIn, SignedOut};
 pub use loopback::authorization_code;
 pub use provider::{IdentityProvider, OpenIdConfiguration};
+pub use service_account::{ClientCredentials, ServiceAccount, CLIENT_ID_VAR, CLIENT_SECRET_VAR};
 pub use tokens::{Secret, TokenSet, UnverifiedClaims};
 
 use crate::keychain::KeychainError;

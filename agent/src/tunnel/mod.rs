@@ -217,7 +217,8 @@ async fn supervise(
             // A signed-in user's token refused by the relay: refresh once
             // before asking for a new sign-in.
             Err(AgentError::Unauthorized(why))
-                if !retried_after_401 && matches!(tokens, TokenSource::SignedIn(_)) =>
+                if !retried_after_401
+                    && matches!(tokens, TokenSource::SignedIn(_) | TokenSource::Service(_)) =>
             {
                 tracing::warn!(relay = %relay, "relay refused the access token ({why}); refreshing it");
                 retried_after_401 = true;

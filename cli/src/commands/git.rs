@@ -249,6 +249,17 @@ pub fn remove() -> anyhow::Result<Vec<String>> {
     Ok(keys)
 }
 
+/// Removes the helper entries of exactly `urls` (what [`setup`] returned),
+/// leaving any other gangway entry alone.
+pub fn remove_urls(urls: &[String]) -> anyhow::Result<()> {
+    for url in urls {
+        let key = format!("credential.{url}.helper");
+        // Exit 5: already gone; fine.
+        let _ = git_config(&["--unset-all", &key])?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,9 @@ fn device_allowed(args: &LoginArgs) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: LoginArgs) -> anyhow::Result<ExitCode> {
+    if let Some(creds) = args.service.credentials()? {
+        return service_account(&args, creds).await;
+    }
     if args.device {
         device_allowed(&args)?;
     }
@@ -116,5 +119,48 @@ async fn through_agent(client: &Client, snap: &Snapshot, timeout: u64) -> anyhow
     .await?;
     print_signed_in(&label, &done);
     super::git::after_login().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--client-credentials`: checks the service account against the
+/// environment's identity provider and the relay, and says who it is and
+/// until when. Nothing is stored: `gangway up --client-credentials` (or
+/// `gangway token --client-credentials`) fetches its own token, in memory.
+async fn service_account(
+    args: &LoginArgs,
+    creds: gangway_agent::signin::ClientCredentials,
+) -> anyhow::Result<ExitCode> {
+    let target = Target::resolve(&args.target)?;
+    let tls = target.tls()?;
+    let id = creds.client_id.clone();
+    let account = signin::ServiceAccount::new(target.relay.clone(), tls.clone(), creds);
+    let token = account.current().await?;
+    // The relay must accept it too (audience, issuer, groups).
+    let catalog = gangway_agent::relay_api::RelayApi::new(target.relay.clone(), tls)?
+        .catalog(&token.token)
+        .await?;
+    let claims = signin::UnverifiedClaims::peek(token.token.expose()).unwrap_or_default();
+    let groups = claims
+        .groups
+        .map(|g| g.join(", "))
+        .unwrap_or_else(|| "none".into());
+    let until = token
+        .expires_at
+        .map(|t| {
+            format!(
+                "{} ({})",
+                crate::output::format_time(t),
+                crate::output::relative(t)
+            )
+        })
+        .unwrap_or_else(|| "unknown".into());
+    println!(
+        "Service account {id} is accepted by {} ({} services; groups: {groups}); its token is valid until {until}.",
+        target.label(),
+        catalog.services.len(),
+    );
+    println!(
+        "Nothing was stored: `gangway up --client-credentials` fetches its own token and renews it in memory."
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -3,14 +3,19 @@
 
 use std::process::ExitCode;
 
-use gangway_agent::signin::Credentials;
+use gangway_agent::signin::{Credentials, ServiceAccount};
 
-use crate::args::TargetArgs;
+use crate::args::TokenArgs;
 use crate::target::Target;
 
-pub async fn run(args: TargetArgs) -> anyhow::Result<ExitCode> {
-    let target = Target::resolve(&args)?;
+pub async fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    let target = Target::resolve(&args.target)?;
     let tls = target.tls()?;
+    if let Some(creds) = args.service.credentials()? {
+        let account = ServiceAccount::new(target.relay.clone(), tls, creds);
+        println!("{}", account.current().await?.token.expose());
+        return Ok(ExitCode::SUCCESS);
+    }
     let keychain = target.keychain().await?;
     let creds = Credentials::new(
         target.relay.clone(),

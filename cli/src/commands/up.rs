@@ -25,7 +25,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let target = Target::resolve(&args.target)?;
     // A bad CA file is reported before anything starts.
     target.tls()?;
+    let service = args.service.credentials()?;
     let tokens = match (&args.token_file, std::env::var("GANGWAY_TOKEN")) {
+        _ if service.is_some() => Tokens::Service(service.expect("checked")),
         (Some(path), _) => Tokens::Fixed(TokenSource::File(path.clone())),
         (None, Ok(t)) if !t.trim().is_empty() => {
             Tokens::Fixed(TokenSource::Static(Token::new(t.trim())))

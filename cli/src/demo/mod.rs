@@ -2,8 +2,16 @@
 //!
 //! Starts, all on 127.0.0.1: a relay with a self-signed certificate and an
 //! ephemeral signing key (dev mode: loopback only, keys never leave the
-//! process), a demo repository served by `git daemon`, a small web page
-//! standing in for Confluence, and the agent — then prints what to try.
+//! process), a demo repository served over smart HTTP by git's own `git
+//! http-backend` (the Bitbucket stand-in, [`http_backend`]) and by `git
+//! daemon`, a small web page standing in for Confluence, and the same agent
+//! as `gangway up` with its control API — then prints what to try. Like a
+//! sign-in in the tray app, it registers `gangway git credential` in
+//! `~/.gitconfig` for its local HTTP address (so `git clone` passes the
+//! local door with no password prompt) and removes exactly that entry when
+//! it stops.
+
+mod http_backend;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,10 +23,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use base64::Engine;
 use bytes::Bytes;
-use gangway_agent::relay_api::RelayApi;
+use gangway_agent::agent::{Agent, AgentOptions, EnvSource, EnvSpec, Managed, Tokens};
+use gangway_agent::control::{self, AgentControl};
+use gangway_agent::status::{Frontend, Phase};
 use gangway_agent::token::TokenSource;
 use gangway_agent::tunnel::Backoff;
-use gangway_agent::up::{self, UpOptions};
 use gangway_relay::config::{IdentityConfig, ServiceConfig, ServiceKind};
 use gangway_relay::{KeySource, Relay, RelayConfig, TlsMode};
 use gangway_wire::Token;
@@ -34,9 +43,20 @@ pub async fn run() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("gangway-demo-").tempdir()?;
     let stop = CancellationToken::new();
 
-    // A repository to clone, served by git daemon.
+    // A repository to clone: `repos/demo/demo.git`, at
+    // `/scm/demo/demo.git` over HTTP as on Bitbucket, and at `/demo.git`
+    // from git daemon.
     let repos = dir.path().join("repos");
-    make_demo_repo(&git, &repos).await?;
+    let project = repos.join("demo");
+    make_demo_repo(&git, &project).await?;
+    let scm = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let scm_addr = scm.local_addr()?;
+    tokio::spawn(http_backend::serve(
+        scm,
+        git.clone(),
+        repos.clone(),
+        stop.clone(),
+    ));
     let daemon_port = free_port()?;
     // Run git-daemon itself: `git daemon` is a wrapper that forks it, and
     // killing the wrapper would leave the daemon running.
@@ -45,11 +65,11 @@ pub async fn run() -> anyhow::Result<()> {
             "--reuseaddr",
             "--listen=127.0.0.1",
             &format!("--port={daemon_port}"),
-            &format!("--base-path={}", repos.display()),
+            &format!("--base-path={}", project.display()),
             "--export-all",
             "--enable=receive-pack",
         ])
-        .arg(&repos)
+        .arg(&project)
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -107,6 +127,13 @@ pub async fn run() -> anyhow::Result<()> {
         drain: Default::default(),
         services: vec![
             service(
+                "bitbucket",
+                "Bitbucket (demo: git http-backend)",
+                ServiceKind::Http,
+                7990,
+                scm_addr.port(),
+            ),
+            service(
                 "git",
                 "Demo git (git daemon)",
                 ServiceKind::Tcp,
@@ -148,45 +175,66 @@ pub async fn run() -> anyhow::Result<()> {
 
     // The agent, on the ports users know, or any free port if taken.
     let mut listen = BTreeMap::new();
-    for (name, port) in [("git", 9418u16), ("confluence", 8090)] {
+    for (name, port) in [("bitbucket", 7990u16), ("git", 9418), ("confluence", 8090)] {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         if std::net::TcpListener::bind(addr).is_err() {
             listen.insert(name.to_string(), SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         }
     }
     let relay_url = url::Url::parse(&format!("https://127.0.0.1:{}", relay_addr.port()))?;
-    let tls = gangway_agent::tls::client_config(Some(&cert_path))?;
-    let token = Token::new(token);
-    let catalog = RelayApi::new(relay_url.clone(), tls.clone())?
-        .catalog(&token)
-        .await?;
-    // The local door: the Confluence stand-in opens through a one-time link.
-    let door = std::sync::Arc::new(gangway_agent::door::Door::new());
-    let running = up::start(
-        UpOptions {
+    let agent = Agent::start(AgentOptions {
+        config_path: None,
+        ca_override: None,
+        environments: vec![EnvSpec {
+            name: "demo".into(),
             relay: relay_url.clone(),
-            tls,
-            tokens: TokenSource::Static(token),
+            ca_file: Some(cert_path.clone()),
             ports: BTreeMap::new(),
-            listen,
-            allow_network_listen: false,
-            connect_wait: Duration::from_secs(10),
-            backoff: Backoff::default(),
-            door: door.clone(),
-        },
-        catalog,
-        stop.clone(),
-    )
-    .await;
-
+            login_hint: "gangway demo".into(),
+            source: EnvSource::CommandLine,
+            locked: false,
+        }],
+        initial: Some("demo".into()),
+        tokens: Tokens::Fixed(TokenSource::Static(Token::new(token))),
+        listen,
+        allow_network_listen: false,
+        connect_wait: Duration::from_secs(10),
+        backoff: Backoff::default(),
+        browser: std::env::var("BROWSER").ok(),
+        unreachable_notice_after: gangway_agent::notices::UNREACHABLE_NOTICE_AFTER,
+        frontend: Frontend::Cli,
+        managed: Managed::default(),
+    });
+    // The control API answers `gangway git credential` and `gangway open`.
+    let served =
+        match control::serve_control(Arc::new(AgentControl(agent.clone())), stop.clone()).await {
+            Ok(Some(_)) => true,
+            Ok(None) => {
+                eprintln!(
+                    "note: another Gangway agent (the tray app or `gangway up`) is running; \
+                 quit it for git's credential helper to reach the demo"
+                );
+                false
+            }
+            Err(e) => {
+                eprintln!("note: no control API: {e}");
+                false
+            }
+        };
+    let snap = agent.settled().await;
+    if let Phase::Failed { reason } = &snap.phase {
+        bail!("the demo agent failed: {reason}");
+    }
     let addr_of = |name: &str| {
-        running
-            .listening
+        snap.services
             .iter()
-            .find(|s| s.service.name == name)
-            .map(|s| s.addr)
+            .find(|s| s.name == name)
+            .and_then(|s| s.local_addr.as_deref())
+            .and_then(|a| a.parse::<SocketAddr>().ok())
     };
-    let (Some(git_addr), Some(web_local)) = (addr_of("git"), addr_of("confluence")) else {
+    let (Some(scm_local), Some(git_addr), Some(web_local)) =
+        (addr_of("bitbucket"), addr_of("git"), addr_of("confluence"))
+    else {
         bail!("the demo agent could not bind its listeners");
     };
     let git_url = if git_addr.port() == 9418 {
@@ -194,14 +242,28 @@ pub async fn run() -> anyhow::Result<()> {
     } else {
         format!("git://{git_addr}/demo.git")
     };
+    // As after a sign-in in the tray: git asks Gangway for the local
+    // credential of the demo's HTTP address; undone when the demo stops.
+    let registered = if served {
+        match crate::commands::git::setup(&snap) {
+            Ok(urls) => urls,
+            Err(e) => {
+                eprintln!("note: git setup: {e:#}");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
     println!("Gangway demo is running: relay {relay_url}, signed in as demo-user.");
     println!();
     println!("Try, in another terminal:");
-    println!("  git clone {git_url} gangway-demo");
+    println!("  git clone http://{scm_local}/scm/demo/demo.git gangway-demo");
     println!("  (edit, commit, then: git push origin main)");
+    println!("  git clone {git_url} gangway-demo-git   (the same repository over git://)");
     let once = gangway_agent::door::http::open_url(
         web_local.port(),
-        &door.secrets().one_time_token(web_local.port()),
+        &agent.door().secrets().one_time_token(web_local.port()),
     );
     println!("  open {once}");
     println!("     (the Confluence stand-in, through the local door: a one-time link, valid for a minute)");
@@ -224,6 +286,12 @@ pub async fn run() -> anyhow::Result<()> {
         _ = terminated => {}
         status = daemon.wait() => bail!("git daemon stopped: {:?}", status),
     }
+    if !registered.is_empty() {
+        if let Err(e) = crate::commands::git::remove_urls(&registered) {
+            eprintln!("note: git remove: {e:#}");
+        }
+    }
+    agent.shutdown().await;
     stop.cancel();
     let _ = daemon.kill().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
