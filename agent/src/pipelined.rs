@@ -153,23 +153,7 @@ impl<S: AsyncRead + Unpin> PipelinedStream<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for PipelinedStream<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+gangway_transport::forward_async_write!([S: AsyncWrite + Unpin] PipelinedStream<S>, inner);
 
 #[cfg(test)]
 mod tests {

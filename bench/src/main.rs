@@ -30,6 +30,7 @@ use gangway_bench::load;
 use gangway_bench::machine::{self, version_of, which};
 use gangway_bench::paths::{self, GangwayBins, PathKind, RunningPath};
 use gangway_bench::pki;
+use gangway_bench::procs;
 use gangway_bench::report::{Figure, Labels, Results};
 use gangway_bench::upstream::{Upstreams, SMALL_FILE_BYTES, SMALL_FILE_PATH};
 
@@ -116,31 +117,11 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async {
         tokio::select! {
             r = run(args) => r,
-            s = stop_signal() => bail!("{s}: stopping everything"),
+            s = procs::stop_signal() => bail!("{s}: stopping everything"),
         }
     });
     // Every Proc was owned by `run`'s future and is stopped by now.
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("gangway-bench: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-async fn stop_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "interrupted",
-        _ = term.recv() => "terminated",
-    }
+    procs::exit_code("gangway-bench", result)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::pki::{Credentials, AUDIENCE, ISSUER};
+use crate::pki::Credentials;
 use crate::procs::{free_port, free_ports, localhost, Proc};
 use crate::upstream::Endpoints;
 
@@ -98,28 +98,7 @@ pub async fn start_gangway(
     upstream: Endpoints,
     dir: &Path,
 ) -> anyhow::Result<RunningPath> {
-    let mut config = format!(
-        r#"listen = "127.0.0.1:0"
-
-[tls]
-cert = "{cert}"
-key = "{key}"
-
-[identity]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-client_id = "gangway-bench"
-algorithms = ["EdDSA"]
-jwks_file = "{jwks}"
-
-[audit]
-path = "{audit}"
-"#,
-        cert = creds.cert.display(),
-        key = creds.key.display(),
-        jwks = creds.jwks.display(),
-        audit = dir.join("audit.jsonl").display(),
-    );
+    let mut config = creds.relay_config_head(&dir.join("audit.jsonl"));
     for (name, kind, local_port, backend) in [
         ("web", "tcp", 8080, Some(upstream.web)),
         ("web-http", "http", 8081, Some(upstream.web)),

@@ -84,3 +84,32 @@ pub fn write(dir: &Path) -> anyhow::Result<Credentials> {
     std::fs::write(&creds.token, token)?;
     Ok(creds)
 }
+
+impl Credentials {
+    /// The start of a bench relay's config: loopback listener, these TLS
+    /// files and token keys, the audit log at `audit`. Sections follow.
+    pub fn relay_config_head(&self, audit: &std::path::Path) -> String {
+        format!(
+            r#"listen = "127.0.0.1:0"
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+
+[identity]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+client_id = "gangway-bench"
+algorithms = ["EdDSA"]
+jwks_file = "{jwks}"
+
+[audit]
+path = "{audit}"
+"#,
+            cert = self.cert.display(),
+            key = self.key.display(),
+            jwks = self.jwks.display(),
+            audit = audit.display(),
+        )
+    }
+}

@@ -243,3 +243,31 @@ pub async fn run_tool(mut cmd: tokio::process::Command, limit: Duration) -> anyh
     }
     Ok(stdout)
 }
+
+/// The first of SIGINT or SIGTERM, named; never, if neither can be caught.
+/// A bench's `run` future is raced against it, so every [`Proc`] it owns is
+/// dropped (stopped) on the way out.
+pub async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
+}
+
+/// A bench binary's exit: success, or the error chain after its name.
+pub fn exit_code(name: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -28,7 +28,7 @@ use anyhow::{bail, ensure, Context};
 use futures::StreamExt;
 use gangway_tests::peers::haproxy::{self, Haproxy};
 
-use crate::pki::{Credentials, AUDIENCE, ISSUER};
+use crate::pki::Credentials;
 use crate::procs::{self, Proc};
 use crate::tunnel_client::{self, echo_round, HttpOnStream, Session};
 use crate::upstream::{WebAndEcho, SMALL_FILE_PATH};
@@ -196,22 +196,7 @@ pub async fn start_relay(
         String::new()
     };
     let config = format!(
-        r#"listen = "127.0.0.1:0"
-
-[tls]
-cert = "{cert}"
-key = "{key}"
-
-[identity]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-client_id = "gangway-bench"
-algorithms = ["EdDSA"]
-jwks_file = "{jwks}"
-
-[audit]
-path = "{audit}"
-
+        r#"{head}
 [limits]
 max_connections = {max_connections}
 max_unauthenticated_per_address = {unauth}
@@ -229,10 +214,7 @@ kind = "http"
 local_port = 8081
 backends = ["{web}"]
 "#,
-        cert = creds.cert.display(),
-        key = creds.key.display(),
-        jwks = creds.jwks.display(),
-        audit = dir.join("audit.jsonl").display(),
+        head = creds.relay_config_head(&dir.join("audit.jsonl")),
         max_connections = settings.sessions + 2 * settings.streams + 1024,
         unauth = (settings.concurrency * 2).max(64),
         echo = upstreams.echo,

@@ -141,17 +141,7 @@ impl Locks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sessions::SessionInfo;
-
-    fn info(id: &str, subject: &str) -> SessionInfo {
-        SessionInfo {
-            id: id.into(),
-            subject: subject.into(),
-            peer: "127.0.0.1:1".into(),
-            agent: "t".into(),
-            started_unix: 1,
-        }
-    }
+    use crate::sessions::info;
 
     fn lock() -> LockInfo {
         LockInfo {

@@ -83,19 +83,21 @@ impl Sessions {
     }
 }
 
+/// A session of `subject` for unit tests here and in `locks`.
+#[cfg(test)]
+pub(crate) fn info(id: &str, subject: &str) -> SessionInfo {
+    SessionInfo {
+        id: id.into(),
+        subject: subject.into(),
+        peer: "127.0.0.1:1".into(),
+        agent: "t".into(),
+        started_unix: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn info(id: &str, subject: &str) -> SessionInfo {
-        SessionInfo {
-            id: id.into(),
-            subject: subject.into(),
-            peer: "127.0.0.1:1".into(),
-            agent: "t".into(),
-            started_unix: 1,
-        }
-    }
 
     #[test]
     fn ending_a_subject_ends_only_its_sessions_and_guards_unregister() {

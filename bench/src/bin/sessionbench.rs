@@ -21,6 +21,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use gangway_bench::machine::{self, version_of, which};
 use gangway_bench::pki;
+use gangway_bench::procs;
 use gangway_bench::report::median;
 use gangway_bench::sessions::{self, IdleFigures, RpsFigures, RpsRun, Settings, StreamFigures};
 use gangway_bench::upstream::WebAndEcho;
@@ -97,32 +98,12 @@ fn main() -> std::process::ExitCode {
             r = tokio::time::timeout(limit, run(args)) => {
                 r.unwrap_or_else(|_| Err(anyhow::anyhow!("not done within --timeout ({limit:?}); stopped")))
             }
-            s = stop_signal() => bail!("{s}: stopping everything"),
+            s = procs::stop_signal() => bail!("{s}: stopping everything"),
         }
     });
     // Sessions and processes were owned by `run`'s future: stopped by now.
     rt.shutdown_timeout(Duration::from_secs(5));
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sessionbench: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-async fn stop_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "interrupted",
-        _ = term.recv() => "terminated",
-    }
+    procs::exit_code("sessionbench", result)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
