@@ -155,9 +155,11 @@ pub async fn run() -> anyhow::Result<()> {
         }
     }
     let relay_url = url::Url::parse(&format!("https://127.0.0.1:{}", relay_addr.port()))?;
-    let tls = gangway_agent::tls::client_config(Some(&cert_path))?;
+    // A loopback relay: never proxied.
+    let egress =
+        gangway_agent::net::Egress::direct(gangway_agent::tls::client_config(Some(&cert_path))?);
     let token = Token::new(token);
-    let catalog = RelayApi::new(relay_url.clone(), tls.clone())?
+    let catalog = RelayApi::new(relay_url.clone(), egress.clone())?
         .catalog(&token)
         .await?;
     // The local door: the Confluence stand-in opens through a one-time link.
@@ -165,7 +167,7 @@ pub async fn run() -> anyhow::Result<()> {
     let running = up::start(
         UpOptions {
             relay: relay_url.clone(),
-            tls,
+            egress,
             tokens: TokenSource::Static(token),
             ports: BTreeMap::new(),
             listen,

@@ -51,7 +51,7 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let target = Target::resolve(&args.target)?;
-    let tls = target.tls()?;
+    let egress = target.egress()?;
     // Before anyone types a password: can the tokens be kept at all?
     let keychain = target.keychain().await?;
     let label = target.label();
@@ -89,7 +89,7 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<ExitCode> {
             }),
         }
     };
-    let done = signin::sign_in(&target.name(), &target.relay, tls, &keychain, method).await?;
+    let done = signin::sign_in(&target.name(), &target.relay, egress, &keychain, method).await?;
     print_signed_in(&target.label(), &done);
     super::git::after_login().await;
     Ok(ExitCode::SUCCESS)

@@ -10,11 +10,11 @@ use crate::target::Target;
 
 pub async fn run(args: TargetArgs) -> anyhow::Result<ExitCode> {
     let target = Target::resolve(&args)?;
-    let tls = target.tls()?;
+    let egress = target.egress()?;
     let keychain = target.keychain().await?;
     let creds = Credentials::new(
         target.relay.clone(),
-        tls,
+        egress,
         keychain,
         target.login_hint.clone(),
     );
