@@ -647,7 +647,10 @@ mod tests {
     #[test]
     fn an_explicit_setting_wins_over_the_environment() {
         let env = [("HTTPS_PROXY", "http://env-proxy:1")];
-        let c = ProxyChoice::new(Some(&explicit("http://u:p@set-proxy:3128")), &env).unwrap();
+        let c = ProxyChoice::new(Some(&explicit("http://u:pw@set-proxy:3128")), &env).unwrap();
+        // Nothing of the decision shows the credentials.
+        let debug = format!("{c:?} {:?}", c.route(&url("https://relay.corp")));
+        assert!(!debug.contains("pw") && !debug.contains("u:"), "{debug}");
         assert_eq!(
             c.route(&url("https://relay.corp")).to_string(),
             "via proxy http://set-proxy:3128 (from proxy in config.toml)"
