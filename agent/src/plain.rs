@@ -45,6 +45,9 @@ pub fn explain(e: &(dyn Error + 'static)) -> Option<Plain> {
     if let Some(t) = e.downcast_ref::<rustls::Error>() {
         return tls(t);
     }
+    if let Some(p) = tunnel(e) {
+        return Some(p);
+    }
     let mut io = e.downcast_ref::<io::Error>()?;
     // An io::Error may carry the TLS error, or another io::Error that does
     // (hyper-rustls wraps tokio-rustls' error once more); its `source()`
@@ -73,6 +76,32 @@ pub fn explain(e: &(dyn Error + 'static)) -> Option<Plain> {
             "try again; if it keeps happening, a proxy or firewall may be blocking Gangway",
         ),
         _ => None,
+    }
+}
+
+/// A CONNECT through the proxy that reqwest failed to open (hyper-util's
+/// `TunnelError`, not exported: known by its words), where nothing named
+/// the proxy yet ([`crate::net::Egress::explain`] does for the relay).
+fn tunnel(e: &(dyn Error + 'static)) -> Option<Plain> {
+    let words = e.to_string();
+    let what = words.strip_prefix("tunnel error: ")?;
+    match what {
+        "proxy authorization required" => plain(
+            "the proxy asks for a user name and password, or rejected the ones given",
+            "check the user name and password in the proxy URL: http://USER:PASSWORD@HOST:PORT (the proxy key or HTTPS_PROXY)",
+        ),
+        "unsuccessful" => plain(
+            "the proxy refused to open a connection to the server",
+            "ask IT to let it through the proxy (HTTP CONNECT to its host and port), or check the proxy setting",
+        ),
+        "failed to create underlying connection" => plain(
+            "cannot reach the proxy",
+            "check the proxy setting (the proxy key or HTTPS_PROXY) and your network; ask IT if the proxy is down",
+        ),
+        _ => plain(
+            "the proxy did not answer as an HTTP proxy",
+            "check the proxy setting (the proxy key or HTTPS_PROXY)",
+        ),
     }
 }
 

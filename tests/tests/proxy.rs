@@ -407,6 +407,24 @@ async fn proxy_failures_are_said_plainly() -> Result<()> {
         assert!(said.contains(&sentence), "no {sentence:?} in {said}");
         assert!(!said.contains("wrong-pw"), "{said}");
     }
+
+    // A port squid does not allow CONNECT to: its refusal, with its status.
+    let tls = gangway_agent::tls::client_config(Some(&corp.cert.cert))?;
+    let explicit = ExplicitProxy {
+        setting: ProxySetting::parse(&squid.url(Some(PROXY_USER))).map_err(anyhow::Error::msg)?,
+        origin: "test".into(),
+    };
+    let egress = Egress::with_env(tls, Some(&explicit), &[])?;
+    let other = url::Url::parse(&format!("https://{RELAY_HOST}:9"))?;
+    let token = gangway_wire::Token::new("unused".to_string());
+    let e = gangway_agent::session::Session::connect(&other, &egress, &token)
+        .await
+        .expect_err("squid let CONNECT through to a port it does not allow");
+    let said = gangway_agent::error::error_chain(&e);
+    let sentence = format!(
+        "the proxy at {proxy} refused to connect to {RELAY_HOST}:9 (it answered 403 Forbidden)"
+    );
+    assert!(said.contains(&sentence), "no {sentence:?} in {said}");
     Ok(())
 }
 
@@ -474,6 +492,20 @@ async fn a_tls_inspecting_squid_works_once_trusted_and_is_named_when_not() -> Re
     })
     .await?;
     up.stop();
+    // The tunnel's own connection says the same.
+    let tls = gangway_agent::tls::client_config(Some(&corp.cert.cert))?;
+    let pairs = [("HTTPS_PROXY", squid.url(None))];
+    let egress = Egress::with_env(tls, None, &[(pairs[0].0, pairs[0].1.as_str())])?;
+    let relay = url::Url::parse(&corp.relay_url())?;
+    let e = gangway_agent::session::Session::connect(
+        &relay,
+        &egress,
+        &gangway_wire::Token::new(std::fs::read_to_string(&token)?),
+    )
+    .await
+    .expect_err("trusted a forged certificate");
+    let said = gangway_agent::error::error_chain(&e);
+    assert!(said.contains(&sentence), "no {sentence:?} in {said}");
 
     // Trusted through the "OS store": works, and squid saw inside.
     let mut cmd = corp.gangway(

@@ -369,6 +369,31 @@ mod tests {
                 "{said}"
             );
         }
+        // Where nothing names the proxy (the identity provider's requests),
+        // plain.rs still says it in words.
+        let (addr, _) =
+            fake_proxy("HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        let explicit = ExplicitProxy {
+            setting: ProxySetting::parse(&format!("http://{addr}")).unwrap(),
+            origin: "test".into(),
+        };
+        let egress = Egress::with_env(tls.clone(), Some(&explicit), &[]).unwrap();
+        let e = egress
+            .http_client()
+            .build()
+            .unwrap()
+            .get(target.clone())
+            .send()
+            .await
+            .unwrap_err();
+        let said = crate::error::error_chain(&e);
+        assert!(
+            said.contains("the proxy asks for a user name and password"),
+            "{said}"
+        );
+        assert!(!said.contains("tunnel error"), "{said}");
+
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = closed.local_addr().unwrap();
         drop(closed);
