@@ -171,7 +171,7 @@ pub struct AgentConfig {
 
 #[derive(Debug, Clone, Default)]
 struct UserSettings {
-    proxy: Option<String>,
+    proxy: Option<ProxySetting>,
     start_at_login: Option<bool>,
     default_environment: Option<String>,
     path: Option<String>,
@@ -332,9 +332,11 @@ impl AgentConfig {
                 origin: Some(path.display().to_string()),
             });
         }
-        if let Some(p) = &raw.proxy {
-            ProxySetting::parse(p).map_err(|r| bad("proxy", r))?;
-        }
+        let proxy = raw
+            .proxy
+            .as_deref()
+            .map(|p| ProxySetting::parse(p).map_err(|r| bad("proxy", r)))
+            .transpose()?;
         Ok(Self {
             default_environment: raw.default_environment.clone(),
             environments,
@@ -342,7 +344,7 @@ impl AgentConfig {
             problems: Vec::new(),
             global_proxy: None,
             user: UserSettings {
-                proxy: raw.proxy,
+                proxy,
                 start_at_login: raw.start_at_login,
                 default_environment: raw.default_environment,
                 path: Some(path.display().to_string()),
@@ -404,7 +406,7 @@ impl AgentConfig {
             .unwrap_or(true);
         let proxy = string(resolve(
             Key::Proxy,
-            self.user.proxy.clone().map(Into::into),
+            self.user.proxy.as_ref().map(|p| p.expose().into()),
             serde_json::Value::Null,
         ));
 
@@ -571,6 +573,18 @@ impl AgentConfig {
                     }
                 }
             });
+        // What is shown of it never holds the proxy's credentials.
+        let proxy = match (&proxy, &global_proxy) {
+            (None, _) => None,
+            (Some(_), Some((g, _))) => Some(g.setting.to_string()),
+            (Some(_), None) => Some("(not used: see the problems)".to_string()),
+        };
+        if let Some(s) = table.iter_mut().find(|s| s.key == Key::Proxy.name()) {
+            s.value = proxy
+                .clone()
+                .map(Into::into)
+                .unwrap_or(serde_json::Value::Null);
+        }
         for e in &mut environments {
             e.proxy = match (&global_proxy, e.proxy.take()) {
                 (Some((g, true)), _) => Some(g.clone()),
@@ -757,6 +771,25 @@ relay = "https://relay.staging.example.com:8443"
             c.problems
         );
         assert_eq!(c.global_proxy(), None);
+    }
+
+    #[test]
+    fn the_proxy_setting_is_shown_without_its_password() {
+        let c = AgentConfig::parse_checked(
+            Path::new("u.toml"),
+            "proxy = \"http://alice:s3cret@proxy.corp:3128\"\n",
+            &Policy::default(),
+        )
+        .unwrap();
+        let row = c.settings.table.iter().find(|s| s.key == "proxy").unwrap();
+        assert_eq!(row.value, serde_json::json!("http://proxy.corp:3128"));
+        assert_eq!(c.settings.proxy.as_deref(), Some("http://proxy.corp:3128"));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        // The credentials are still used.
+        match c.global_proxy().unwrap().setting {
+            ProxySetting::Via(p) => assert!(p.has_credentials()),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

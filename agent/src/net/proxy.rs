@@ -150,6 +150,26 @@ impl ProxySetting {
     }
 }
 
+impl ProxySetting {
+    /// The value with its credentials, to resolve settings with.
+    pub(crate) fn expose(&self) -> &str {
+        match self {
+            ProxySetting::Direct => "direct",
+            ProxySetting::Via(p) => p.expose(),
+        }
+    }
+}
+
+/// `direct`, or the proxy's URL without credentials.
+impl fmt::Display for ProxySetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxySetting::Direct => f.write_str("direct"),
+            ProxySetting::Via(p) => p.fmt(f),
+        }
+    }
+}
+
 /// An explicit setting and where it was set ("proxy in /home/a/.config/…").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExplicitProxy {
