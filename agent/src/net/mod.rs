@@ -23,11 +23,12 @@ pub use proxy::{
 
 use crate::AgentError;
 
-/// How long reaching the proxy (TCP) may take.
-const PROXY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long reaching the proxy (name lookup, then TCP) may take: well
+/// inside the session's 15 s, so that a silent proxy is named as such.
+const PROXY_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the proxy may take to answer the CONNECT (it connects to the
 /// relay meanwhile).
-const CONNECT_ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+const CONNECT_ANSWER_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// A byte stream to a destination: a TCP connection, or a CONNECT tunnel
 /// through the proxy.
@@ -416,6 +417,26 @@ mod tests {
                 "cannot reach the proxy at http://{addr} (connection refused)"
             )),
             "{said}"
+        );
+    }
+
+    /// A proxy that takes the connection and never answers is named, in
+    /// bounded time (paused clock: no real wait).
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_proxy_is_named() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _held = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            std::future::pending::<()>().await;
+            drop(s);
+        });
+        let e = tunnel(&proxy(addr, ""), "relay.corp", 443)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("the proxy at http://{addr} did not answer as an HTTP proxy (no answer to CONNECT in time)")
         );
     }
 

@@ -457,8 +457,11 @@ impl ProxyError {
             ProxyError::AuthRejected { .. } => {
                 "check the user name and password in the proxy URL (the proxy key or HTTPS_PROXY); ask IT if they are right"
             }
-            ProxyError::Refused { .. } | ProxyError::Broken { .. } => {
-                "ask IT to let the relay through the proxy (HTTP CONNECT to its host and port), or check the proxy setting"
+            ProxyError::Refused { .. } => {
+                "the server may be down behind the proxy, or the proxy does not allow it: ask IT (the proxy must allow HTTP CONNECT to its host and port)"
+            }
+            ProxyError::Broken { .. } => {
+                "check the proxy setting (the proxy key or HTTPS_PROXY): it must name an HTTP proxy, http://HOST:PORT"
             }
             ProxyError::Inspecting { .. } => {
                 "ask IT for the proxy's CA certificate and have it added to this computer's trust store (or set ca_file / --ca-file to it)"
