@@ -114,18 +114,11 @@ impl Session {
                     tokio::io::BufReader::with_capacity(gangway_transport::socket::READ_BUF, conn),
                 )
                 .await
-                .map_err(|e| match egress.route(relay).proxy() {
-                    // An unknown issuer behind a proxy: most likely the proxy
-                    // inspects TLS.
-                    Some(proxy) if crate::net::proxy::is_unknown_issuer(&e) => {
-                        AgentError::unreachable_by(
-                            format!("{relay}: TLS"),
-                            crate::net::ProxyError::Inspecting {
-                                proxy: proxy.clone(),
-                            },
-                        )
-                    }
-                    _ => AgentError::unreachable_by(format!("{relay}: TLS"), e),
+                .map_err(|e| {
+                    AgentError::unreachable_by(
+                        format!("{relay}: TLS"),
+                        egress.explain_tls(relay, e),
+                    )
                 })?;
             tls.get_mut()
                 .1

@@ -134,6 +134,18 @@ impl Egress {
         Box::new(e)
     }
 
+    /// `e`, a failed TLS handshake with `url`, as the proxy's doing when
+    /// it went through one and the certificate's issuer is unknown (most
+    /// likely the proxy inspects TLS); else `e` itself.
+    pub fn explain_tls(&self, url: &Url, e: std::io::Error) -> crate::error::BoxError {
+        match self.route(url) {
+            Route::Proxy { proxy, .. } if proxy::is_unknown_issuer(&e) => {
+                Box::new(ProxyError::Inspecting { proxy })
+            }
+            _ => Box::new(e),
+        }
+    }
+
     /// A byte stream to `host:port` for `url` (whose scheme and host decide
     /// the route): TCP, or a CONNECT tunnel through the proxy. A failure
     /// the proxy caused is a [`ProxyError`] in the chain.
