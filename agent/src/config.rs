@@ -14,6 +14,7 @@
 //! name = "prod"
 //! relay = "https://gangway.example.com"
 //! # ca_file = "/etc/gangway/company-ca.pem"   # extra trusted CA (PEM)
+//! # proxy = "http://proxy.example.com:3128"   # this relay's proxy ("direct": none)
 //! # [environment.ports]                        # local port overrides
 //! # bitbucket = 17990
 //! ```
@@ -21,6 +22,12 @@
 //! The user's file may also set `proxy = "http://proxy.example.com:3128"`
 //! and `start_at_login = true`; the other policy keys are the
 //! organisation's only.
+//!
+//! The proxy of an environment ([`Environment::proxy`]): a mandatory
+//! `proxy` policy value, else the environment's own `proxy`, else the
+//! global `proxy` (user file, then recommended policy); when none is set
+//! the environment variables decide ([`crate::net::proxy`]). `"direct"` (or
+//! `""`) means no proxy at all.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +35,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::net::{ExplicitProxy, ProxySetting};
 use crate::policy::{self, Key, Level, Policy, Value};
 use crate::AgentError;
 
@@ -53,6 +61,9 @@ struct RawEnvironment {
     relay: String,
     /// Extra CA certificate (PEM) to trust for this relay.
     ca_file: Option<PathBuf>,
+    /// HTTP proxy for this relay (and its identity provider): wins over
+    /// the global `proxy`; "direct" for none.
+    proxy: Option<String>,
     /// Local port per service name, overriding the relay's suggestion.
     #[serde(default)]
     ports: BTreeMap<String, u16>,
@@ -64,6 +75,9 @@ pub struct Environment {
     pub name: String,
     pub relay: Url,
     pub ca_file: Option<PathBuf>,
+    /// The explicit proxy in effect for it (see the module docs); `None`
+    /// leaves it to `HTTPS_PROXY` & co.
+    pub proxy: Option<ExplicitProxy>,
     pub ports: BTreeMap<String, u16>,
     /// Where it was set; a [`Source::Policy`] one is locked.
     pub source: Source,
@@ -151,11 +165,13 @@ pub struct AgentConfig {
     pub problems: Vec<String>,
     /// The user's own `proxy` and `start_at_login`, before policy.
     user: UserSettings,
+    /// The global `proxy` as in effect, checked.
+    global_proxy: Option<ExplicitProxy>,
 }
 
 #[derive(Debug, Clone, Default)]
 struct UserSettings {
-    proxy: Option<String>,
+    proxy: Option<ProxySetting>,
     start_at_login: Option<bool>,
     default_environment: Option<String>,
     path: Option<String>,
@@ -293,25 +309,42 @@ impl AgentConfig {
             }
             let relay = parse_relay_url(&env.relay)
                 .map_err(|r| bad(&format!("environment[{i}].relay"), r))?;
+            let key = format!("environment[{i}].proxy");
+            let proxy = env
+                .proxy
+                .as_deref()
+                .map(|p| {
+                    ProxySetting::parse(p)
+                        .map(|setting| ExplicitProxy {
+                            setting,
+                            origin: format!("{key} in {}", path.display()),
+                        })
+                        .map_err(|r| bad(&key, r))
+                })
+                .transpose()?;
             environments.push(Environment {
                 name: env.name,
                 relay,
                 ca_file: env.ca_file,
+                proxy,
                 ports: env.ports,
                 source: Source::UserFile,
                 origin: Some(path.display().to_string()),
             });
         }
-        if let Some(p) = &raw.proxy {
-            Url::parse(p).map_err(|e| bad("proxy", format!("{p:?} is not a URL: {e}")))?;
-        }
+        let proxy = raw
+            .proxy
+            .as_deref()
+            .map(|p| ProxySetting::parse(p).map_err(|r| bad("proxy", r)))
+            .transpose()?;
         Ok(Self {
             default_environment: raw.default_environment.clone(),
             environments,
             settings: Settings::default(),
             problems: Vec::new(),
+            global_proxy: None,
             user: UserSettings {
-                proxy: raw.proxy,
+                proxy,
                 start_at_login: raw.start_at_login,
                 default_environment: raw.default_environment,
                 path: Some(path.display().to_string()),
@@ -373,7 +406,7 @@ impl AgentConfig {
             .unwrap_or(true);
         let proxy = string(resolve(
             Key::Proxy,
-            self.user.proxy.clone().map(Into::into),
+            self.user.proxy.as_ref().map(|p| p.expose().into()),
             serde_json::Value::Null,
         ));
 
@@ -400,6 +433,7 @@ impl AgentConfig {
                         name: e.name.clone(),
                         relay,
                         ca_file: e.ca_file.clone(),
+                        proxy: None,
                         ports: BTreeMap::new(),
                         source,
                         origin: Some(entry.origin.clone()),
@@ -516,6 +550,49 @@ impl AgentConfig {
             },
         );
         table.sort_by_key(|s| Key::ALL.iter().position(|k| k.name() == s.key));
+        // The global proxy as in effect, checked (the user's was at
+        // parse time; a policy value that cannot be used is a problem and
+        // left out), then each environment's.
+        let global_proxy = table
+            .iter()
+            .find(|s| s.key == Key::Proxy.name())
+            .and_then(|s| {
+                let value = proxy.as_deref()?;
+                let origin = s.origin.clone().unwrap_or_else(|| "the config".into());
+                match ProxySetting::parse(value) {
+                    Ok(setting) => Some((
+                        ExplicitProxy {
+                            setting,
+                            origin: format!("proxy in {origin}"),
+                        },
+                        s.locked,
+                    )),
+                    Err(r) => {
+                        problems.push(format!("{origin}: proxy: {r}"));
+                        None
+                    }
+                }
+            });
+        // What is shown of it never holds the proxy's credentials.
+        let proxy = match (&proxy, &global_proxy) {
+            (None, _) => None,
+            (Some(_), Some((g, _))) => Some(g.setting.to_string()),
+            (Some(_), None) => Some("(not used: see the problems)".to_string()),
+        };
+        if let Some(s) = table.iter_mut().find(|s| s.key == Key::Proxy.name()) {
+            s.value = proxy
+                .clone()
+                .map(Into::into)
+                .unwrap_or(serde_json::Value::Null);
+        }
+        for e in &mut environments {
+            e.proxy = match (&global_proxy, e.proxy.take()) {
+                (Some((g, true)), _) => Some(g.clone()),
+                (_, Some(own)) => Some(own),
+                (Some((g, false)), None) => Some(g.clone()),
+                (None, None) => None,
+            };
+        }
         AgentConfig {
             default_environment,
             environments,
@@ -531,7 +608,14 @@ impl AgentConfig {
             },
             problems,
             user: self.user,
+            global_proxy: global_proxy.map(|(g, _)| g),
         }
+    }
+
+    /// The global `proxy` setting in effect (for a relay given on the
+    /// command line); an environment's is [`Environment::proxy`].
+    pub fn global_proxy(&self) -> Option<ExplicitProxy> {
+        self.global_proxy.clone()
     }
 
     /// The environment named `name`, or the default one, or the only one.
@@ -633,6 +717,95 @@ relay = "https://relay.staging.example.com:8443"
             mandatory: entries(mandatory, "/etc/gangway/policy.d/00.toml"),
             recommended: entries(recommended, "/etc/gangway/recommended.d/00.toml"),
             problems: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn proxy_per_environment_wins_unless_the_policy_locks_one() {
+        let text = "proxy = \"http://global:3128\"\n\
+            [[environment]]\nname = \"a\"\nrelay = \"https://a.example.com\"\nproxy = \"http://u:pw@own:8080\"\n\
+            [[environment]]\nname = \"b\"\nrelay = \"https://b.example.com\"\n\
+            [[environment]]\nname = \"c\"\nrelay = \"https://c.example.com\"\nproxy = \"direct\"\n";
+        let c = AgentConfig::parse_checked(Path::new("u.toml"), text, &Policy::default()).unwrap();
+        let proxy = |n: &str| {
+            let e = c.environment(Some(n)).unwrap();
+            e.proxy.clone().map(|p| (p.setting, p.origin))
+        };
+        let own = ProxySetting::parse("http://u:pw@own:8080").unwrap();
+        assert_eq!(
+            proxy("a"),
+            Some((own, "environment[0].proxy in u.toml".to_string()))
+        );
+        assert_eq!(
+            proxy("b"),
+            Some((
+                ProxySetting::parse("http://global:3128").unwrap(),
+                "proxy in u.toml".to_string()
+            ))
+        );
+        assert_eq!(proxy("c").unwrap().0, ProxySetting::Direct);
+        // A mandatory policy proxy is locked: it wins everywhere.
+        let p = policy(
+            &[(Key::Proxy, Value::String("http://org:3128".into()))],
+            &[],
+        );
+        let c = AgentConfig::parse_checked(Path::new("u.toml"), text, &p).unwrap();
+        for n in ["a", "b", "c"] {
+            let e = c.environment(Some(n)).unwrap();
+            assert_eq!(
+                e.proxy.as_ref().unwrap().origin,
+                "proxy in /etc/gangway/policy.d/00.toml"
+            );
+        }
+        // A policy value that cannot be used is a problem naming the file.
+        let p = policy(
+            &[(Key::Proxy, Value::String("socks5://org:1080".into()))],
+            &[],
+        );
+        let c = AgentConfig::parse_checked(Path::new("u.toml"), "", &p).unwrap();
+        assert!(
+            c.problems.iter().any(|m| m.starts_with(
+                "/etc/gangway/policy.d/00.toml: proxy: a socks5:// proxy is not supported"
+            )),
+            "{:?}",
+            c.problems
+        );
+        assert_eq!(c.global_proxy(), None);
+    }
+
+    #[test]
+    fn the_proxy_setting_is_shown_without_its_password() {
+        let c = AgentConfig::parse_checked(
+            Path::new("u.toml"),
+            "proxy = \"http://alice:s3cret@proxy.corp:3128\"\n",
+            &Policy::default(),
+        )
+        .unwrap();
+        let row = c.settings.table.iter().find(|s| s.key == "proxy").unwrap();
+        assert_eq!(row.value, serde_json::json!("http://proxy.corp:3128"));
+        assert_eq!(c.settings.proxy.as_deref(), Some("http://proxy.corp:3128"));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        // The credentials are still used.
+        match c.global_proxy().unwrap().setting {
+            ProxySetting::Via(p) => assert!(p.has_credentials()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_proxy_values_name_file_key_and_reason() {
+        for (text, key, reason) in [
+            ("proxy = \"https://p:1\"\n", "u.toml: proxy: ", "an https:// proxy"),
+            (
+                "[[environment]]\nname = \"a\"\nrelay = \"https://a.example.com\"\nproxy = \"http://u:secret@p:1/x\"\n",
+                "u.toml: environment[0].proxy: ",
+                "no path",
+            ),
+            ("proxy = \"not a url\"\n", "u.toml: proxy: ", "not a URL"),
+        ] {
+            let e = AgentConfig::parse(Path::new("u.toml"), text).unwrap_err().to_string();
+            assert!(e.starts_with(key) && e.contains(reason), "{text}: {e}");
+            assert!(!e.contains("secret"), "{e}");
         }
     }
 

@@ -30,6 +30,7 @@ pub mod envs;
 pub mod error;
 pub mod keychain;
 pub mod listener;
+pub mod net;
 pub mod notices;
 pub mod pipelined;
 pub mod plain;

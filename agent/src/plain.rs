@@ -6,6 +6,7 @@
 //! [`crate::error::error_chain`] uses it so that every message the CLI,
 //! the tray and the status window show says it the same way.
 
+use std::borrow::Cow;
 use std::error::Error;
 use std::io;
 
@@ -14,8 +15,8 @@ use rustls::CertificateError;
 /// What went wrong, for a person.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plain {
-    pub sentence: &'static str,
-    pub fix: &'static str,
+    pub sentence: Cow<'static, str>,
+    pub fix: Cow<'static, str>,
 }
 
 impl std::fmt::Display for Plain {
@@ -25,14 +26,27 @@ impl std::fmt::Display for Plain {
 }
 
 const fn plain(sentence: &'static str, fix: &'static str) -> Option<Plain> {
-    Some(Plain { sentence, fix })
+    Some(Plain {
+        sentence: Cow::Borrowed(sentence),
+        fix: Cow::Borrowed(fix),
+    })
 }
 
 /// The plain words for `e` itself (not its sources), if it is a failure
 /// people meet.
 pub fn explain(e: &(dyn Error + 'static)) -> Option<Plain> {
+    // A proxy's failure names the proxy (crate::net::proxy).
+    if let Some(p) = e.downcast_ref::<crate::net::ProxyError>() {
+        return Some(Plain {
+            sentence: p.to_string().into(),
+            fix: p.fix().into(),
+        });
+    }
     if let Some(t) = e.downcast_ref::<rustls::Error>() {
         return tls(t);
+    }
+    if let Some(p) = tunnel(e) {
+        return Some(p);
     }
     let mut io = e.downcast_ref::<io::Error>()?;
     // An io::Error may carry the TLS error, or another io::Error that does
@@ -62,6 +76,32 @@ pub fn explain(e: &(dyn Error + 'static)) -> Option<Plain> {
             "try again; if it keeps happening, a proxy or firewall may be blocking Gangway",
         ),
         _ => None,
+    }
+}
+
+/// A CONNECT through the proxy that reqwest failed to open (hyper-util's
+/// `TunnelError`, not exported: known by its words), where nothing named
+/// the proxy yet ([`crate::net::Egress::explain`] does for the relay).
+fn tunnel(e: &(dyn Error + 'static)) -> Option<Plain> {
+    let words = e.to_string();
+    let what = words.strip_prefix("tunnel error: ")?;
+    match what {
+        "proxy authorization required" => plain(
+            "the proxy asks for a user name and password, or rejected the ones given",
+            "check the user name and password in the proxy URL: http://USER:PASSWORD@HOST:PORT (the proxy key or HTTPS_PROXY)",
+        ),
+        "unsuccessful" => plain(
+            "the proxy refused to open a connection to the server",
+            "ask IT to let it through the proxy (HTTP CONNECT to its host and port), or check the proxy setting",
+        ),
+        "failed to create underlying connection" => plain(
+            "cannot reach the proxy",
+            "check the proxy setting (the proxy key or HTTPS_PROXY) and your network; ask IT if the proxy is down",
+        ),
+        _ => plain(
+            "the proxy did not answer as an HTTP proxy",
+            "check the proxy setting (the proxy key or HTTPS_PROXY)",
+        ),
     }
 }
 
@@ -123,14 +163,14 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn cert(c: CertificateError) -> Option<&'static str> {
-        explain(&rustls::Error::InvalidCertificate(c)).map(|p| p.sentence)
+    fn cert(c: CertificateError) -> Option<String> {
+        explain(&rustls::Error::InvalidCertificate(c)).map(|p| p.sentence.into_owned())
     }
 
     #[test]
     fn certificate_errors_are_said_plainly() {
         assert_eq!(
-            cert(CertificateError::Expired),
+            cert(CertificateError::Expired).as_deref(),
             Some("the relay's certificate has expired")
         );
         assert!(cert(CertificateError::NotValidForName)
@@ -143,7 +183,7 @@ mod tests {
             webpki::Error::CaUsedAsEndEntity,
         )));
         assert_eq!(
-            cert(ca),
+            cert(ca).as_deref(),
             Some("the relay presents a CA certificate as its own certificate")
         );
     }

@@ -1,11 +1,11 @@
 //! The relay's plain-HTTP API: discovery and the catalog.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use gangway_wire::Token;
 use url::Url;
 
+use crate::net::Egress;
 use crate::AgentError;
 
 pub use gangway_wire::api::{Catalog, Discovery, Service, ServiceKind};
@@ -15,17 +15,19 @@ pub use gangway_wire::api::{Catalog, Discovery, Service, ServiceKind};
 pub struct RelayApi {
     base: Url,
     http: reqwest::Client,
+    egress: Egress,
 }
 
 impl RelayApi {
-    pub fn new(base: Url, tls: Arc<rustls::ClientConfig>) -> Result<Self, AgentError> {
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls((*tls).clone())
+    /// A client for the relay at `base`, connecting as `egress` says.
+    pub fn new(base: Url, egress: Egress) -> Result<Self, AgentError> {
+        let http = egress
+            .http_client()
             .timeout(Duration::from_secs(15))
             .user_agent(concat!("gangway/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| AgentError::tls("HTTP client", Some(e.into())))?;
-        Ok(Self { base, http })
+        Ok(Self { base, http, egress })
     }
 
     pub async fn discovery(&self) -> Result<Discovery, AgentError> {
@@ -67,7 +69,14 @@ impl RelayApi {
         if let Some(t) = token {
             req = req.bearer_auth(t.expose());
         }
-        let resp = req.send().await.map_err(|e| unreachable(&url, e))?;
+        let resp = req
+            .send()
+            .await
+            // reqwest's Display hides the cause; the message walks the chain
+            // (and names the proxy when it caused the failure).
+            .map_err(|e| {
+                AgentError::unreachable_by(url.to_string(), self.egress.explain(&url, e))
+            })?;
         Ok((url, resp))
     }
 
@@ -86,9 +95,4 @@ async fn json<T: serde::de::DeserializeOwned>(
     resp.json()
         .await
         .map_err(|e| AgentError::Protocol(format!("{url}: {e}")))
-}
-
-fn unreachable(url: &Url, e: reqwest::Error) -> AgentError {
-    // reqwest's Display hides the cause; the message walks the chain.
-    AgentError::unreachable_by(url.to_string(), e)
 }

@@ -2,7 +2,6 @@
 //! token, versioned handshake, then the yamux session and its control
 //! channel.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -14,12 +13,12 @@ use gangway_wire::{
     Control, Hello, HelloReply, OpenStream, Refusal, RefusalCode, Token, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use url::Url;
 
+use crate::net::Egress;
 use crate::pipelined::{OnAnswer, PipelinedStream};
 use crate::AgentError;
 
@@ -64,20 +63,21 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// Connects to `relay` (an `https://` URL; `http://` only for loopback
-    /// tests) and completes the handshake.
+    /// tests) as `egress` says (TLS trust, proxy) and completes the
+    /// handshake.
     pub async fn connect(
         relay: &Url,
-        tls: Arc<rustls::ClientConfig>,
+        egress: &Egress,
         token: &Token,
     ) -> Result<Session, AgentError> {
-        tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(relay, tls, token))
+        tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(relay, egress, token))
             .await
             .map_err(|_| AgentError::unreachable(format!("{relay}: timed out connecting")))?
     }
 
     async fn connect_inner(
         relay: &Url,
-        tls: Arc<rustls::ClientConfig>,
+        egress: &Egress,
         token: &Token,
     ) -> Result<Session, AgentError> {
         let host = relay
@@ -99,24 +99,33 @@ impl Session {
         };
         let _ = ws_url.set_scheme(if secure { "wss" } else { "ws" });
 
-        let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
-            .await
-            .map_err(|e| AgentError::unreachable_by(relay.to_string(), e))?;
-        let _ = tcp.set_nodelay(true);
+        // TCP, or a CONNECT tunnel through the proxy; TLS to the relay runs
+        // inside it either way (SNI and certificate check are the relay's).
+        let conn = egress
+            .connect(relay, host.trim_matches(['[', ']']), port)
+            .await?;
         let io: Box<dyn Io> = if secure {
             let name =
                 rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
                     .map_err(|e| AgentError::Config(format!("relay host {host}: {e}")))?;
-            let mut tls = tokio_rustls::TlsConnector::from(tls)
-                .connect(name, gangway_transport::socket::buffered(tcp))
+            let mut tls = tokio_rustls::TlsConnector::from(egress.tls().clone())
+                .connect(
+                    name,
+                    tokio::io::BufReader::with_capacity(gangway_transport::socket::READ_BUF, conn),
+                )
                 .await
-                .map_err(|e| AgentError::unreachable_by(format!("{relay}: TLS"), e))?;
+                .map_err(|e| {
+                    AgentError::unreachable_by(
+                        format!("{relay}: TLS"),
+                        egress.explain_tls(relay, e),
+                    )
+                })?;
             tls.get_mut()
                 .1
                 .set_buffer_limit(Some(gangway_transport::socket::TLS_BUFFER_LIMIT));
             Box::new(tls)
         } else {
-            Box::new(tcp)
+            Box::new(conn)
         };
 
         let mut req = ws_url

@@ -19,6 +19,7 @@ use url::Url;
 
 use crate::door::{listen, Door};
 use crate::listener::{self, BindError, ServiceStats};
+use crate::net::Egress;
 use crate::relay_api::{Catalog, Service};
 use crate::token::TokenSource;
 use crate::tunnel::{Backoff, Tunnel};
@@ -26,7 +27,8 @@ use crate::tunnel::{Backoff, Tunnel};
 /// Everything `up` needs, passed in (tests pass their own).
 pub struct UpOptions {
     pub relay: Url,
-    pub tls: Arc<rustls::ClientConfig>,
+    /// TLS trust and proxy for the relay.
+    pub egress: Egress,
     pub tokens: TokenSource,
     /// Local port per service (overrides the catalog's suggestion).
     pub ports: BTreeMap<String, u16>,
@@ -84,7 +86,7 @@ impl Running {
 pub async fn start(opts: UpOptions, catalog: Catalog, stop: CancellationToken) -> Running {
     let tunnel = Tunnel::start(
         opts.relay.clone(),
-        opts.tls.clone(),
+        opts.egress.clone(),
         opts.tokens.clone(),
         opts.backoff,
         stop.clone(),

@@ -2,11 +2,11 @@
 //! config file.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use gangway_agent::config::{parse_relay_url, user_config_path, AgentConfig};
 use gangway_agent::keychain::{namespace_for, Keychain};
+use gangway_agent::net::{Egress, ExplicitProxy};
 use url::Url;
 
 use crate::args::TargetArgs;
@@ -17,6 +17,9 @@ pub struct Target {
     pub name: Option<String>,
     pub relay: Url,
     pub ca_file: Option<PathBuf>,
+    /// The explicit proxy setting in effect (else the environment
+    /// variables decide).
+    pub proxy: Option<ExplicitProxy>,
     /// The command that signs in to it, for messages.
     pub login_hint: String,
 }
@@ -31,7 +34,14 @@ impl Target {
         match &args.relay {
             Some(r) => {
                 let relay = parse_relay_url(r).map_err(|e| anyhow!("--relay {e}"))?;
+                // The global proxy setting still applies to a relay given
+                // on the command line.
+                let proxy = match args.config.clone().or_else(user_config_path) {
+                    Some(path) => AgentConfig::load(&path)?.global_proxy(),
+                    None => None,
+                };
                 Ok(Target {
+                    proxy,
                     name: None,
                     login_hint: format!("gangway login --relay {r}{ca_hint}"),
                     relay,
@@ -51,6 +61,7 @@ impl Target {
                     login_hint: format!("gangway login --env {}{ca_hint}", env.name),
                     relay: env.relay.clone(),
                     ca_file: args.ca_file.clone().or_else(|| env.ca_file.clone()),
+                    proxy: env.proxy.clone(),
                 })
             }
         }
@@ -72,8 +83,13 @@ impl Target {
         }
     }
 
-    pub fn tls(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-        Ok(gangway_agent::tls::client_config(self.ca_file.as_deref())?)
+    /// TLS trust (OS roots plus its CA file) and proxy decision for its
+    /// relay and identity provider.
+    pub fn egress(&self) -> anyhow::Result<Egress> {
+        Ok(Egress::for_environment(
+            self.ca_file.as_deref(),
+            self.proxy.as_ref(),
+        )?)
     }
 
     /// This environment's slice of the OS keychain, checked to be reachable.

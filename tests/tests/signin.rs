@@ -553,9 +553,10 @@ async fn device_flow_reader_sees_less_and_is_refused_with_reason() -> Result<()>
     // A stream to bitbucket, with bob's own token: refused with the reason.
     let token = s.run("token", &[]).await?;
     assert_success("token", &token);
-    let tls = gangway_agent::tls::client_config(Some(&s.cert.cert))?;
+    let egress =
+        gangway_agent::net::Egress::direct(gangway_agent::tls::client_config(Some(&s.cert.cert))?);
     let relay = url::Url::parse(&s.relay.url())?;
-    let session = Session::connect(&relay, tls, &Token::new(token.stdout.trim())).await?;
+    let session = Session::connect(&relay, &egress, &Token::new(token.stdout.trim())).await?;
     match session.open("bitbucket").await {
         Err(AgentError::Refused(r)) => {
             assert_eq!(r.code, RefusalCode::Forbidden);

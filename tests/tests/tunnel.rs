@@ -195,17 +195,18 @@ async fn stream_refusals_are_typed_and_never_reach_the_backend() -> Result<()> {
         ],
     )?;
     let reader = Token::new(idp.client_credentials_token(CI_READONLY).await?);
-    let tls = gangway_agent::tls::client_config(Some(&cert.cert))?;
+    let egress =
+        gangway_agent::net::Egress::direct(gangway_agent::tls::client_config(Some(&cert.cert))?);
     let url = url::Url::parse(&relay.url())?;
 
     // The catalog shows the reader only what readers may use.
-    let api = gangway_agent::relay_api::RelayApi::new(url.clone(), tls.clone())?;
+    let api = gangway_agent::relay_api::RelayApi::new(url.clone(), egress.clone())?;
     let catalog = api.catalog(&reader).await?;
     let names: Vec<_> = catalog.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["confluence"]);
     assert_eq!(catalog.subject, CI_READONLY);
 
-    let session = Session::connect(&url, tls, &reader).await?;
+    let session = Session::connect(&url, &egress, &reader).await?;
     match session.open("bitbucket").await {
         Err(AgentError::Refused(r)) => {
             assert_eq!(r.code, RefusalCode::Forbidden);

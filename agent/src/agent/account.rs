@@ -46,7 +46,7 @@ impl Agent {
             st.signing_in = Some(String::new());
         }
         self.bump();
-        let tls = crate::tls::client_config(env.ca_file.as_deref());
+        let egress = env.egress();
         let browser = self.inner.opts.browser.clone();
         let method = Method::Browser {
             timeout,
@@ -59,8 +59,8 @@ impl Agent {
                 show(url);
             }),
         };
-        let result = match tls {
-            Ok(tls) => signin::sign_in(&env.name, &env.relay, tls, &keychain, method).await,
+        let result = match egress {
+            Ok(egress) => signin::sign_in(&env.name, &env.relay, egress, &keychain, method).await,
             Err(e) => Err(e),
         };
         self.lock().signing_in = None;
@@ -102,8 +102,8 @@ impl Agent {
         let env = self.current_env()?;
         let keychain = self.keychain_for(&env)?;
         self.end_run().await;
-        let done = match crate::tls::client_config(env.ca_file.as_deref()) {
-            Ok(tls) => signin::sign_out(&env.name, &env.relay, tls, &keychain).await,
+        let done = match env.egress() {
+            Ok(egress) => signin::sign_out(&env.name, &env.relay, egress, &keychain).await,
             Err(e) => Err(e),
         };
         // Whatever happened, this environment now shows as signed out.

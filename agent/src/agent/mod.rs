@@ -37,6 +37,7 @@ use url::Url;
 
 use crate::config::{AgentConfig, Environment};
 use crate::keychain::SecretStore;
+use crate::net::{Egress, ExplicitProxy};
 use crate::status::{Frontend, Notice, Phase, Snapshot};
 use crate::token::TokenSource;
 use crate::tunnel::Backoff;
@@ -60,6 +61,8 @@ pub struct EnvSpec {
     pub name: String,
     pub relay: Url,
     pub ca_file: Option<PathBuf>,
+    /// Its explicit proxy setting, if any (else the environment variables).
+    pub proxy: Option<ExplicitProxy>,
     pub ports: BTreeMap<String, u16>,
     /// The terminal command that signs in to it.
     pub login_hint: String,
@@ -79,11 +82,18 @@ impl EnvSpec {
             name: env.name.clone(),
             relay: env.relay.clone(),
             ca_file: ca_override.cloned().or_else(|| env.ca_file.clone()),
+            proxy: env.proxy.clone(),
             ports: env.ports.clone(),
             login_hint: format!("gangway login --env {}{ca_hint}", env.name),
             source: EnvSource::ConfigFile,
             locked: env.locked(),
         }
+    }
+
+    /// How to reach its relay and identity provider: the OS trust store
+    /// plus its CA file, and its proxy decision.
+    pub fn egress(&self) -> Result<Egress, AgentError> {
+        Egress::for_environment(self.ca_file.as_deref(), self.proxy.as_ref())
     }
 }
 
@@ -417,6 +427,7 @@ mod tests {
             name: name.into(),
             relay: Url::parse(relay).unwrap(),
             ca_file: None,
+            proxy: None,
             ports: BTreeMap::new(),
             login_hint: format!("gangway login --env {name}"),
             source: EnvSource::ConfigFile,

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{now, state::Run, Agent, EnvSpec, Tokens};
 use crate::keychain::Keychain;
+use crate::net::Egress;
 use crate::notices::{self, Notifier};
 use crate::relay_api::{Catalog, RelayApi};
 use crate::signin::{self, Credentials, ServiceAccount, SignInStatus};
@@ -139,17 +140,17 @@ impl Agent {
         }
     }
 
-    fn token_source(&self, env: &EnvSpec, tls: &Arc<rustls::ClientConfig>) -> TokenSource {
+    fn token_source(&self, env: &EnvSpec, egress: &Egress) -> TokenSource {
         match &self.inner.opts.tokens {
             Tokens::Fixed(t) => t.clone(),
             Tokens::Service(creds) => TokenSource::Service(Arc::new(ServiceAccount::new(
                 env.relay.clone(),
-                tls.clone(),
+                egress.clone(),
                 creds.clone(),
             ))),
             Tokens::Keychain(store) => TokenSource::SignedIn(Arc::new(Credentials::new(
                 env.relay.clone(),
-                tls.clone(),
+                egress.clone(),
                 Keychain::new(store.clone(), &env.relay),
                 env.login_hint.clone(),
             ))),
@@ -198,9 +199,10 @@ impl Agent {
         nudge: Arc<Notify>,
     ) {
         let mut notifier = Notifier::new(self.inner.opts.unreachable_notice_after);
-        let setup = crate::tls::client_config(env.ca_file.as_deref())
-            .and_then(|tls| Ok((RelayApi::new(env.relay.clone(), tls.clone())?, tls)));
-        let (api, tls) = match setup {
+        let setup = env
+            .egress()
+            .and_then(|egress| Ok((RelayApi::new(env.relay.clone(), egress.clone())?, egress)));
+        let (api, egress) = match setup {
             Ok(s) => s,
             Err(e) => {
                 self.set_phase(
@@ -213,7 +215,7 @@ impl Agent {
                 return;
             }
         };
-        let tokens = self.token_source(&env, &tls);
+        let tokens = self.token_source(&env, &egress);
         let Some(catalog) = self
             .fetch_catalog(id, &env, &api, &tokens, &mut notifier, &stop, &nudge)
             .await
@@ -223,7 +225,7 @@ impl Agent {
         let running = up::start(
             UpOptions {
                 relay: env.relay.clone(),
-                tls,
+                egress,
                 tokens: tokens.clone(),
                 ports: env.ports.clone(),
                 listen: self.inner.opts.listen.clone(),

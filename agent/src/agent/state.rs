@@ -200,6 +200,7 @@ mod tests {
             name: "prod".into(),
             relay: Url::parse("https://relay.example").unwrap(),
             ca_file: None,
+            proxy: None,
             ports: BTreeMap::new(),
             login_hint: "gangway login --env prod".into(),
             source: super::super::EnvSource::ConfigFile,

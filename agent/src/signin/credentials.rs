@@ -11,13 +11,14 @@ use super::provider::IdentityProvider;
 use super::tokens::{AccessRecord, Secret, TokenSet, UnverifiedClaims};
 use super::{now_unix, SignInError};
 use crate::keychain::{Item, Keychain, KeychainError};
+use crate::net::Egress;
 use crate::token::TimedToken;
 
 /// Signed-in credentials for one relay, backed by the keychain. Share it
 /// (`Arc`); one refresh runs at a time.
 pub struct Credentials {
     relay: Url,
-    tls: Arc<rustls::ClientConfig>,
+    egress: Egress,
     keychain: Keychain,
     login_hint: String,
     provider: tokio::sync::OnceCell<Arc<IdentityProvider>>,
@@ -57,13 +58,13 @@ impl Credentials {
     /// messages (e.g. "gangway login --env prod").
     pub fn new(
         relay: Url,
-        tls: Arc<rustls::ClientConfig>,
+        egress: Egress,
         keychain: Keychain,
         login_hint: impl Into<String>,
     ) -> Self {
         Credentials {
             relay,
-            tls,
+            egress,
             keychain,
             login_hint: login_hint.into(),
             provider: tokio::sync::OnceCell::new(),
@@ -129,7 +130,7 @@ impl Credentials {
     async fn provider(&self) -> Result<Arc<IdentityProvider>, SignInError> {
         self.provider
             .get_or_try_init(|| async {
-                IdentityProvider::discover(&self.relay, self.tls.clone())
+                IdentityProvider::discover(&self.relay, self.egress.clone())
                     .await
                     .map(Arc::new)
             })
@@ -373,10 +374,10 @@ mod tests {
     }
 
     fn creds(k: &Keychain) -> Credentials {
-        let tls = crate::tls::client_config(None).unwrap();
+        let egress = crate::net::Egress::direct(crate::tls::client_config(None).unwrap());
         Credentials::new(
             Url::parse("https://relay.example").unwrap(),
-            tls,
+            egress,
             k.clone(),
             "gangway login --env test",
         )

@@ -8,7 +8,6 @@
 //! sign_out: revoke the refresh token at the provider (best effort) ─▶ delete the keychain entries
 //! ```
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +18,7 @@ use super::{
     UnverifiedClaims,
 };
 use crate::keychain::{namespace_for, Keychain};
+use crate::net::Egress;
 use crate::relay_api::RelayApi;
 use crate::AgentError;
 
@@ -83,7 +83,7 @@ pub struct SignedOut {
 pub async fn sign_in(
     environment: &str,
     relay: &Url,
-    tls: Arc<rustls::ClientConfig>,
+    egress: Egress,
     keychain: &Keychain,
     method: Method<'_>,
 ) -> Result<SignedIn, AgentError> {
@@ -91,7 +91,7 @@ pub async fn sign_in(
         .run(|k| k.probe())
         .await
         .map_err(|e| AgentError::SignIn(e.into()))?;
-    let idp = IdentityProvider::discover(relay, tls.clone()).await?;
+    let idp = IdentityProvider::discover(relay, egress.clone()).await?;
     let set = match method {
         Method::Browser { timeout, show } => authorization_code(&idp, timeout, show).await?,
         Method::Device { show } => device_code(&idp, show).await?,
@@ -119,7 +119,7 @@ pub async fn sign_in(
         services: None,
         warnings,
     };
-    match RelayApi::new(relay.clone(), tls)?
+    match RelayApi::new(relay.clone(), egress)?
         .catalog(&set.access)
         .await
     {
@@ -149,10 +149,10 @@ pub async fn sign_in(
 pub async fn sign_out(
     environment: &str,
     relay: &Url,
-    tls: Arc<rustls::ClientConfig>,
+    egress: Egress,
     keychain: &Keychain,
 ) -> Result<SignedOut, AgentError> {
-    let idp = IdentityProvider::discover(relay, tls).await;
+    let idp = IdentityProvider::discover(relay, egress).await;
     let done = forget(keychain, idp.as_ref().map_err(Clone::clone)).await?;
     Ok(SignedOut {
         environment: environment.to_string(),

@@ -2,7 +2,6 @@
 //! URL alone, then from the issuer's OpenID configuration; plus the token
 //! requests that need no user (refresh, revocation).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
@@ -16,6 +15,7 @@ use url::Url;
 use super::tokens::{Secret, TokenSet};
 use super::{now_unix, SignInError};
 use crate::error::error_chain;
+use crate::net::Egress;
 use crate::relay_api::{Discovery, RelayApi};
 
 /// How long one request to the provider may take.
@@ -73,13 +73,10 @@ impl std::fmt::Debug for IdentityProvider {
 
 impl IdentityProvider {
     /// Reads the relay's `/.well-known/gangway`, then the issuer's OpenID
-    /// configuration. `tls` (the relay's trust settings, e.g. a company CA)
-    /// is used for the provider too.
-    pub async fn discover(
-        relay: &Url,
-        tls: Arc<rustls::ClientConfig>,
-    ) -> Result<Self, SignInError> {
-        let api = RelayApi::new(relay.clone(), tls.clone()).map_err(|e| SignInError::Relay {
+    /// configuration. `egress` (the relay's trust settings, e.g. a company
+    /// CA, and the proxy decision) is used for the provider too.
+    pub async fn discover(relay: &Url, egress: Egress) -> Result<Self, SignInError> {
+        let api = RelayApi::new(relay.clone(), egress.clone()).map_err(|e| SignInError::Relay {
             detail: e.to_string(),
             retryable: false,
         })?;
@@ -87,7 +84,7 @@ impl IdentityProvider {
             retryable: e.retryable(),
             detail: e.to_string(),
         })?;
-        let http = http_client(tls)?;
+        let http = http_client(&egress)?;
         let config = fetch_configuration(&http, &discovery.issuer).await?;
         Self::from_documents(discovery, config, http)
     }
@@ -277,11 +274,11 @@ where
     }
 }
 
-/// The HTTP client for the provider: the relay's TLS trust, a timeout, and
-/// no redirects (the oauth2 crate's advice against SSRF).
-fn http_client(tls: Arc<rustls::ClientConfig>) -> Result<reqwest::Client, SignInError> {
-    reqwest::Client::builder()
-        .use_preconfigured_tls((*tls).clone())
+/// The HTTP client for the provider: the relay's TLS trust and proxy, a
+/// timeout, and no redirects (the oauth2 crate's advice against SSRF).
+fn http_client(egress: &Egress) -> Result<reqwest::Client, SignInError> {
+    egress
+        .http_client()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(REQUEST_TIMEOUT)
         .user_agent(concat!("gangway/", env!("CARGO_PKG_VERSION")))

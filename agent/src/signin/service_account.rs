@@ -13,6 +13,7 @@ use url::Url;
 use super::provider::{describe, request_error, IdentityProvider, OFFLINE_ACCESS};
 use super::tokens::{Secret, TokenSet};
 use super::{now_unix, SignInError};
+use crate::net::Egress;
 use crate::token::TimedToken;
 
 /// The variable holding the service account's client id.
@@ -161,7 +162,7 @@ impl IdentityProvider {
 /// Share it (`Arc`); one request to the provider runs at a time.
 pub struct ServiceAccount {
     relay: Url,
-    tls: Arc<rustls::ClientConfig>,
+    egress: Egress,
     creds: ClientCredentials,
     provider: tokio::sync::OnceCell<Arc<IdentityProvider>>,
     held: tokio::sync::Mutex<Option<TokenSet>>,
@@ -177,10 +178,10 @@ impl std::fmt::Debug for ServiceAccount {
 }
 
 impl ServiceAccount {
-    pub fn new(relay: Url, tls: Arc<rustls::ClientConfig>, creds: ClientCredentials) -> Self {
+    pub fn new(relay: Url, egress: Egress, creds: ClientCredentials) -> Self {
         ServiceAccount {
             relay,
-            tls,
+            egress,
             creds,
             provider: tokio::sync::OnceCell::new(),
             held: tokio::sync::Mutex::new(None),
@@ -234,7 +235,7 @@ impl ServiceAccount {
         let idp = self
             .provider
             .get_or_try_init(|| async {
-                IdentityProvider::discover(&self.relay, self.tls.clone())
+                IdentityProvider::discover(&self.relay, self.egress.clone())
                     .await
                     .map(Arc::new)
             })

@@ -12,7 +12,6 @@
 //! becomes [`TunnelState::SignInNeeded`] with the reason, and listeners
 //! answer new connections with it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -25,6 +24,7 @@ mod fresh;
 pub use fresh::refresh_delay;
 use fresh::{keep_fresh, wall_clock, Freshness};
 
+use crate::net::Egress;
 use crate::session::{Ended, Session};
 use crate::token::{TimedToken, TokenSource};
 use crate::AgentError;
@@ -89,7 +89,7 @@ impl Tunnel {
     /// Starts the supervisor task. It runs until `stop` is cancelled.
     pub fn start(
         relay: Url,
-        tls: Arc<rustls::ClientConfig>,
+        egress: Egress,
         tokens: TokenSource,
         backoff: Backoff,
         stop: CancellationToken,
@@ -98,7 +98,7 @@ impl Tunnel {
             attempt: 0,
             last_error: None,
         });
-        tokio::spawn(supervise(relay, tls, tokens, backoff, stop, tx));
+        tokio::spawn(supervise(relay, egress, tokens, backoff, stop, tx));
         Tunnel { state: rx }
     }
 
@@ -151,7 +151,7 @@ impl Tunnel {
 
 async fn supervise(
     relay: Url,
-    tls: Arc<rustls::ClientConfig>,
+    egress: Egress,
     tokens: TokenSource,
     backoff: Backoff,
     stop: CancellationToken,
@@ -161,7 +161,7 @@ async fn supervise(
     let mut retried_after_401 = false;
     loop {
         let result = tokio::select! {
-            r = connect_once(&relay, &tls, &tokens) => r,
+            r = connect_once(&relay, &egress, &tokens) => r,
             _ = stop.cancelled() => break,
         };
         match result {
@@ -265,11 +265,11 @@ async fn supervise(
 
 async fn connect_once(
     relay: &Url,
-    tls: &Arc<rustls::ClientConfig>,
+    egress: &Egress,
     tokens: &TokenSource,
 ) -> Result<(Session, TimedToken), AgentError> {
     let held = tokens.current_timed().await?;
-    match Session::connect(relay, tls.clone(), &held.token).await {
+    match Session::connect(relay, egress, &held.token).await {
         Ok(s) => Ok((s, held)),
         Err(e @ AgentError::Unauthorized(_)) => {
             tokens.rejected(&held.token).await;

@@ -54,7 +54,7 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let target = Target::resolve(&args.target)?;
-    let tls = target.tls()?;
+    let egress = target.egress()?;
     // Before anyone types a password: can the tokens be kept at all?
     let keychain = target.keychain().await?;
     let label = target.label();
@@ -92,7 +92,7 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<ExitCode> {
             }),
         }
     };
-    let done = signin::sign_in(&target.name(), &target.relay, tls, &keychain, method).await?;
+    let done = signin::sign_in(&target.name(), &target.relay, egress, &keychain, method).await?;
     print_signed_in(&target.label(), &done);
     super::git::after_login().await;
     Ok(ExitCode::SUCCESS)
@@ -131,12 +131,12 @@ async fn service_account(
     creds: gangway_agent::signin::ClientCredentials,
 ) -> anyhow::Result<ExitCode> {
     let target = Target::resolve(&args.target)?;
-    let tls = target.tls()?;
+    let egress = target.egress()?;
     let id = creds.client_id.clone();
-    let account = signin::ServiceAccount::new(target.relay.clone(), tls.clone(), creds);
+    let account = signin::ServiceAccount::new(target.relay.clone(), egress.clone(), creds);
     let token = account.current().await?;
     // The relay must accept it too (audience, issuer, groups).
-    let catalog = gangway_agent::relay_api::RelayApi::new(target.relay.clone(), tls)?
+    let catalog = gangway_agent::relay_api::RelayApi::new(target.relay.clone(), egress)?
         .catalog(&token.token)
         .await?;
     let claims = signin::UnverifiedClaims::peek(token.token.expose()).unwrap_or_default();

@@ -26,9 +26,9 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let target = Target::resolve(&args)?;
-    let tls = target.tls()?;
+    let egress = target.egress()?;
     let keychain = target.keychain().await?;
-    let done = signin::sign_out(&target.name(), &target.relay, tls, &keychain).await?;
+    let done = signin::sign_out(&target.name(), &target.relay, egress, &keychain).await?;
     print_signed_out(&target.label(), &done, None);
     super::git::after_logout();
     Ok(ExitCode::SUCCESS)

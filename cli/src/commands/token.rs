@@ -10,16 +10,16 @@ use crate::target::Target;
 
 pub async fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
     let target = Target::resolve(&args.target)?;
-    let tls = target.tls()?;
+    let egress = target.egress()?;
     if let Some(creds) = args.service.credentials()? {
-        let account = ServiceAccount::new(target.relay.clone(), tls, creds);
+        let account = ServiceAccount::new(target.relay.clone(), egress, creds);
         println!("{}", account.current().await?.token.expose());
         return Ok(ExitCode::SUCCESS);
     }
     let keychain = target.keychain().await?;
     let creds = Credentials::new(
         target.relay.clone(),
-        tls,
+        egress,
         keychain,
         target.login_hint.clone(),
     );

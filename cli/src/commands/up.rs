@@ -23,8 +23,8 @@ use crate::target::Target;
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let target = Target::resolve(&args.target)?;
-    // A bad CA file is reported before anything starts.
-    target.tls()?;
+    // A bad CA file or proxy setting is reported before anything starts.
+    target.egress()?;
     let service = args.service.credentials()?;
     let tokens = match (&args.token_file, std::env::var("GANGWAY_TOKEN")) {
         _ if service.is_some() => Tokens::Service(service.expect("checked")),
@@ -164,6 +164,7 @@ fn environments(
                     name: name.clone(),
                     relay: target.relay.clone(),
                     ca_file: target.ca_file.clone(),
+                    proxy: target.proxy.clone(),
                     ports: BTreeMap::new(),
                     login_hint: target.login_hint.clone(),
                     source: EnvSource::CommandLine,

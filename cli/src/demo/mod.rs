@@ -189,6 +189,8 @@ pub async fn run() -> anyhow::Result<()> {
             name: "demo".into(),
             relay: relay_url.clone(),
             ca_file: Some(cert_path.clone()),
+            // A loopback relay: never proxied.
+            proxy: None,
             ports: BTreeMap::new(),
             login_hint: "gangway demo".into(),
             source: EnvSource::CommandLine,

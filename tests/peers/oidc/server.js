@@ -10,6 +10,9 @@
 //   ACCESS_TOKEN_TTL  access token lifetime in seconds (default 60)
 //   TLS_CERT, TLS_KEY PEM files: serve https (the issuer is then
 //                     https://127.0.0.1:<port>), as real providers do
+//   ISSUER_HOST       the host name in the issuer instead of 127.0.0.1 (it
+//                     still listens on 127.0.0.1): a name only a proxy's
+//                     hosts file knows, for tests behind a corporate proxy
 //   DEVICE_CODE_TTL   device code lifetime in seconds (default 600)
 //   DEVICE_INTERVAL   seconds: the device authorization response names this
 //                     polling `interval` (the library sends none, so clients
@@ -375,7 +378,8 @@ const TLS = process.env.TLS_CERT && process.env.TLS_KEY
 const server = TLS ? https.createServer(TLS) : http.createServer();
 server.listen(PORT, '127.0.0.1', () => {
   const { port } = server.address();
-  const issuer = `${TLS ? 'https' : 'http'}://127.0.0.1:${port}`;
+  const host = process.env.ISSUER_HOST || '127.0.0.1';
+  const issuer = `${TLS ? 'https' : 'http'}://${host}:${port}`;
   const provider = new Provider(issuer, configuration());
   provider.on('server_error', (_ctx, err) => console.error('oidc peer: server_error', err));
   provider.use(devicePacing);

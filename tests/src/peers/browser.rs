@@ -59,6 +59,12 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a Chromium session with a fresh profile.
     pub async fn start() -> Result<Self> {
+        Self::start_with_args(&[]).await
+    }
+
+    /// [`Browser::start`] with more Chromium flags (e.g.
+    /// `--host-resolver-rules=…` for names only a test's proxy knows).
+    pub async fn start_with_args(extra: &[String]) -> Result<Self> {
         let chromedriver = require_program("chromedriver")?;
         let chromium = chromium_binary()?;
         let profile = tempfile::Builder::new()
@@ -93,6 +99,7 @@ impl Browser {
             _profile: profile,
         };
         let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| s.to_string()).collect();
+        args.extend(extra.iter().cloned());
         args.push(format!(
             "--user-data-dir={}",
             browser._profile.path().display()

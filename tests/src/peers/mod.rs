@@ -13,4 +13,5 @@ pub mod oidc;
 pub mod process;
 pub mod redis;
 pub mod rsyslog;
+pub mod squid;
 pub mod sshd;

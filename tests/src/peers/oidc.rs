@@ -105,6 +105,18 @@ impl OidcProvider {
         Self::start_with(audience, access_token_ttl_secs, Some(tls), &[])
     }
 
+    /// [`OidcProvider::start_tls`] with more of `server.js`'s settings
+    /// (e.g. `ISSUER_HOST`: its own requests then reach that name at
+    /// 127.0.0.1).
+    pub fn start_tls_with_settings(
+        audience: &str,
+        access_token_ttl_secs: u64,
+        tls: (&Path, &Path),
+        settings: &[(&str, &str)],
+    ) -> Result<Self> {
+        Self::start_with(audience, access_token_ttl_secs, Some(tls), settings)
+    }
+
     fn start_with(
         audience: &str,
         access_token_ttl_secs: u64,
@@ -133,6 +145,7 @@ impl OidcProvider {
             .env_remove("PORT")
             .env_remove("TLS_CERT")
             .env_remove("TLS_KEY")
+            .env_remove("ISSUER_HOST")
             .env_remove("DEVICE_CODE_TTL")
             .env_remove("DEVICE_INTERVAL")
             .env_remove("DEVICE_SLOW_DOWN_FIRST")
@@ -158,6 +171,15 @@ impl OidcProvider {
             http =
                 http.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(cert)?)?);
         }
+        // An issuer named for a host only a proxy knows is still this
+        // process on 127.0.0.1 for the peer's own requests.
+        if let Ok(u) = reqwest::Url::parse(&issuer) {
+            if let (Some(host), Some(port)) = (u.host_str(), u.port()) {
+                if host.parse::<std::net::IpAddr>().is_err() {
+                    http = http.resolve(host, std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+                }
+            }
+        }
         let http = http.build().context("building the HTTP client")?;
         Ok(Self {
             _child: child,
@@ -181,6 +203,21 @@ impl OidcProvider {
     /// `<issuer>/jwks`, where its signing keys are published.
     pub fn jwks_uri(&self) -> String {
         format!("{}/jwks", self.issuer)
+    }
+
+    /// Its JWKS document, fetched from [`OidcProvider::jwks_uri`] (for a
+    /// relay given the keys as a file).
+    pub async fn jwks(&self) -> Result<String> {
+        let url = self.jwks_uri();
+        Ok(self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .error_for_status()?
+            .text()
+            .await?)
     }
 
     /// `<issuer>/token`.
