@@ -23,6 +23,13 @@ use tokio_tungstenite::WebSocketStream;
 /// without waiting for a flush. Room for a 64 KiB yamux frame and its header.
 pub const MAX_WRITE: usize = 64 * 1024 + 64;
 
+/// The read buffer tungstenite starts each connection with. Its default,
+/// 128 KiB, is allocated and zero-filled on the first read, so every idle
+/// session held it resident (~116 of an idle relay session's 179 KiB,
+/// BENCHMARKS.md). A larger frame still fits: tungstenite reserves room for
+/// the frame the header announces.
+pub const READ_BUFFER: usize = 8 * 1024;
+
 /// WebSocket limits of a tunnel connection, the same at both ends: a message
 /// (and a frame) holds at most 4 MiB, far above [`MAX_WRITE`], so a peer
 /// cannot make the other buffer more.
@@ -30,6 +37,7 @@ pub fn config() -> tungstenite::protocol::WebSocketConfig {
     let mut c = tungstenite::protocol::WebSocketConfig::default();
     c.max_message_size = Some(4 << 20);
     c.max_frame_size = Some(4 << 20);
+    c.read_buffer_size = READ_BUFFER;
     c
 }
 
