@@ -169,6 +169,15 @@ async fn doctor_is_all_pass_on_a_healthy_setup() -> Result<()> {
         assert!(c["fix"].is_null(), "{c}");
     }
 
+    // The agent logs to its size-bounded file too (what bugreport reads), 0600.
+    let log = w.keychain.home().join(".local/state/gangway/agent.log");
+    let text = std::fs::read_to_string(&log).with_context(|| log.display().to_string())?;
+    assert!(text.contains("listening"), "{text}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&log)?.permissions().mode() & 0o777, 0o600);
+    }
+
     // Plain text: one aligned line per check, all PASS.
     let text = w.run(&["doctor"]).await?;
     println!("{}", text.stdout);
@@ -307,6 +316,58 @@ async fn doctor_names_a_skewed_relay_clock() -> Result<()> {
         // The rest of the path through HAProxy is fine.
         assert_eq!(check(&report, "tls")["status"], "PASS", "{report:#}");
     }
+    Ok(())
+}
+
+/// The environment's `ca_file` is another CA than the one that signed the
+/// relay's certificate: the tls check fails with the plain-words sentence
+/// and its fix, naming how many certificates the relay presented.
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_names_an_untrusted_relay_certificate() -> Result<()> {
+    let w = World::start(&["prod"]).await?;
+    // Another self-signed certificate, under another name (under the same
+    // name webpki would find it and call the relay's signature invalid).
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Some Other CA");
+    let other = gangway_tests::gangway::TestCert::from_params(params)?;
+    let dir = w.keychain.home().join(".config/gangway");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "[[environment]]\nname = \"prod\"\nrelay = {:?}\nca_file = {:?}\n",
+            w.relay("prod").url(),
+            other.cert.to_str().unwrap()
+        ),
+    )?;
+    let token = w.idp.client_credentials_token(CI_DEV).await?;
+    let (done, report) = doctor(&w, &[("GANGWAY_TOKEN", &token)]).await?;
+    assert_eq!(exit_code(&done), Some(1));
+    let tls = check(&report, "tls");
+    assert_eq!(tls["status"], "FAIL", "{report:#}");
+    let detail = tls["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("1 certificate for ")
+            && detail.contains("not signed by an authority this computer trusts"),
+        "{detail}"
+    );
+    assert!(tls["fix"].as_str().unwrap().contains("--ca-file"), "{tls}");
+    // What needs the relay's answer waits for TLS, and says so.
+    for c in ["clock", "relay version", "identity provider", "tunnel"] {
+        assert_eq!(
+            check(&report, c)["detail"],
+            "not checked: tls failed",
+            "{c}"
+        );
+    }
+    let failed: Vec<_> = not_passing(&report)
+        .into_iter()
+        .filter(|(_, s, _)| s == "FAIL")
+        .map(|(c, _, _)| c)
+        .collect();
+    assert_eq!(failed, ["tls"], "{report:#}");
     Ok(())
 }
 

@@ -121,7 +121,7 @@ impl Trust {
                         .is_ok()
                 })
         };
-        if let Some(root) = self.file.iter().find(|r| accepts(*r)) {
+        if let Some(root) = self.file.iter().find(|r| accepts(r)) {
             return Some(Anchor::CaFile {
                 path: self.ca_file.clone().unwrap_or_default(),
                 name: subject_name(root),
@@ -129,7 +129,7 @@ impl Trust {
         }
         self.system
             .iter()
-            .find(|r| accepts(*r))
+            .find(|r| accepts(r))
             .map(|r| Anchor::System {
                 name: subject_name(r),
             })

@@ -286,6 +286,18 @@ impl Probe {
         })
     }
 
+    /// The relay's answer, when it got through TLS; else the check that
+    /// failed first (`relay` or `tls`), for [`super::Outcome::blocked`].
+    pub async fn relay_answer(&self) -> Result<&RelaySeen, &'static str> {
+        if self.reachable().await.is_err() {
+            return Err("relay");
+        }
+        match self.relay_seen().await {
+            Ok(s) if s.tls.as_ref().is_none_or(|t| t.verdict.is_ok()) => Ok(s),
+            _ => Err("tls"),
+        }
+    }
+
     /// The relay's discovery document, if it gave one.
     pub async fn discovery(&self) -> Option<&Discovery> {
         self.relay_seen()

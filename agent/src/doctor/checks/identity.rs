@@ -13,8 +13,8 @@ pub async fn provider(p: &Probe) -> Outcome {
     if p.environment().is_none() {
         return Outcome::blocked("config");
     }
-    if p.reachable().await.is_err() {
-        return Outcome::blocked("relay");
+    if let Err(piece) = p.relay_answer().await {
+        return Outcome::blocked(piece);
     }
     let Some(d) = p.discovery().await else {
         return Outcome::blocked("relay version");
@@ -161,10 +161,10 @@ pub async fn token(p: &Probe) -> Outcome {
             groups.join(", ")
         )
     };
-    if p.reachable().await.is_err() {
+    if let Err(piece) = p.relay_answer().await {
         return Outcome::warn(
             said(&groups, "; the relay could not be asked"),
-            "see the `relay` check",
+            format!("fix the `{piece}` check first"),
         );
     }
     match p.catalog().await {

@@ -28,7 +28,7 @@ pub async fn ports(p: &Probe) -> Outcome {
         return Outcome::blocked("config");
     };
     let agent = p.agent_here().await;
-    let relay_down = p.reachable().await.is_err();
+    let relay_down = p.relay_answer().await.err();
     // The services: the relay's catalog, else what the running agent serves.
     let services: Vec<(String, u16)> = match (p.catalog().await, agent) {
         (Ok(c), _) => c
@@ -48,7 +48,9 @@ pub async fn ports(p: &Probe) -> Outcome {
                 (s.name.clone(), port)
             })
             .collect(),
-        (Err(_), None) if relay_down => return Outcome::blocked("relay"),
+        (Err(_), None) if relay_down.is_some() => {
+            return Outcome::blocked(relay_down.unwrap_or("relay"))
+        }
         (Err(_), None) => return Outcome::blocked("token"),
     };
     let held_by_agent: Vec<u16> = agent

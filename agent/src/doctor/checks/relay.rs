@@ -141,12 +141,9 @@ pub async fn clock(p: &Probe) -> Outcome {
     if p.environment().is_none() {
         return Outcome::blocked("config");
     }
-    if p.reachable().await.is_err() {
-        return Outcome::blocked("relay");
-    }
-    let seen = match p.relay_seen().await {
+    let seen = match p.relay_answer().await {
         Ok(s) => s,
-        Err(_) => return Outcome::blocked("tls"),
+        Err(piece) => return Outcome::blocked(piece),
     };
     let Some(date) = seen.date else {
         return Outcome::warn(
@@ -198,12 +195,9 @@ pub async fn version(p: &Probe) -> Outcome {
     if p.environment().is_none() {
         return Outcome::blocked("config");
     }
-    if p.reachable().await.is_err() {
-        return Outcome::blocked("relay");
-    }
-    let seen = match p.relay_seen().await {
+    let seen = match p.relay_answer().await {
         Ok(s) => s,
-        Err(_) => return Outcome::blocked("tls"),
+        Err(piece) => return Outcome::blocked(piece),
     };
     let d = match &seen.discovery {
         Ok(d) => d,

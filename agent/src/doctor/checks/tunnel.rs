@@ -10,8 +10,8 @@ pub async fn tunnel(p: &Probe) -> Outcome {
     let Some(env) = p.environment() else {
         return Outcome::blocked("config");
     };
-    if p.reachable().await.is_err() {
-        return Outcome::blocked("relay");
+    if let Err(piece) = p.relay_answer().await {
+        return Outcome::blocked(piece);
     }
     let Ok(token) = p.token().await else {
         return Outcome::blocked("token");
