@@ -18,6 +18,10 @@
 //! `gangway status|login|env use` act on whichever runs. Both front ends
 //! are thin over this library, which has no server, CLI parser or logging
 //! setup of its own.
+//!
+//! [`doctor`] checks each piece the agent relies on (PASS/WARN/FAIL with a
+//! fix) and builds the redacted bug report ([`redact`]); the CLI prints
+//! them (`gangway doctor`, `gangway bugreport`) and the tray copies them.
 // Unsafe only in the macOS policy reader (CFPreferences, a C API).
 #![cfg_attr(not(target_os = "macos"), forbid(unsafe_code))]
 #![cfg_attr(target_os = "macos", deny(unsafe_code))]
