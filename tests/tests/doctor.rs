@@ -269,8 +269,9 @@ async fn doctor_names_a_stopped_relay() -> Result<()> {
     Ok(())
 }
 
-/// HAProxy in front of the relay rewrites every `Date`: an hour ahead is
-/// a FAIL, two minutes behind a WARN, each naming the offset.
+/// HAProxy in front of the relay rewrites every `Date`: three hours ahead
+/// is a FAIL, two minutes behind a WARN, each naming the offset; a `Date`
+/// that is no date is a WARN saying so.
 #[tokio::test(flavor = "multi_thread")]
 async fn doctor_names_a_skewed_relay_clock() -> Result<()> {
     let w = World::start(&["prod"]).await?;
@@ -316,6 +317,16 @@ async fn doctor_names_a_skewed_relay_clock() -> Result<()> {
         // The rest of the path through HAProxy is fine.
         assert_eq!(check(&report, "tls")["status"], "PASS", "{report:#}");
     }
+    // A `Date` that is not a date: said, not guessed at.
+    let haproxy = Haproxy::start_date_rewriting(w.dir.path(), relay, &pem, "yesterday-ish")?;
+    write_config(&w, "skewed", &haproxy.url(), "")?;
+    let (_, report) = doctor(&w, &[]).await?;
+    let clock = check(&report, "clock");
+    assert_eq!(clock["status"], "WARN", "{report:#}");
+    assert_eq!(
+        clock["detail"],
+        "the relay's Date header \"yesterday-ish\" is not an HTTP date"
+    );
     Ok(())
 }
 

@@ -99,7 +99,10 @@ impl Bugreport {
         for s in extra.secrets {
             redactor = redactor.with_secret(s);
         }
-        for s in known_secrets(probe).await {
+        let known = tokio::time::timeout(std::time::Duration::from_secs(20), known_secrets(probe))
+            .await
+            .unwrap_or_default();
+        for s in known {
             redactor = redactor.with_secret(s);
         }
         let r = &redactor;
@@ -222,9 +225,10 @@ async fn known_secrets(probe: &Probe) -> Vec<String> {
     }
     if let Some(env) = probe.environment() {
         let k = Keychain::new(probe.inputs.store.clone(), &env.relay);
-        if let Ok((refresh, access)) = k
-            .run(|k| Ok((k.get(Item::Refresh)?, k.get(Item::Access)?)))
-            .await
+        // A locked keychain may wait for a password: not for long.
+        let read = k.run(|k| Ok((k.get(Item::Refresh)?, k.get(Item::Access)?)));
+        if let Ok(Ok((refresh, access))) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), read).await
         {
             known.extend(refresh);
             if let Some(a) = access {

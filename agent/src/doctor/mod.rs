@@ -89,14 +89,23 @@ impl Outcome {
     }
 }
 
-/// Text from errors and peers may hold newlines: a detail stays one line.
+/// Longest detail or fix, in characters (a peer's text can be anything).
+const MAX_LINE: usize = 600;
+
+/// Text from errors and peers may hold newlines and be long: a detail
+/// stays one line of bounded length.
 fn one_line(s: String) -> String {
-    if s.contains(['\n', '\r']) {
+    let s = if s.contains(['\n', '\r']) {
         s.split(['\n', '\r'])
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .collect::<Vec<_>>()
             .join(" ")
+    } else {
+        s
+    };
+    if s.chars().count() > MAX_LINE {
+        s.chars().take(MAX_LINE).chain(['…']).collect()
     } else {
         s
     }
@@ -251,6 +260,8 @@ mod tests {
         let o = Outcome::fail("a\n b\r\n\nc", "x\ny");
         assert_eq!(o.detail, "a b c");
         assert_eq!(o.fix.as_deref(), Some("x y"));
+        let long = Outcome::pass("x".repeat(5000));
+        assert_eq!(long.detail.chars().count(), MAX_LINE + 1);
     }
 
     #[test]

@@ -70,8 +70,9 @@ impl Inputs {
 pub struct RelaySeen {
     /// Certificates presented and the verifier's verdict (https only).
     pub tls: Option<Seen>,
-    /// The answer's `Date`, and the local clock before and after.
-    pub date: Option<SystemTime>,
+    /// The answer's `Date` (`Err`: present but not an HTTP date), and the
+    /// local clock before and after.
+    pub date: Option<Result<SystemTime, String>>,
     pub sent_at: SystemTime,
     pub answered_at: SystemTime,
     pub discovery: Result<Discovery, String>,
@@ -264,11 +265,10 @@ impl Probe {
             }
             Err(e) => return Err(error_chain(&e)),
         };
-        let date = resp
-            .headers()
-            .get(http::header::DATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok());
+        let date = resp.headers().get(http::header::DATE).map(|v| {
+            let text = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            httpdate::parse_http_date(&text).map_err(|_| text)
+        });
         let status = resp.status();
         let discovery = if status.is_success() {
             resp.json::<Discovery>()

@@ -145,11 +145,20 @@ pub async fn clock(p: &Probe) -> Outcome {
         Ok(s) => s,
         Err(piece) => return Outcome::blocked(piece),
     };
-    let Some(date) = seen.date else {
-        return Outcome::warn(
-            "the relay's answer has no Date header",
-            "cannot compare clocks; make sure this computer's clock is set automatically",
-        );
+    let date = match &seen.date {
+        Some(Ok(d)) => *d,
+        Some(Err(text)) => {
+            return Outcome::warn(
+                format!("the relay's Date header {text:?} is not an HTTP date"),
+                "cannot compare clocks; make sure this computer's clock is set automatically",
+            )
+        }
+        None => {
+            return Outcome::warn(
+                "the relay's answer has no Date header",
+                "cannot compare clocks; make sure this computer's clock is set automatically",
+            )
+        }
     };
     // The Date was stamped between sending and the answer (whole seconds).
     let half = signed_secs(seen.sent_at, seen.answered_at) / 2.0;
