@@ -35,38 +35,48 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// An appending, rotating log file (a `Write` for a tracing layer; wrap
-/// it in a `Mutex`).
+/// it in a `Mutex`). Nothing is created until the first line is written.
 pub struct LogFile {
     path: PathBuf,
-    file: File,
-    len: u64,
+    /// The open file and its length, from the first write on.
+    file: Option<(File, u64)>,
     max: u64,
 }
 
 impl LogFile {
-    /// Opens (creating) `dir/agent.log`, owner-only on Unix.
+    /// `dir/agent.log` (created, owner-only on Unix, at the first line).
     pub fn open(dir: &Path) -> io::Result<Self> {
         Self::open_bounded(dir, MAX_BYTES)
     }
 
     pub fn open_bounded(dir: &Path, max: u64) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join(FILE_NAME);
-        let file = open_append(&path)?;
-        let len = file.metadata()?.len();
         Ok(LogFile {
-            path,
-            file,
-            len,
+            path: dir.join(FILE_NAME),
+            file: None,
             max,
         })
+    }
+
+    /// The open file and its length.
+    fn file(&mut self) -> io::Result<&mut (File, u64)> {
+        let opened = match self.file.take() {
+            Some(open) => open,
+            None => {
+                if let Some(dir) = self.path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let f = open_append(&self.path)?;
+                let len = f.metadata()?.len();
+                (f, len)
+            }
+        };
+        Ok(self.file.insert(opened))
     }
 
     fn rotate(&mut self) -> io::Result<()> {
         let old = self.path.with_file_name(format!("{FILE_NAME}.1"));
         std::fs::rename(&self.path, old)?;
-        self.file = open_append(&self.path)?;
-        self.len = 0;
+        self.file = Some((open_append(&self.path)?, 0));
         Ok(())
     }
 }
@@ -84,16 +94,22 @@ fn open_append(path: &Path) -> io::Result<File> {
 
 impl Write for LogFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.len > 0 && self.len + buf.len() as u64 > self.max {
+        let max = self.max;
+        let len = self.file()?.1;
+        if len > 0 && len + buf.len() as u64 > max {
             self.rotate()?;
         }
-        let n = self.file.write(buf)?;
-        self.len += n as u64;
+        let (file, len) = self.file()?;
+        let n = file.write(buf)?;
+        *len += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        match &mut self.file {
+            Some((f, _)) => f.flush(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -136,8 +152,20 @@ mod tests {
         assert!(last.ends_with("line 29 of the log\n"), "{last}");
         // A reopened log goes on from its size.
         drop(log);
-        let log = LogFile::open_bounded(dir.path(), 100).unwrap();
-        assert_eq!(log.len, cur);
+        let mut log = LogFile::open_bounded(dir.path(), 100).unwrap();
+        writeln!(log, "x").unwrap();
+        assert_eq!(log.file.as_ref().unwrap().1, cur + 2);
+    }
+
+    #[test]
+    fn nothing_is_created_before_the_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("state/gangway");
+        let mut log = LogFile::open(&logs).unwrap();
+        log.flush().unwrap();
+        assert!(!logs.exists());
+        writeln!(log, "first").unwrap();
+        assert!(logs.join(FILE_NAME).is_file());
     }
 
     #[test]
