@@ -384,7 +384,8 @@ async fn doctor_names_an_untrusted_relay_certificate() -> Result<()> {
 
 /// A service's local port held by another program (this test's own
 /// listener): the ports check fails naming this process's pid and
-/// executable.
+/// executable. (With a policy locking a setting, which the config check
+/// names.)
 #[tokio::test(flavor = "multi_thread")]
 async fn doctor_names_the_program_holding_a_busy_port() -> Result<()> {
     let w = World::start(&["prod"]).await?;
@@ -392,8 +393,30 @@ async fn doctor_names_the_program_holding_a_busy_port() -> Result<()> {
     let port = holder.local_addr()?.port();
     w.write_config(&[("confluence", port)])?;
     let token = w.idp.client_credentials_token(CI_DEV).await?;
-    let (done, report) = doctor(&w, &[("GANGWAY_TOKEN", &token)]).await?;
+    // And the organisation locks a setting: the config check names it.
+    let policy = w.dir.path().join("etc-gangway");
+    std::fs::create_dir_all(policy.join("policy.d"))?;
+    std::fs::write(
+        policy.join("policy.d/00-corp.toml"),
+        "start_at_login = true\n",
+    )?;
+    let (done, report) = doctor(
+        &w,
+        &[
+            ("GANGWAY_TOKEN", &token),
+            ("GANGWAY_POLICY_ROOT", policy.to_str().unwrap()),
+        ],
+    )
+    .await?;
     assert_eq!(exit_code(&done), Some(1), "{report:#}");
+    let config = check(&report, "config")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        config.contains("1 setting(s) from policy (locked: start_at_login)"),
+        "{config}"
+    );
     let ports = check(&report, "local ports");
     assert_eq!(ports["status"], "FAIL", "{report:#}");
     let detail = ports["detail"].as_str().unwrap();

@@ -44,8 +44,20 @@ pub async fn config(p: &Probe) -> Outcome {
         .iter()
         .filter(|s| s.source == Source::UserFile)
         .count();
+    let locked: Vec<&str> = config
+        .settings
+        .table
+        .iter()
+        .filter(|s| s.locked)
+        .map(|s| s.key.as_str())
+        .collect();
+    let locked = if locked.is_empty() {
+        String::new()
+    } else {
+        format!(" (locked: {})", locked.join(", "))
+    };
     let detail = format!(
-        "environment {} at {} from {}; {by_policy} setting(s) from policy, {by_user} from {path}",
+        "environment {} at {} from {}; {by_policy} setting(s) from policy{locked}, {by_user} from {path}",
         env.name,
         crate::keychain::namespace_for(&env.relay),
         source_name(env.source),
@@ -69,10 +81,13 @@ pub async fn agent(p: &Probe) -> Outcome {
         );
     };
     let here = p.agent_here().await.is_some();
+    let frontend = match snap.frontend {
+        crate::status::Frontend::Tray => "the Gangway app",
+        crate::status::Frontend::Cli => "gangway up",
+    };
     let what = format!(
-        "pid {} ({:?}) serves {} — {}",
+        "{frontend} (pid {}) serves {} — {}",
         snap.pid,
-        snap.frontend,
         snap.environment.as_deref().unwrap_or("no environment"),
         snap.phase.label()
     );
