@@ -122,6 +122,7 @@ async fn doctor_is_all_pass_on_a_healthy_setup() -> Result<()> {
     assert_success("git setup", &w.run(&["git", "setup"]).await?);
 
     let (done, report) = doctor(&w, &[]).await?;
+    eprintln!("gangway doctor (healthy) took {:?}", done.took);
     assert_eq!(
         not_passing(&report),
         Vec::<(String, String, String)>::new(),
@@ -520,6 +521,11 @@ async fn bugreport_holds_its_sections_and_no_secret() -> Result<()> {
         .finish(Duration::from_secs(120))
         .await?;
     assert_success("bugreport", &done);
+    eprintln!(
+        "gangway bugreport took {:?}, {} bytes",
+        done.took,
+        std::fs::metadata(&out)?.len()
+    );
     assert!(done.stderr.contains("redacted"), "{}", done.stderr);
     {
         use std::os::unix::fs::PermissionsExt;
