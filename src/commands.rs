@@ -41,10 +41,11 @@ pub async fn use_environment(shell: State<'_, Shell>, name: String) -> Result<Sn
     Ok(shell.snapshot())
 }
 
-/// Copies a plain-text report (no secrets) to the clipboard and returns it.
+/// Copies the diagnostics report (the doctor's checks and the redacted
+/// bugreport sections, as text) to the clipboard and returns it.
 #[tauri::command]
-pub fn copy_diagnostics(shell: State<'_, Shell>) -> Result<String, UiError> {
-    let text = shell.snapshot().diagnostics();
+pub async fn copy_diagnostics(shell: State<'_, Shell>) -> Result<String, UiError> {
+    let text = shell.diagnostics().await;
     shell.copy(&text)?;
     Ok(text)
 }

@@ -42,16 +42,44 @@ use crate::shell::{AppControl, Shell};
 /// Event carrying a fresh [`Snapshot`] to the status window.
 pub const STATUS_EVENT: &str = "status";
 
+/// Logs to standard error and to the agent's size-bounded log file
+/// (`gangway_agent::logfile`, read by `gangway bugreport`); a log file
+/// that cannot be opened is said once and skipped.
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,tao=warn,wry=warn".into());
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let mut problem = None;
+    let file = gangway_agent::logfile::log_dir()
+        .and_then(|dir| match gangway_agent::logfile::LogFile::open(&dir) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                problem = Some(format!("no log file in {}: {e}", dir.display()));
+                None
+            }
+        })
+        .map(|f| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::sync::Mutex::new(f))
+                .with_ansi(false)
+        });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(file)
+        .init();
+    if let Some(p) = problem {
+        tracing::warn!("{p}");
+    }
+}
+
 /// The app's entry point (`main` only calls this).
 pub fn run() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tao=warn,wry=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_logging();
     let autostarted = std::env::args().any(|a| a == autostart::FLAG);
     // One worker thread runs the agent, as in the `gangway` CLI: one
     // person's traffic, no wake-ups between worker threads (BENCHMARKS.md,

@@ -39,6 +39,7 @@ pub enum Action {
     CopyCloneHttp,
     CopyCloneSsh,
     OpenWindow,
+    CopyDiagnostics,
     ToggleAutostart,
     Quit,
 }
@@ -53,6 +54,7 @@ pub const COPY_CLONE: &str = "copy-clone";
 pub const COPY_CLONE_HTTP: &str = "copy-clone:http";
 pub const COPY_CLONE_SSH: &str = "copy-clone:ssh";
 pub const OPEN_WINDOW: &str = "open-window";
+pub const COPY_DIAGNOSTICS: &str = "copy-diagnostics";
 pub const AUTOSTART: &str = "autostart";
 pub const QUIT: &str = "quit";
 
@@ -66,6 +68,7 @@ impl Action {
             COPY_CLONE_HTTP => Action::CopyCloneHttp,
             COPY_CLONE_SSH => Action::CopyCloneSsh,
             OPEN_WINDOW => Action::OpenWindow,
+            COPY_DIAGNOSTICS => Action::CopyDiagnostics,
             AUTOSTART => Action::ToggleAutostart,
             QUIT => Action::Quit,
             other => Action::UseEnvironment(other.strip_prefix(ENV_PREFIX)?.to_string()),
@@ -148,6 +151,7 @@ pub fn build(s: &Snapshot, autostart: bool) -> Vec<Entry> {
         items: clone,
     });
     m.push(item(OPEN_WINDOW, "Open status window…", true));
+    m.push(item(COPY_DIAGNOSTICS, "Copy diagnostics", true));
     m.push(Entry::Separator);
     m.push(Entry::Check {
         id: AUTOSTART.into(),

@@ -81,6 +81,32 @@ impl Shell {
             .map_err(|e| UiError::new("clipboard", format!("cannot copy: {e}")))
     }
 
+    /// The diagnostics report as text: `gangway doctor`'s checks run by
+    /// this agent, then the same redacted sections `gangway bugreport`
+    /// archives (with this agent's door secrets taken out by value too).
+    pub async fn diagnostics(&self) -> String {
+        use gangway_agent::doctor::bugreport::{Bugreport, Extra};
+        use gangway_agent::doctor::{self, AgentLookup, Inputs, Probe};
+        let snap = self.snapshot();
+        let config_path = self
+            .agent
+            .config_path()
+            .map(std::path::Path::to_path_buf)
+            .or_else(gangway_agent::config::user_config_path)
+            .unwrap_or_default();
+        let mut inputs = Inputs::system(config_path, snap.environment.clone());
+        inputs.agent = AgentLookup::Given(Some(Box::new(snap.clone())));
+        let probe = Probe::new(inputs);
+        let report = doctor::run(&probe).await;
+        let secrets = self.agent.door().secrets();
+        let extra = Extra {
+            log_dir: None,
+            secrets: vec![secrets.git_secret(), secrets.browser_secret().to_string()],
+            agent_status: Some(snap.diagnostics()),
+        };
+        Bugreport::collect(&probe, &report, extra).await.text()
+    }
+
     /// Opens the local Confluence address in the browser, through the
     /// local door's one-time URL (it sets the door cookie; no password
     /// dialog). Returns the plain address (never the one-time token).
@@ -149,6 +175,18 @@ impl Shell {
             }
             Action::OpenWindow => {
                 crate::window::show(app).map_err(|e| UiError::new("window", e.to_string()))
+            }
+            Action::CopyDiagnostics => {
+                let app = app.clone();
+                tauri::async_runtime::spawn(async move {
+                    let shell = app.state::<Shell>();
+                    let text = shell.diagnostics().await;
+                    match shell.copy(&text) {
+                        Ok(()) => tracing::info!("diagnostics copied to the clipboard"),
+                        Err(e) => tracing::warn!("copying diagnostics: {}", e.message),
+                    }
+                });
+                Ok(())
             }
             Action::ToggleAutostart => {
                 if self.agent.snapshot().start_at_login_locked {

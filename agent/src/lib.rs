@@ -18,6 +18,10 @@
 //! `gangway status|login|env use` act on whichever runs. Both front ends
 //! are thin over this library, which has no server, CLI parser or logging
 //! setup of its own.
+//!
+//! [`doctor`] checks each piece the agent relies on (PASS/WARN/FAIL with a
+//! fix) and builds the redacted bug report ([`redact`]); the CLI prints
+//! them (`gangway doctor`, `gangway bugreport`) and the tray copies them.
 // Unsafe only in the macOS policy reader (CFPreferences, a C API).
 #![cfg_attr(not(target_os = "macos"), forbid(unsafe_code))]
 #![cfg_attr(target_os = "macos", deny(unsafe_code))]
@@ -25,16 +29,19 @@
 pub mod agent;
 pub mod config;
 pub mod control;
+pub mod doctor;
 pub mod door;
 pub mod envs;
 pub mod error;
 pub mod keychain;
 pub mod listener;
+pub mod logfile;
 pub mod net;
 pub mod notices;
 pub mod pipelined;
 pub mod plain;
 pub mod policy;
+pub mod redact;
 pub mod relay_api;
 pub mod session;
 pub mod signin;

@@ -32,6 +32,8 @@ const PONG_DEADLINE: Duration = Duration::from_secs(30);
 /// How long the relay may take to answer an in-band token refresh (it may
 /// have to fetch its provider's keys first).
 const REFRESH_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`Session::ping`] waits for its pong.
+const PING_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The relay's answer to an in-band refresh: accepted (new expiry), or
 /// refused with its reason.
@@ -51,6 +53,8 @@ pub enum Ended {
 pub struct Session {
     opener: Opener,
     control: mpsc::Sender<(Control, Option<RefreshAnswer>)>,
+    /// Pings asked for by [`Session::ping`]: answered at their pong.
+    pings: mpsc::Sender<oneshot::Sender<()>>,
     ended: watch::Receiver<Option<Ended>>,
     pub id: String,
 }
@@ -198,10 +202,12 @@ impl Session {
             .await
             .map_err(handshake_error)?;
         let (control_tx, control_rx) = mpsc::channel(16);
-        tokio::spawn(control_loop(reader, writer, control_rx, ended_tx));
+        let (pings_tx, pings_rx) = mpsc::channel(4);
+        tokio::spawn(control_loop(reader, writer, control_rx, pings_rx, ended_tx));
         Ok(Session {
             opener,
             control: control_tx,
+            pings: pings_tx,
             ended: ended_rx,
             id,
         })
@@ -278,6 +284,27 @@ impl Session {
         }
     }
 
+    /// One keep-alive round trip on the control channel, now: the time from
+    /// sending a `Ping` to its `Pong` (`gangway doctor` reports it).
+    pub async fn ping(&self) -> Result<Duration, AgentError> {
+        let (answer, answered) = oneshot::channel();
+        let started = tokio::time::Instant::now();
+        self.pings
+            .send(answer)
+            .await
+            .map_err(|_| AgentError::unreachable("session closed"))?;
+        match tokio::time::timeout(PING_ANSWER_TIMEOUT, answered).await {
+            Ok(Ok(())) => Ok(started.elapsed()),
+            Ok(Err(_)) => Err(AgentError::unreachable(
+                "session closed before the relay answered the ping",
+            )),
+            Err(_) => Err(AgentError::unreachable(format!(
+                "the relay did not answer a ping within {} s",
+                PING_ANSWER_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
     /// Resolves when the session has ended, with the reason.
     pub async fn closed(&self) -> Ended {
         let mut rx = self.ended.clone();
@@ -299,8 +326,12 @@ async fn control_loop(
     mut reader: ControlReader<Stream>,
     mut writer: ControlWriter<Stream>,
     mut outgoing: mpsc::Receiver<(Control, Option<RefreshAnswer>)>,
+    mut pings: mpsc::Receiver<oneshot::Sender<()>>,
     ended: watch::Sender<Option<Ended>>,
 ) {
+    // Pings asked for by `Session::ping`, by nonce; a few at most (the
+    // channel holds 4), dropped with the loop.
+    let mut asked = std::collections::HashMap::<u64, oneshot::Sender<()>>::new();
     // Refreshes sent and not yet answered; the relay answers in order.
     let mut awaiting = std::collections::VecDeque::<RefreshAnswer>::new();
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -320,7 +351,10 @@ async fn control_loop(
     loop {
         tokio::select! {
             msg = reader.recv() => match msg {
-                Ok(Some(Control::Pong(_))) => last_pong = tokio::time::Instant::now(),
+                Ok(Some(Control::Pong(n))) => {
+                    last_pong = tokio::time::Instant::now();
+                    if let Some(a) = asked.remove(&n) { let _ = a.send(()); }
+                }
                 Ok(Some(Control::Ping(n))) => {
                     if writer.send(&Control::Pong(n)).await.is_err() { break; }
                 }
@@ -351,6 +385,13 @@ async fn control_loop(
                 }
                 None => break,
             },
+            Some(answer) = pings.recv() => {
+                nonce += 1;
+                // Unanswered asks whose caller gave up go first.
+                asked.retain(|_, a| !a.is_closed());
+                asked.insert(nonce, answer);
+                if writer.send(&Control::Ping(nonce)).await.is_err() { break; }
+            }
             _ = ping.tick() => {
                 if last_pong.elapsed() > PONG_DEADLINE {
                     end(Ended::Lost("relay stopped answering keep-alives".into()));

@@ -50,6 +50,13 @@ pub enum Command {
     /// organisation's policy, its recommendations, your config file or the
     /// built-in default) and whether it is locked.
     Config(ConfigShowArgs),
+    /// Check each piece Gangway relies on (config, DNS, TLS, clock, sign-in,
+    /// keychain, tunnel, local ports, git, ssh): PASS/WARN/FAIL with a fix
+    /// for each; exit code 1 when any fails.
+    Doctor(DoctorArgs),
+    /// Write a redacted archive (doctor report, effective config, versions,
+    /// recent agent logs) to attach to a support ticket.
+    Bugreport(BugreportArgs),
     /// Run a self-contained demo on this machine (relay, git repo, agent).
     #[cfg(feature = "demo")]
     Demo,
@@ -111,6 +118,33 @@ pub struct OpenArgs {
     /// Print the one-time URL instead of opening a browser.
     #[arg(long)]
     pub print: bool,
+}
+
+/// `gangway doctor`.
+#[derive(clap::Args)]
+pub struct DoctorArgs {
+    /// Environment from the config file (default: the default one).
+    #[arg(long = "env")]
+    pub environment: Option<String>,
+    /// As JSON: {environment, versions, checks: [{check, status, detail, fix}]}.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `gangway bugreport`.
+#[derive(clap::Args)]
+pub struct BugreportArgs {
+    /// Environment from the config file (default: the default one).
+    #[arg(long = "env")]
+    pub environment: Option<String>,
+    /// Where to write the archive (default:
+    /// gangway-bugreport-DATE-TIME.tar.gz in the current directory).
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 #[derive(clap::Args)]

@@ -17,16 +17,49 @@ use clap::Parser;
 
 use args::{Cli, Command};
 
+/// Logs to standard error and, for the agent, to its log file
+/// (`gangway_agent::logfile`); a log file that cannot be opened is said
+/// once and skipped.
+fn init_logging(to_file: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let mut problem = None;
+    let file = to_file
+        .then(gangway_agent::logfile::log_dir)
+        .flatten()
+        .and_then(|dir| match gangway_agent::logfile::LogFile::open(&dir) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                problem = Some(format!("no log file in {}: {e}", dir.display()));
+                None
+            }
+        })
+        .map(|f| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::sync::Mutex::new(f))
+                .with_ansi(false)
+        });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(file)
+        .init();
+    if let Some(p) = problem {
+        tracing::warn!("{p}");
+    }
+}
+
 fn main() -> ExitCode {
     let _ = gangway_transport::heap::tune();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let cli = Cli::parse();
+    // The agent (`gangway up`) also logs to a size-bounded file, for
+    // `gangway bugreport`; other commands only to standard error.
+    init_logging(matches!(cli.command, Command::Up(_)));
     // One thread runs the agent: it serves one person, and a single thread
     // moves several Gbit/s through TLS, with fewer wake-ups between threads
     // and less memory than a thread pool (BENCHMARKS.md). Blocking work
@@ -52,6 +85,8 @@ fn main() -> ExitCode {
             Command::Git(cmd) => commands::git::run(cmd).await,
             Command::Open(args) => commands::open::run(args).await,
             Command::Config(args) => commands::config::run(args),
+            Command::Doctor(args) => commands::doctor::run(args).await,
+            Command::Bugreport(args) => commands::bugreport::run(args).await,
             Command::SshProxy { service } => commands::ssh_proxy::run(service).await,
             #[cfg(feature = "demo")]
             Command::Demo => demo::run().await.map(|()| ExitCode::SUCCESS),

@@ -137,6 +137,7 @@ fn discovery(relay: &Relay) -> Response<Body> {
         audience: id.audience.clone(),
         scopes: id.scopes.clone(),
         protocol_version: gangway_wire::PROTOCOL_VERSION,
+        relay_version: Some(env!("CARGO_PKG_VERSION").into()),
     })
 }
 

@@ -258,6 +258,37 @@ async fn tray_app_signs_in_switches_environments_and_shows_status() -> Result<()
     activate(&w, "copy-clone:ssh").await?;
     assert_eq!(display.clipboard()?, format!("ssh://git@{ssh}/"));
 
+    // Copy diagnostics: the doctor's checks run by the app and the
+    // redacted bugreport sections, as text; not the access token in use
+    // nor the door's credential.
+    activate(&w, "copy-diagnostics").await?;
+    let report = gangway_tests::peers::process::poll(
+        "the diagnostics on the clipboard",
+        Duration::from_secs(60),
+        || {
+            let text = display.clipboard().unwrap_or_default();
+            Ok(text.contains("===== doctor.txt =====").then_some(text))
+        },
+    )
+    .await?;
+    assert!(report.contains("PASS  tunnel"), "{report}");
+    assert!(
+        report.contains("===== config-effective.json ====="),
+        "{report}"
+    );
+    let token = w.run(&["token", "--env", "Production"]).await?;
+    assert_success("token", &token);
+    let token = token.stdout.trim();
+    assert!(token.len() > 40 && !report.contains(token), "{report}");
+    let door_secret = gangway_tests::gangway::git_credential(
+        &w.runtime_dir().join("gangway").join("agent.sock"),
+        confluence,
+    )?;
+    assert!(
+        door_secret.len() > 30 && !report.contains(&door_secret),
+        "{report}"
+    );
+
     // Start at login: an XDG autostart entry, and a checked menu item.
     let autostart = w.keychain.home().join(".config/autostart/gangway.desktop");
     activate(&w, "autostart").await?;

@@ -18,6 +18,10 @@ pub struct Discovery {
     pub scopes: Vec<String>,
     /// The tunnel protocol version the relay speaks.
     pub protocol_version: u8,
+    /// The relay's own version (`gangway-relay --version`), for `gangway
+    /// doctor` to compare with the agent's; absent from relays before 0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_version: Option<String>,
 }
 
 /// Kind of a service: `http` services are proxied request by request (and

@@ -242,6 +242,11 @@ impl Agent {
     }
 
     /// The local door shared by this agent's listeners.
+    /// The user's config file this agent reads, if it was given one.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.inner.opts.config_path.as_deref()
+    }
+
     pub fn door(&self) -> &Arc<crate::door::Door> {
         &self.inner.door
     }

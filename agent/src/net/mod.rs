@@ -95,6 +95,15 @@ impl Egress {
         &self.tls
     }
 
+    /// The same proxy decision over other TLS settings (`gangway doctor`'s
+    /// client that records the relay's chain).
+    pub fn with_tls(&self, tls: Arc<rustls::ClientConfig>) -> Self {
+        Egress {
+            tls,
+            proxy: self.proxy.clone(),
+        }
+    }
+
     /// How `url` is reached: "via proxy P (from HTTPS_PROXY)", "direct
     /// (NO_PROXY matches …)", "direct (loopback)" — what `gangway doctor`
     /// reports.

@@ -97,7 +97,7 @@ impl SignInError {
 }
 
 /// Seconds since the Unix epoch.
-pub(crate) fn now_unix() -> u64 {
+pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -330,6 +330,7 @@ mod tests {
             audience: "https://relay.example.com".into(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             protocol_version: 1,
+            relay_version: None,
         }
     }
 

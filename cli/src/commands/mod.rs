@@ -1,6 +1,8 @@
 //! One file per `gangway` command.
 
+pub mod bugreport;
 pub mod config;
+pub mod doctor;
 pub mod env;
 pub mod git;
 pub mod login;

@@ -94,6 +94,67 @@ backend relays
         })
     }
 
+    /// HAProxy in `mode http` in front of one relay: it terminates TLS with
+    /// `pem` (certificate and key in one file), re-encrypts to `relay`,
+    /// and sets every answer's `Date` header to `date` — a relay whose
+    /// clock the test chooses (`gangway doctor`'s clock check).
+    pub fn start_date_rewriting(
+        dir: &Path,
+        relay: SocketAddr,
+        pem: &Path,
+        date: &str,
+    ) -> Result<Self> {
+        let bin = require_program("haproxy").or_else(|_| require_program("/usr/sbin/haproxy"))?;
+        start_on_free_port("HAProxy stats", |stats| {
+            start_on_free_port("HAProxy", |front| {
+                let config = format!(
+                    r#"global
+  maxconn 200
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+frontend stats
+  bind {stats}
+  stats enable
+  stats uri /stats
+frontend relay
+  bind {front} ssl crt {pem}
+  http-response set-header Date "{date}"
+  default_backend relay
+backend relay
+  server relay {relay} ssl verify none
+"#,
+                    pem = pem.display()
+                );
+                let file = dir.join("haproxy-date.cfg");
+                std::fs::write(&file, config)?;
+                let check = Command::new(&bin).arg("-c").arg("-f").arg(&file).output()?;
+                if !check.status.success() {
+                    bail!(
+                        "haproxy -c refused the config: {}",
+                        String::from_utf8_lossy(&check.stderr)
+                    );
+                }
+                let mut cmd = Command::new(&bin);
+                cmd.arg("-f")
+                    .arg(&file)
+                    .arg("-db")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                let mut process = Process::spawn("haproxy", cmd)?;
+                process.blocking_wait_for_port(front, startup_timeout(Duration::from_secs(10)))?;
+                process.blocking_wait_for_port(stats, startup_timeout(Duration::from_secs(10)))?;
+                Ok(Haproxy {
+                    process,
+                    addr: front,
+                    stats,
+                })
+            })
+        })
+    }
+
     /// `https://` URL of the frontend, for `gangway up --relay`.
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
