@@ -18,6 +18,11 @@ pub struct Discovery {
     pub scopes: Vec<String>,
     /// The tunnel protocol version the relay speaks.
     pub protocol_version: u8,
+    /// DPoP proof algorithms the relay checks (RFC 9449; `["ES256"]`). An
+    /// agent binds its tokens to its key only when the relay lists one it
+    /// can make, so a relay that predates DPoP keeps getting bearer tokens.
+    #[serde(default)]
+    pub dpop_signing_alg_values_supported: Vec<String>,
 }
 
 /// Kind of a service: `http` services are proxied request by request (and
