@@ -26,6 +26,7 @@ pub mod agent;
 pub mod config;
 pub mod control;
 pub mod door;
+pub mod dpop;
 pub mod envs;
 pub mod error;
 pub mod keychain;

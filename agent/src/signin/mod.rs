@@ -29,7 +29,7 @@ pub use device::{device_code, DevicePrompt};
 pub use flow::{sign_in, sign_out, Method, Revocation, SignedIn, SignedOut};
 pub use loopback::authorization_code;
 pub use provider::{IdentityProvider, OpenIdConfiguration};
-pub use tokens::{Secret, TokenSet, UnverifiedClaims};
+pub use tokens::{stored_access_token, Confirmation, Secret, TokenSet, UnverifiedClaims};
 
 use crate::keychain::KeychainError;
 

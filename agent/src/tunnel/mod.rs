@@ -268,7 +268,8 @@ async fn connect_once(
     tokens: &TokenSource,
 ) -> Result<(Session, TimedToken), AgentError> {
     let held = tokens.current_timed().await?;
-    match Session::connect(relay, tls.clone(), &held.token).await {
+    let key = tokens.proof_key_for(&held.token).await;
+    match Session::connect_with(relay, tls.clone(), &held.token, key).await {
         Ok(s) => Ok((s, held)),
         Err(e @ AgentError::Unauthorized(_)) => {
             tokens.rejected(&held.token).await;
