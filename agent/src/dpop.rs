@@ -102,7 +102,10 @@ pub async fn load_or_create(keychain: &Keychain) -> Result<Arc<ProofKey>, Keycha
 /// the function `gangway status` and `gangway doctor` call.
 pub async fn binding(keychain: &Keychain) -> Result<TokenBinding, KeychainError> {
     let access = keychain.run(|k| k.get(Item::Access)).await?;
-    let Some(token) = access.as_deref().and_then(crate::signin::stored_access_token) else {
+    let Some(token) = access
+        .as_deref()
+        .and_then(crate::signin::stored_access_token)
+    else {
         return Ok(TokenBinding::NoToken);
     };
     let key = load(keychain).await?;
@@ -173,8 +176,14 @@ pub(crate) struct ProofHttp<'a> {
     pub nonce: &'a Mutex<Option<String>>,
 }
 
-type Answer<'c> =
-    Pin<Box<dyn Future<Output = Result<HttpResponse, HttpClientError<reqwest::Error>>> + Send + Sync + 'c>>;
+type Answer<'c> = Pin<
+    Box<
+        dyn Future<Output = Result<HttpResponse, HttpClientError<reqwest::Error>>>
+            + Send
+            + Sync
+            + 'c,
+    >,
+>;
 
 impl<'c> AsyncHttpClient<'c> for ProofHttp<'_> {
     type Error = HttpClientError<reqwest::Error>;
@@ -192,13 +201,15 @@ impl<'c> AsyncHttpClient<'c> for ProofHttp<'_> {
             htu.set_fragment(None);
             let mut retried = false;
             loop {
-                let nonce = self
-                    .nonce
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
+                let nonce = self.nonce.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 let proof = key
-                    .proof(parts.method.as_str(), htu.as_str(), None, nonce.as_deref(), now())
+                    .proof(
+                        parts.method.as_str(),
+                        htu.as_str(),
+                        None,
+                        nonce.as_deref(),
+                        now(),
+                    )
                     .map_err(|e| HttpClientError::Other(e.to_string()))?;
                 let mut req = http::Request::builder()
                     .method(parts.method.clone())
@@ -238,7 +249,11 @@ fn asks_for_nonce(resp: &HttpResponse) -> bool {
     matches!(resp.status().as_u16(), 400 | 401)
         && serde_json::from_slice::<serde_json::Value>(resp.body())
             .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(|e| e == "use_dpop_nonce"))
+            .and_then(|v| {
+                v.get("error")
+                    .and_then(|e| e.as_str())
+                    .map(|e| e == "use_dpop_nonce")
+            })
             .unwrap_or(false)
 }
 
@@ -292,9 +307,15 @@ mod tests {
         let plain = jwt(serde_json::json!({"sub":"a"}));
         let (auth, proof) = authorization(&plain, Some(&key), "GET", &url).unwrap();
         assert!(auth.to_str().unwrap().starts_with("Bearer ") && proof.is_none());
-        assert_eq!(TokenBinding::of(plain.expose(), Some(&key)), TokenBinding::NotBound);
+        assert_eq!(
+            TokenBinding::of(plain.expose(), Some(&key)),
+            TokenBinding::NotBound
+        );
         let other = ProofKey::generate().unwrap();
-        assert_eq!(TokenBinding::of(bound.expose(), Some(&other)), TokenBinding::OtherKey);
+        assert_eq!(
+            TokenBinding::of(bound.expose(), Some(&other)),
+            TokenBinding::OtherKey
+        );
     }
 
     #[tokio::test]

@@ -173,7 +173,10 @@ pub fn check(proof: &str, expected: &Expected<'_>) -> Result<Verified, ProofErro
     if header.crit.is_some() {
         return Err(ProofError::Malformed("header has crit"));
     }
-    let jwk = header.jwk.as_ref().ok_or(ProofError::Key("no jwk in the header"))?;
+    let jwk = header
+        .jwk
+        .as_ref()
+        .ok_or(ProofError::Key("no jwk in the header"))?;
     let jwk = PublicJwk::from_value(jwk).map_err(ProofError::Key)?;
     let point = jwk.point().ok_or(ProofError::Key("bad coordinates"))?;
     let signed = &proof[..h64.len() + 1 + c64.len()];
@@ -252,7 +255,13 @@ mod tests {
         assert_ne!(check(&q, &expected(Some("tok"))).unwrap().jti, v.jti);
         // The URL as a different but equal spelling, with a query: fine.
         let p = k
-            .proof("GET", "HTTPS://Relay.Example.com:443/v1/tunnel?x=1#f", Some("tok"), None, NOW)
+            .proof(
+                "GET",
+                "HTTPS://Relay.Example.com:443/v1/tunnel?x=1#f",
+                Some("tok"),
+                None,
+                NOW,
+            )
             .unwrap();
         assert!(check(&p, &expected(Some("tok"))).is_ok());
     }
@@ -272,12 +281,25 @@ mod tests {
             "https://relay.example.com:8443/v1/tunnel",
             "not a url",
         ] {
-            assert_eq!(err(proof("GET", htu, Some("tok"), NOW), &want), "dpop_htu", "{htu}");
+            assert_eq!(
+                err(proof("GET", htu, Some("tok"), NOW), &want),
+                "dpop_htu",
+                "{htu}"
+            );
         }
-        assert_eq!(err(proof("GET", URL, Some("other"), NOW), &want), "dpop_ath");
+        assert_eq!(
+            err(proof("GET", URL, Some("other"), NOW), &want),
+            "dpop_ath"
+        );
         assert_eq!(err(proof("GET", URL, None, NOW), &want), "dpop_ath");
-        assert_eq!(err(proof("GET", URL, Some("tok"), NOW - 31), &want), "dpop_iat");
-        assert_eq!(err(proof("GET", URL, Some("tok"), NOW + 31), &want), "dpop_iat");
+        assert_eq!(
+            err(proof("GET", URL, Some("tok"), NOW - 31), &want),
+            "dpop_iat"
+        );
+        assert_eq!(
+            err(proof("GET", URL, Some("tok"), NOW + 31), &want),
+            "dpop_iat"
+        );
         assert!(check(&proof("GET", URL, Some("tok"), NOW - 30), &want).is_ok());
         // Without a token, ath is not looked at.
         assert!(check(&proof("GET", URL, None, NOW), &expected(None)).is_ok());
@@ -323,11 +345,17 @@ mod tests {
         assert_eq!(code("a.b.c.d"), "dpop_malformed");
         assert_eq!(code("%%%.e30.AAAA"), "dpop_malformed");
         assert_eq!(code(&format!("{}.e30.AA==", e(&header))), "dpop_malformed");
-        assert_eq!(code(&format!("{}.e30.AAAA", crate::b64(b"[1,2"))), "dpop_malformed");
+        assert_eq!(
+            code(&format!("{}.e30.AAAA", crate::b64(b"[1,2"))),
+            "dpop_malformed"
+        );
 
         // alg none, unsigned; HS256 "signed" with the public key as secret.
         let none = json!({"typ":"dpop+jwt","alg":"none","jwk":k.jwk()});
-        assert_eq!(code(&format!("{}.{}.", e(&none), e(&good_claims))), "dpop_algorithm");
+        assert_eq!(
+            code(&format!("{}.{}.", e(&none), e(&good_claims))),
+            "dpop_algorithm"
+        );
         let hs = json!({"typ":"dpop+jwt","alg":"HS256","jwk":k.jwk()});
         assert_eq!(code(&k.sign(&hs, &good_claims).unwrap()), "dpop_algorithm");
         // Wrong typ: an access token's.
@@ -346,7 +374,10 @@ mod tests {
         assert_eq!(code(&k.sign(&h, &good_claims).unwrap()), "dpop_malformed");
         // The header names one key, another signed: mismatched key.
         let other = key();
-        assert_eq!(code(&other.sign(&header, &good_claims).unwrap()), "dpop_signature");
+        assert_eq!(
+            code(&other.sign(&header, &good_claims).unwrap()),
+            "dpop_signature"
+        );
         // A point not on the curve.
         let mut off = json!(k.jwk());
         off["y"] = k.jwk().x.clone().into();
@@ -370,7 +401,11 @@ mod tests {
             json!({"jti":"j","htm":"GET","htu":URL,"iat":-5}),
             json!({"jti":7,"htm":"GET","htu":URL,"iat":NOW}),
         ] {
-            assert_eq!(code(&k.sign(&header, &bad).unwrap()), "dpop_malformed", "{bad}");
+            assert_eq!(
+                code(&k.sign(&header, &bad).unwrap()),
+                "dpop_malformed",
+                "{bad}"
+            );
         }
         let twice = format!(r#"{{"jti":"a","jti":"b","htm":"GET","htu":"{URL}","iat":{NOW}}}"#);
         let input = format!("{}.{}", e(&header), crate::b64(twice.as_bytes()));

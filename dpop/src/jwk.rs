@@ -116,8 +116,9 @@ mod tests {
         assert_eq!(with("kty", "oct".into()), "jwk is not an EC key");
         assert_eq!(with("crv", "P-384".into()), "jwk is not on curve P-256");
         assert!(with("x", "AAAA".into()).contains("32 bytes"));
-        assert!(with("y", "l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs=".into())
-            .contains("32 bytes"));
+        assert!(
+            with("y", "l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs=".into()).contains("32 bytes")
+        );
         assert!(with("x", 7.into()).contains("coordinate"));
         assert!(PublicJwk::from_value(&serde_json::json!("EC")).is_err());
     }

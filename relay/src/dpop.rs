@@ -133,10 +133,7 @@ pub async fn bind(
             Ok(())
         }
         Scheme::Dpop => {
-            let jkt = identity
-                .jkt
-                .as_deref()
-                .ok_or(AuthError::DpopUnboundToken)?;
+            let jkt = identity.jkt.as_deref().ok_or(AuthError::DpopUnboundToken)?;
             let proof = presented.proof.ok_or(AuthError::DpopMissingProof)?;
             let window = cfg.iat_window.as_secs();
             let verified = gangway_dpop::check(
@@ -288,7 +285,12 @@ mod tests {
         h
     }
 
-    async fn run(cfg: &DpopConfig, r: &Replays, h: &HeaderMap, id: &mut Identity) -> Result<(), AuthError> {
+    async fn run(
+        cfg: &DpopConfig,
+        r: &Replays,
+        h: &HeaderMap,
+        id: &mut Identity,
+    ) -> Result<(), AuthError> {
         let p = presented(h)?;
         let htu = htu_for(cfg, h, "/v1/tunnel");
         bind(cfg, r, &p, id, "GET", htu, NOW).await
@@ -310,14 +312,20 @@ mod tests {
         run(&c, &r, &h, &mut who).await.unwrap();
         assert!(who.dpop_bound);
         // The same proof again: replayed.
-        let e = run(&c, &r, &h, &mut id(Some(key.thumbprint()))).await.unwrap_err();
+        let e = run(&c, &r, &h, &mut id(Some(key.thumbprint())))
+            .await
+            .unwrap_err();
         assert_eq!(code(e), "dpop_replayed");
         // Bound token as Bearer; with DPoP but no proof; two proofs.
         let h = headers(&[("authorization", &format!("Bearer {TOKEN}"))]);
-        let e = run(&c, &r, &h, &mut id(Some(key.thumbprint()))).await.unwrap_err();
+        let e = run(&c, &r, &h, &mut id(Some(key.thumbprint())))
+            .await
+            .unwrap_err();
         assert_eq!(code(e), "bound_token_as_bearer");
         let h = headers(&[("authorization", &format!("DPoP {TOKEN}"))]);
-        let e = run(&c, &r, &h, &mut id(Some(key.thumbprint()))).await.unwrap_err();
+        let e = run(&c, &r, &h, &mut id(Some(key.thumbprint())))
+            .await
+            .unwrap_err();
         assert_eq!(code(e), "dpop_missing");
         let (p1, p2) = (proof(), proof());
         let h = headers(&[
@@ -325,13 +333,17 @@ mod tests {
             ("dpop", &p1),
             ("dpop", &p2),
         ]);
-        let e = run(&c, &r, &h, &mut id(Some(key.thumbprint()))).await.unwrap_err();
+        let e = run(&c, &r, &h, &mut id(Some(key.thumbprint())))
+            .await
+            .unwrap_err();
         assert_eq!(code(e), "dpop_many");
         // A proof from another key than the token's.
         let other = ProofKey::generate().unwrap();
         let p = other.proof("GET", url, Some(TOKEN), None, NOW).unwrap();
         let h = headers(&[("authorization", &format!("DPoP {TOKEN}")), ("dpop", &p)]);
-        let e = run(&c, &r, &h, &mut id(Some(key.thumbprint()))).await.unwrap_err();
+        let e = run(&c, &r, &h, &mut id(Some(key.thumbprint())))
+            .await
+            .unwrap_err();
         assert_eq!(code(e), "dpop_key_mismatch");
         // An unbound token with the DPoP scheme.
         let p = proof();
@@ -363,16 +375,40 @@ mod tests {
         };
         let r = Replays::new(None);
         let p = key
-            .proof("GET", "http://127.0.0.1:9/v1/tunnel", Some(TOKEN), None, NOW)
+            .proof(
+                "GET",
+                "http://127.0.0.1:9/v1/tunnel",
+                Some(TOKEN),
+                None,
+                NOW,
+            )
             .unwrap();
         let auth = format!("DPoP {TOKEN}");
-        let h = headers(&[("authorization", &auth), ("dpop", &p), ("host", "127.0.0.1:9")]);
-        run(&c, &r, &h, &mut id(Some(key.thumbprint()))).await.unwrap();
-        let p = key
-            .proof("GET", "http://127.0.0.1:9/v1/tunnel", Some(TOKEN), None, NOW)
+        let h = headers(&[
+            ("authorization", &auth),
+            ("dpop", &p),
+            ("host", "127.0.0.1:9"),
+        ]);
+        run(&c, &r, &h, &mut id(Some(key.thumbprint())))
+            .await
             .unwrap();
-        let h = headers(&[("authorization", &auth), ("dpop", &p), ("host", "10.0.0.1:9")]);
-        let e = run(&c, &r, &h, &mut id(Some(key.thumbprint()))).await.unwrap_err();
+        let p = key
+            .proof(
+                "GET",
+                "http://127.0.0.1:9/v1/tunnel",
+                Some(TOKEN),
+                None,
+                NOW,
+            )
+            .unwrap();
+        let h = headers(&[
+            ("authorization", &auth),
+            ("dpop", &p),
+            ("host", "10.0.0.1:9"),
+        ]);
+        let e = run(&c, &r, &h, &mut id(Some(key.thumbprint())))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "dpop_htu");
     }
 

@@ -176,8 +176,16 @@ async fn authenticate(
         let cfg = &relay.config.dpop;
         let htu = crate::dpop::htu_for(cfg, headers, req.uri().path());
         let htm = req.method().as_str();
-        crate::dpop::bind(cfg, &relay.replays, &presented, &mut identity, htm, htu, now_unix())
-            .await?;
+        crate::dpop::bind(
+            cfg,
+            &relay.replays,
+            &presented,
+            &mut identity,
+            htm,
+            htu,
+            now_unix(),
+        )
+        .await?;
         Ok(identity)
     }
     .await;

@@ -141,7 +141,12 @@ impl IdentityProvider {
         };
         let es256 = |algs: &[String]| algs.iter().any(|a| a == gangway_dpop::ALG);
         let offers_dpop = es256(&discovery.dpop_signing_alg_values_supported)
-            && es256(config.dpop_signing_alg_values_supported.as_deref().unwrap_or_default());
+            && es256(
+                config
+                    .dpop_signing_alg_values_supported
+                    .as_deref()
+                    .unwrap_or_default(),
+            );
         let mut scopes = discovery.scopes.clone();
         if scopes.is_empty() {
             scopes.push("openid".into());

@@ -100,7 +100,11 @@ fn services_without_groups_are_open_to_everyone() {
 #[test]
 fn a_require_dpop_service_takes_only_bound_tokens() {
     let mut c = config();
-    let svc = c.services.iter_mut().find(|s| s.name == "confluence").unwrap();
+    let svc = c
+        .services
+        .iter_mut()
+        .find(|s| s.name == "confluence")
+        .unwrap();
     svc.require_dpop = true;
     let svc = c.service("confluence").unwrap();
     let mut id = who(&["staff"], NOW);

@@ -35,9 +35,9 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::Event;
 use crate::auth::{now_unix, AuthError, Identity};
 use crate::dpop::{Presented, Scheme};
-use gangway_dpop::Htu;
 use crate::policy;
 use crate::{text, Live, Relay};
+use gangway_dpop::Htu;
 
 mod stream;
 
@@ -470,7 +470,15 @@ async fn control_loop(
                 refresh(&live.current(), &identity, &session, &token, None, &htu).await
             }
             Control::RefreshTokenDpop { token, proof } => {
-                refresh(&live.current(), &identity, &session, &token, Some(&proof), &htu).await
+                refresh(
+                    &live.current(),
+                    &identity,
+                    &session,
+                    &token,
+                    Some(&proof),
+                    &htu,
+                )
+                .await
             }
             Control::Pong(_) => continue,
             other => {
@@ -523,8 +531,16 @@ async fn refresh(
     let checked = async {
         let mut new = relay.verifier.verify(token.expose()).await?;
         let cfg = &relay.config.dpop;
-        crate::dpop::bind(cfg, &relay.replays, &presented, &mut new, "GET", htu.clone(), now_unix())
-            .await?;
+        crate::dpop::bind(
+            cfg,
+            &relay.replays,
+            &presented,
+            &mut new,
+            "GET",
+            htu.clone(),
+            now_unix(),
+        )
+        .await?;
         let old = identity.borrow().clone();
         if old.dpop_bound && new.jkt != old.jkt {
             return Err(AuthError::DpopKeyChanged);
