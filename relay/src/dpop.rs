@@ -98,11 +98,9 @@ pub fn htu_for(cfg: &DpopConfig, headers: &HeaderMap, path: &str) -> Result<Htu,
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| {
-            AuthError::Dpop(gangway_dpop::ProofError::Malformed(
-                "no Host header to check htu against",
-            ))
-        })?;
+        .ok_or(AuthError::Dpop(gangway_dpop::ProofError::Malformed(
+            "no Host header to check htu against",
+        )))?;
     Ok(Htu::HostAndPath {
         authority: host.to_string(),
         path: path.to_string(),
