@@ -215,6 +215,7 @@ mod tests {
             groups: vec![],
             token_expires_at: None,
             refreshable: true,
+            token_binding: None,
             signing_in: None,
             login_hint: None,
             interactive: true,

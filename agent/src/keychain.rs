@@ -2,7 +2,7 @@
 //!
 //! Entries live under the service `gangway`, with the user field naming the
 //! relay and the item: `https://gangway.example.com#refresh`,
-//! `…#access`, `…#status`. Two environments therefore never overwrite each
+//! `…#access`, `…#status`, `…#dpop-key`. Two environments therefore never overwrite each
 //! other. There is no fallback to a file: without a reachable keychain the
 //! caller gets [`KeychainError::Unavailable`], saying what is missing.
 //!
@@ -246,6 +246,9 @@ pub enum Item {
     Access,
     /// Why a new sign-in is needed (not secret; set when refresh failed for good).
     Status,
+    /// This device's DPoP proof key (PKCS#8, base64url): the private key
+    /// the tokens are bound to (`crate::dpop`).
+    DpopKey,
 }
 
 impl Item {
@@ -254,10 +257,11 @@ impl Item {
             Item::Refresh => "refresh",
             Item::Access => "access",
             Item::Status => "status",
+            Item::DpopKey => "dpop-key",
         }
     }
 
-    pub const ALL: [Item; 3] = [Item::Refresh, Item::Access, Item::Status];
+    pub const ALL: [Item; 4] = [Item::Refresh, Item::Access, Item::Status, Item::DpopKey];
 }
 
 /// One environment's slice of the keychain. Blocking: call from

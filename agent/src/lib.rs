@@ -31,6 +31,7 @@ pub mod config;
 pub mod control;
 pub mod doctor;
 pub mod door;
+pub mod dpop;
 pub mod envs;
 pub mod error;
 pub mod keychain;

@@ -1,4 +1,5 @@
-//! The relay's plain-HTTP API: discovery and the catalog.
+//! The relay's plain-HTTP API: discovery and the catalog (with a DPoP
+//! proof when the token is bound to this device's key).
 
 use std::time::Duration;
 
@@ -42,7 +43,17 @@ impl RelayApi {
     }
 
     pub async fn catalog(&self, token: &Token) -> Result<Catalog, AgentError> {
-        let (url, resp) = self.get("/v1/catalog", Some(token)).await?;
+        self.catalog_with(token, None).await
+    }
+
+    /// The catalog, with a DPoP proof by `key` when `token` is bound to it
+    /// ([`crate::dpop::authorization`]).
+    pub async fn catalog_with(
+        &self,
+        token: &Token,
+        key: Option<&gangway_dpop::ProofKey>,
+    ) -> Result<Catalog, AgentError> {
+        let (url, resp) = self.get("/v1/catalog", Some((token, key))).await?;
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED {
             let body = resp.text().await.unwrap_or_default();
@@ -58,16 +69,21 @@ impl RelayApi {
         json(&url, resp).await
     }
 
-    /// `GET path` (with the bearer `token`, if any): the URL and the answer.
+    /// `GET path` (with the token, as bearer or DPoP-bound with a proof by
+    /// the key, if any): the URL and the answer.
     async fn get(
         &self,
         path: &str,
-        token: Option<&Token>,
+        token: Option<(&Token, Option<&gangway_dpop::ProofKey>)>,
     ) -> Result<(Url, reqwest::Response), AgentError> {
         let url = self.url(path)?;
         let mut req = self.http.get(url.clone());
-        if let Some(t) = token {
-            req = req.bearer_auth(t.expose());
+        if let Some((t, key)) = token {
+            let (auth, proof) = crate::dpop::authorization(t, key, "GET", &url)?;
+            req = req.header(http::header::AUTHORIZATION, auth);
+            if let Some(p) = proof {
+                req = req.header("dpop", p);
+            }
         }
         let resp = req
             .send()

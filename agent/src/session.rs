@@ -1,7 +1,9 @@
-//! One connection to the relay: TLS, WebSocket upgrade with the bearer
-//! token, versioned handshake, then the yamux session and its control
-//! channel.
+//! One connection to the relay: TLS, WebSocket upgrade with the access
+//! token (bearer, or DPoP-bound with a proof by this device's key:
+//! [`crate::dpop`]), versioned handshake, then the yamux session and its
+//! control channel.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -56,6 +58,8 @@ pub struct Session {
     /// Pings asked for by [`Session::ping`]: answered at their pong.
     pings: mpsc::Sender<oneshot::Sender<()>>,
     ended: watch::Receiver<Option<Ended>>,
+    /// This device's DPoP key, and the tunnel URL its proofs name.
+    dpop: Option<(Arc<gangway_dpop::ProofKey>, Url)>,
     pub id: String,
 }
 
@@ -74,15 +78,30 @@ impl Session {
         egress: &Egress,
         token: &Token,
     ) -> Result<Session, AgentError> {
-        tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(relay, egress, token))
-            .await
-            .map_err(|_| AgentError::unreachable(format!("{relay}: timed out connecting")))?
+        Self::connect_with(relay, egress, token, None).await
+    }
+
+    /// Like [`Session::connect`]; a token bound to `key` goes with DPoP
+    /// proofs (the upgrade's, and each in-band refresh's).
+    pub async fn connect_with(
+        relay: &Url,
+        egress: &Egress,
+        token: &Token,
+        key: Option<Arc<gangway_dpop::ProofKey>>,
+    ) -> Result<Session, AgentError> {
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Self::connect_inner(relay, egress, token, key),
+        )
+        .await
+        .map_err(|_| AgentError::unreachable(format!("{relay}: timed out connecting")))?
     }
 
     async fn connect_inner(
         relay: &Url,
         egress: &Egress,
         token: &Token,
+        key: Option<Arc<gangway_dpop::ProofKey>>,
     ) -> Result<Session, AgentError> {
         let host = relay
             .host_str()
@@ -101,6 +120,8 @@ impl Session {
                 )))
             }
         };
+        // What DPoP proofs name: the tunnel endpoint's http(s) URL.
+        let htu = ws_url.clone();
         let _ = ws_url.set_scheme(if secure { "wss" } else { "ws" });
 
         // TCP, or a CONNECT tunnel through the proxy; TLS to the relay runs
@@ -136,9 +157,11 @@ impl Session {
             .as_str()
             .into_client_request()
             .map_err(|e| AgentError::Config(e.to_string()))?;
-        let value = http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-            .map_err(|_| AgentError::NoToken("token contains invalid characters".into()))?;
+        let (value, proof) = crate::dpop::authorization(token, key.as_deref(), "GET", &htu)?;
         req.headers_mut().insert(http::header::AUTHORIZATION, value);
+        if let Some(proof) = proof {
+            req.headers_mut().insert("dpop", proof);
+        }
         let (mut ws, _) = tokio_tungstenite::client_async_with_config(
             req,
             io,
@@ -209,6 +232,7 @@ impl Session {
             control: control_tx,
             pings: pings_tx,
             ended: ended_rx,
+            dpop: key.map(|k| (k, htu)),
             id,
         })
     }
@@ -268,8 +292,16 @@ impl Session {
     /// would otherwise end when the old token expires.
     pub async fn refresh_token(&self, token: Token) -> Result<(), AgentError> {
         let (answer, answered) = oneshot::channel();
+        // A bound token goes with a fresh proof over it.
+        let msg = match &self.dpop {
+            Some((key, htu)) if crate::dpop::is_bound(&token) => Control::RefreshTokenDpop {
+                proof: crate::dpop::proof_for(key, "GET", htu, Some(&token))?,
+                token,
+            },
+            _ => Control::RefreshToken(token),
+        };
         self.control
-            .send((Control::RefreshToken(token), Some(answer)))
+            .send((msg, Some(answer)))
             .await
             .map_err(|_| AgentError::unreachable("session closed"))?;
         match tokio::time::timeout(REFRESH_ANSWER_TIMEOUT, answered).await {

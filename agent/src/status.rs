@@ -182,6 +182,10 @@ pub struct Snapshot {
     pub token_expires_at: Option<u64>,
     /// Whether a refresh token is stored (the sign-in renews itself).
     pub refreshable: bool,
+    /// Whether the stored tokens are bound to this device's key (DPoP);
+    /// `None` for a fixed token or before the keychain was read.
+    #[serde(default)]
+    pub token_binding: Option<crate::dpop::TokenBinding>,
     /// The sign-in page, while a browser sign-in is waiting.
     pub signing_in: Option<String>,
     /// The terminal command that signs in to this environment.
@@ -301,6 +305,9 @@ impl Snapshot {
                 clock(exp),
                 self.refreshable
             );
+        }
+        if let Some(b) = &self.token_binding {
+            let _ = writeln!(o, "Token binding: {}", b.describe());
         }
         let _ = writeln!(o, "Services:");
         for s in &self.services {

@@ -93,6 +93,16 @@ impl TokenSource {
         }
     }
 
+    /// This device's DPoP key for `token`, when the token comes from a
+    /// sign-in (bound tokens need it; token files and `GANGWAY_TOKEN` are
+    /// bearer tokens).
+    pub async fn proof_key_for(&self, token: &Token) -> Option<Arc<gangway_dpop::ProofKey>> {
+        match self {
+            TokenSource::SignedIn(c) => c.proof_key(Some(token), false).await,
+            _ => None,
+        }
+    }
+
     /// The relay refused `token` (HTTP 401): don't offer it again.
     pub async fn rejected(&self, token: &Token) {
         match self {

@@ -233,6 +233,9 @@ fn print_account(snap: &Snapshot, hint: &str) {
     if snap.interactive && (snap.refreshable || snap.token_expires_at.is_some()) {
         print_refresh(snap.refreshable, hint);
     }
+    if let Some(b) = &snap.token_binding {
+        println!("Token binding: {}", b.describe());
+    }
 }
 
 fn print_services(snap: &Snapshot) {

@@ -37,6 +37,12 @@ pub struct Identity {
     pub groups: Vec<String>,
     /// `exp` of the token, unix seconds.
     pub expires_at: u64,
+    /// The token's `cnf.jkt`: the thumbprint of the key it is bound to
+    /// (DPoP, RFC 9449), if it is bound.
+    pub jkt: Option<String>,
+    /// True once a DPoP proof by that key came with the token
+    /// ([`crate::dpop`]); what `require_dpop` services ask for.
+    pub dpop_bound: bool,
 }
 
 /// Why a token was refused. The `Display` text is safe to show the caller.
@@ -66,6 +72,26 @@ pub enum AuthError {
     NotAccessToken(String),
     #[error("identity provider keys unavailable: {0}")]
     KeysUnavailable(String),
+    #[error("{0}")]
+    Dpop(gangway_dpop::ProofError),
+    #[error("DPoP authorization without a DPoP proof header")]
+    DpopMissingProof,
+    #[error("more than one DPoP header")]
+    DpopManyProofs,
+    #[error("the token is not bound to a key (no cnf.jkt); send it as Bearer")]
+    DpopUnboundToken,
+    #[error("the DPoP proof is signed by another key than the one the token is bound to")]
+    DpopKeyMismatch,
+    #[error("this DPoP proof was used before; each request needs a new one")]
+    DpopReplayed,
+    #[error("the token is bound to a key (DPoP); send it as 'Authorization: DPoP' with a proof")]
+    BoundTokenAsBearer,
+    #[error("this relay accepts only tokens bound to the agent's key (DPoP); sign in again with an up-to-date agent")]
+    DpopRequired,
+    #[error("the new token is bound to another key than this session's")]
+    DpopKeyChanged,
+    #[error("cannot check DPoP proofs now: {0}")]
+    DpopUnavailable(String),
 }
 
 impl AuthError {
@@ -84,12 +110,42 @@ impl AuthError {
             AuthError::MissingClaim(_) => "missing_claim",
             AuthError::NotAccessToken(_) => "not_access_token",
             AuthError::KeysUnavailable(_) => "keys_unavailable",
+            AuthError::Dpop(e) => e.code(),
+            AuthError::DpopMissingProof => "dpop_missing",
+            AuthError::DpopManyProofs => "dpop_many",
+            AuthError::DpopUnboundToken => "dpop_unbound_token",
+            AuthError::DpopKeyMismatch => "dpop_key_mismatch",
+            AuthError::DpopReplayed => "dpop_replayed",
+            AuthError::BoundTokenAsBearer => "bound_token_as_bearer",
+            AuthError::DpopRequired => "dpop_required",
+            AuthError::DpopKeyChanged => "dpop_key_changed",
+            AuthError::DpopUnavailable(_) => "dpop_unavailable",
         }
     }
 
     /// True when the fault is ours (keys unreachable), not the caller's.
     pub fn is_server_side(&self) -> bool {
-        matches!(self, AuthError::KeysUnavailable(_))
+        matches!(
+            self,
+            AuthError::KeysUnavailable(_) | AuthError::DpopUnavailable(_)
+        )
+    }
+
+    /// The RFC 9449 §7.1 error code when the refusal is about DPoP (the
+    /// challenge is then `DPoP error=…`), else `None` (`Bearer`).
+    pub fn dpop_error(&self) -> Option<&'static str> {
+        match self {
+            AuthError::Dpop(_)
+            | AuthError::DpopMissingProof
+            | AuthError::DpopManyProofs
+            | AuthError::DpopKeyMismatch
+            | AuthError::DpopReplayed => Some("invalid_dpop_proof"),
+            AuthError::DpopUnboundToken
+            | AuthError::BoundTokenAsBearer
+            | AuthError::DpopRequired
+            | AuthError::DpopKeyChanged => Some("invalid_token"),
+            _ => None,
+        }
     }
 }
 
@@ -220,6 +276,11 @@ impl Verifier {
         if crate::policy::token_expired(expires_at, self.cfg.leeway, now_unix()) {
             return Err(AuthError::Expired);
         }
+        let jkt = match claims.get("cnf").and_then(|c| c.get("jkt")) {
+            None => None,
+            Some(Value::String(j)) if !j.is_empty() && j.len() <= 128 => Some(j.clone()),
+            Some(_) => return Err(AuthError::Malformed("cnf.jkt is not a thumbprint".into())),
+        };
         let groups = match claims.get(&self.cfg.groups_claim) {
             Some(Value::Array(items)) => items
                 .iter()
@@ -232,6 +293,8 @@ impl Verifier {
             subject,
             groups,
             expires_at,
+            jkt,
+            dpop_bound: false,
         })
     }
 

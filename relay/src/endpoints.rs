@@ -23,7 +23,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::admission::Unauthenticated;
 use crate::audit::Event;
-use crate::auth::{bearer, AuthError, Identity};
+use crate::auth::{now_unix, AuthError, Identity};
 use crate::{policy, text, tunnel, Live, Relay};
 use gangway_wire::api::{Catalog, Discovery, Service};
 
@@ -138,6 +138,7 @@ fn discovery(relay: &Relay) -> Response<Body> {
         scopes: id.scopes.clone(),
         protocol_version: gangway_wire::PROTOCOL_VERSION,
         relay_version: Some(env!("CARGO_PKG_VERSION").into()),
+        dpop_signing_alg_values_supported: vec![gangway_dpop::ALG.to_string()],
     })
 }
 
@@ -169,11 +170,27 @@ async fn authenticate(
     peer: &str,
     what: &str,
 ) -> Result<Identity, Response<Body>> {
-    let result = match bearer(req.headers().get(header::AUTHORIZATION)) {
-        Ok(token) => relay.verifier.verify(token).await,
-        Err(e) => Err(e),
-    };
-    result.map_err(|e| {
+    let result = async {
+        let headers = req.headers();
+        let presented = crate::dpop::presented(headers)?;
+        let mut identity = relay.verifier.verify(presented.token).await?;
+        let cfg = &relay.config.dpop;
+        let htu = crate::dpop::htu_for(cfg, headers, req.uri().path());
+        let htm = req.method().as_str();
+        crate::dpop::bind(
+            cfg,
+            &relay.replays,
+            &presented,
+            &mut identity,
+            htm,
+            htu,
+            now_unix(),
+        )
+        .await?;
+        Ok(identity)
+    }
+    .await;
+    result.map_err(|e: AuthError| {
         relay
             .metrics
             .auth_failures
@@ -192,8 +209,10 @@ async fn authenticate(
     })
 }
 
-/// 401 with `WWW-Authenticate` (RFC 6750) naming the reason, or 503 when
-/// the fault is ours. The reason can quote the token: cleaned for both.
+/// 401 with `WWW-Authenticate` naming the reason (RFC 6750 `Bearer`, or
+/// RFC 9449 `DPoP` with the algorithms accepted when the refusal is about
+/// DPoP), or 503 when the fault is ours. The reason can quote the token:
+/// cleaned for both.
 fn unauthorized(e: &AuthError) -> Response<Body> {
     let reason = text::clean(&e.to_string()).into_owned();
     if e.is_server_side() {
@@ -206,10 +225,14 @@ fn unauthorized(e: &AuthError) -> Response<Body> {
         StatusCode::UNAUTHORIZED,
         &format!("invalid token: {reason}\n"),
     );
-    let challenge = format!(
-        "Bearer error=\"invalid_token\", error_description=\"{}\"",
-        text::quotable(&e.to_string())
-    );
+    let description = text::quotable(&e.to_string());
+    let challenge = match e.dpop_error() {
+        Some(code) => format!(
+            "DPoP error=\"{code}\", error_description=\"{description}\", algs=\"{}\"",
+            gangway_dpop::ALG
+        ),
+        None => format!("Bearer error=\"invalid_token\", error_description=\"{description}\""),
+    };
     resp.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_str(&challenge)
@@ -316,6 +339,8 @@ async fn tunnel_upgrade(
     let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) else {
         return text(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key\n");
     };
+    // What the DPoP proofs of the session's token refreshes must name.
+    let htu = crate::dpop::htu_for(&relay.config.dpop, req.headers(), req.uri().path());
     let on_upgrade = hyper::upgrade::on(&mut req);
     // Tracked, so that a drain waits for the session.
     relay.sessions_served().spawn(async move {
@@ -329,7 +354,7 @@ async fn tunnel_upgrade(
                     Some(gangway_transport::ws::config()),
                 )
                 .await;
-                tunnel::serve(live, ws, identity, peer).await;
+                tunnel::serve(live, ws, identity, peer, htu).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }

@@ -43,6 +43,7 @@ pub mod audit;
 pub mod auth;
 pub mod backends;
 pub mod config;
+pub mod dpop;
 pub mod endpoints;
 pub mod forward;
 pub mod http;

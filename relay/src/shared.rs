@@ -11,7 +11,8 @@
 //!
 //! Keys (all under `key_prefix`): `<p>:rl:<limit>:<subject>` a GCRA state
 //! (µs, expiring once spent), `<p>:lock:<subject>` a lock (JSON: by whom,
-//! why, when), channel `<p>:locks` lock notices.
+//! why, when), `<p>:dpop:<hash>` a DPoP proof already used (expiring with
+//! the proof, see `crate::dpop`), channel `<p>:locks` lock notices.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -362,6 +363,26 @@ impl Shared {
     pub async fn release_session(&self, subject: &str, id: &str) {
         let key = self.key(&["sess", subject]);
         let _: Option<i64> = self.run(|mut c| async move { c.zrem(key, id).await }).await;
+    }
+
+    /// Marks `parts` used for `ttl` unless it already is: `Some(true)` the
+    /// first time, `Some(false)` after; `None` when Redis is out of reach.
+    pub async fn first_use(&self, parts: &[&str], ttl: Duration) -> Option<bool> {
+        let key = self.key(parts);
+        let ms = ttl.as_millis().max(1) as u64;
+        let set: Option<String> = self
+            .run(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Some(set.is_some())
     }
 
     /// Tells every relay to drain (or re-enable) `backend` of `service`;

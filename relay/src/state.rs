@@ -8,7 +8,8 @@
 //! with [`Relay::reloaded`]; what must outlive one config is shared between
 //! the two (`Arc`): the admission counters, the lifetime (shutdown, drain
 //! deadline, session ids, the sessions being served), the metrics, the
-//! open sessions' registry, the subject locks and the Redis connection,
+//! open sessions' registry, the subject locks, the DPoP proofs seen and the
+//! Redis connection,
 //! and the verifier, audit log and signer when their sections did not
 //! change. Anything added here that must survive a reload belongs in that
 //! list.
@@ -50,6 +51,8 @@ pub struct Relay {
     pub open_sessions: Sessions,
     /// Subject locks, shared through Redis.
     pub locks: Arc<Locks>,
+    /// DPoP proofs already used, shared through Redis.
+    pub replays: Arc<crate::dpop::Replays>,
     tcp_services: HashMap<String, forward::Pool>,
     http_services: HashMap<String, Arc<http::HttpService>>,
     /// `None` when serving plain HTTP.
@@ -92,6 +95,7 @@ impl Relay {
                 shared.clone(),
                 metrics.clone(),
             )),
+            replays: Arc::new(crate::dpop::Replays::new(shared.clone())),
             locks: Arc::new(Locks::new(shared)),
             open_sessions: Sessions::default(),
             metrics,
@@ -200,6 +204,7 @@ impl Relay {
                 metrics: self.metrics.clone(),
                 open_sessions: self.open_sessions.clone(),
                 locks: self.locks.clone(),
+                replays: self.replays.clone(),
                 tcp_services: parts.tcp_services,
                 http_services: parts.http_services,
                 tls: parts.tls,

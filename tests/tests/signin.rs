@@ -550,13 +550,22 @@ async fn device_flow_reader_sees_less_and_is_refused_with_reason() -> Result<()>
     assert!(addrs[0].port() != 0);
     assert!(up.alive());
 
-    // A stream to bitbucket, with bob's own token: refused with the reason.
+    // A stream to bitbucket, with bob's own token (bound to the device's
+    // key, which goes with it): refused with the reason.
     let token = s.run("token", &[]).await?;
     assert_success("token", &token);
     let egress =
         gangway_agent::net::Egress::direct(gangway_agent::tls::client_config(Some(&s.cert.cert))?);
     let relay = url::Url::parse(&s.relay.url())?;
-    let session = Session::connect(&relay, &egress, &Token::new(token.stdout.trim())).await?;
+    let ns = gangway_agent::keychain::namespace_for(&relay);
+    let key = match s.keychain.gangway_value(&ns, "dpop-key")? {
+        Some(k) => Some(std::sync::Arc::new(gangway_dpop::ProofKey::from_pkcs8_b64(
+            &k,
+        )?)),
+        None => None,
+    };
+    let session =
+        Session::connect_with(&relay, &egress, &Token::new(token.stdout.trim()), key).await?;
     match session.open("bitbucket").await {
         Err(AgentError::Refused(r)) => {
             assert_eq!(r.code, RefusalCode::Forbidden);

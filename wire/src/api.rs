@@ -22,6 +22,11 @@ pub struct Discovery {
     /// doctor` to compare with the agent's; absent from relays before 0.1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_version: Option<String>,
+    /// DPoP proof algorithms the relay checks (RFC 9449; `["ES256"]`). An
+    /// agent binds its tokens to its key only when the relay lists one it
+    /// can make, so a relay that predates DPoP keeps getting bearer tokens.
+    #[serde(default)]
+    pub dpop_signing_alg_values_supported: Vec<String>,
 }
 
 /// Kind of a service: `http` services are proxied request by request (and

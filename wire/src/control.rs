@@ -22,7 +22,14 @@
 //! 7     CatalogChanged   empty                             relay -> agent
 //! 8     Goodbye          refusal code u8, then reason      relay -> agent
 //!                        (UTF-8)
+//! 9     RefreshTokenDpop proof len u16 (<= 4 KiB), the     agent -> relay
+//!                        DPoP proof (UTF-8), then the
+//!                        token (UTF-8, the rest)
 //! ```
+//!
+//! `RefreshTokenDpop` is sent instead of `RefreshToken` for a token bound
+//! to the agent's key (RFC 9449): the proof is over the new token (its
+//! `ath`), made for the tunnel endpoint (`htm` GET, `htu` its URL).
 //!
 //! An unknown type or an over-long length is rejected as soon as it is read,
 //! before the payload arrives. A fixed-size payload of the wrong size is
@@ -45,6 +52,10 @@ const TOKEN_REJECTED: u8 = 5;
 const NOTICE: u8 = 6;
 const CATALOG_CHANGED: u8 = 7;
 const GOODBYE: u8 = 8;
+const REFRESH_TOKEN_DPOP: u8 = 9;
+
+/// Longest DPoP proof a [`Control::RefreshTokenDpop`] carries, in bytes.
+pub const MAX_DPOP_PROOF: usize = 4096;
 
 /// How serious a [`Control::Notice`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +97,14 @@ pub enum Control {
     /// Agent to relay: a new access token for this session, sent before the
     /// old one expires.
     RefreshToken(Token),
+    /// Agent to relay: a new access token bound to the agent's key, with a
+    /// fresh DPoP proof over it.
+    RefreshTokenDpop {
+        /// The new access token.
+        token: Token,
+        /// The DPoP proof (a compact JWS), at most [`MAX_DPOP_PROOF`] bytes.
+        proof: String,
+    },
     /// Relay to agent: the new token is valid until `expires_at`.
     TokenAccepted {
         /// When the token expires, in seconds since the Unix epoch.
@@ -126,6 +145,14 @@ impl Control {
             Control::RefreshToken(token) => {
                 put_frame(dst, REFRESH_TOKEN, &[], token.expose(), max_text)
             }
+            Control::RefreshTokenDpop { token, proof } => {
+                let proof = truncate_utf8(proof, MAX_DPOP_PROOF);
+                let mut head = Vec::with_capacity(2 + proof.len());
+                head.extend_from_slice(&(proof.len() as u16).to_be_bytes());
+                head.extend_from_slice(proof.as_bytes());
+                let max = max_text - head.len();
+                put_frame(dst, REFRESH_TOKEN_DPOP, &head, token.expose(), max)
+            }
             Control::TokenAccepted { expires_at } => {
                 put_u64_frame(dst, TOKEN_ACCEPTED, *expires_at)
             }
@@ -147,7 +174,7 @@ impl Control {
     pub fn decode(src: &mut BytesMut) -> Result<Option<Self>, WireError> {
         decode_with(src, |r| {
             let ty = r.u8()?;
-            if !(PING..=GOODBYE).contains(&ty) {
+            if !(PING..=REFRESH_TOKEN_DPOP).contains(&ty) {
                 return Err(WireError::UnknownType(ty).into());
             }
             let len = r.u32()? as usize;
@@ -211,6 +238,21 @@ fn parse_payload(ty: u8, payload: &[u8]) -> Result<Control, WireError> {
                 reason: utf8("goodbye reason", reason)?,
             }
         }
+        REFRESH_TOKEN_DPOP => {
+            let (len, rest) = payload
+                .split_first_chunk::<2>()
+                .ok_or(WireError::Malformed("dpop refresh has no proof length"))?;
+            let len = u16::from_be_bytes(*len) as usize;
+            check_len("dpop proof", len, MAX_DPOP_PROOF)?;
+            if rest.len() < len {
+                return Err(WireError::Malformed("dpop proof is cut short"));
+            }
+            let (proof, token) = rest.split_at(len);
+            Control::RefreshTokenDpop {
+                proof: utf8("dpop proof", proof)?,
+                token: Token::new(utf8("token", token)?),
+            }
+        }
         other => return Err(WireError::UnknownType(other)),
     })
 }
@@ -227,6 +269,14 @@ mod tests {
             Control::Pong(0x0102_0304_0506_0708),
             Control::RefreshToken(Token::new("eyJhbGciOiJSUzI1NiJ9.e30.sig")),
             Control::RefreshToken(Token::new("")),
+            Control::RefreshTokenDpop {
+                token: Token::new("eyJhbGciOiJSUzI1NiJ9.e30.sig"),
+                proof: "eyJ0eXAiOiJkcG9wK2p3dCJ9.e30.sig".into(),
+            },
+            Control::RefreshTokenDpop {
+                token: Token::new(""),
+                proof: String::new(),
+            },
             Control::TokenAccepted {
                 expires_at: 1_767_225_600,
             },
@@ -331,7 +381,10 @@ mod tests {
     #[test]
     fn unknown_type_is_rejected_at_once() {
         assert_eq!(decode_err(&[0], Control::decode), WireError::UnknownType(0));
-        assert_eq!(decode_err(&[9], Control::decode), WireError::UnknownType(9));
+        assert_eq!(
+            decode_err(&[10], Control::decode),
+            WireError::UnknownType(10)
+        );
         assert_eq!(
             decode_err(&[0xff, 0, 0], Control::decode),
             WireError::UnknownType(0xff)
@@ -425,5 +478,43 @@ mod tests {
     fn refresh_token_debug_is_redacted() {
         let msg = Control::RefreshToken(Token::new("super-secret-jwt"));
         assert!(!format!("{msg:?}").contains("super-secret"));
+        let msg = Control::RefreshTokenDpop {
+            token: Token::new("super-secret-jwt"),
+            proof: "p".into(),
+        };
+        assert!(!format!("{msg:?}").contains("super-secret"));
+    }
+
+    #[test]
+    fn dpop_refresh_is_bounded_and_checked() {
+        let frame = |payload: &[u8]| {
+            let mut v = vec![REFRESH_TOKEN_DPOP];
+            v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            v.extend_from_slice(payload);
+            v
+        };
+        assert_eq!(
+            decode_err(&frame(&[0]), Control::decode),
+            WireError::Malformed("dpop refresh has no proof length")
+        );
+        assert_eq!(
+            decode_err(&frame(&[0, 5, b'a']), Control::decode),
+            WireError::Malformed("dpop proof is cut short")
+        );
+        let over = (MAX_DPOP_PROOF as u16 + 1).to_be_bytes();
+        assert!(matches!(
+            decode_err(&frame(&over), Control::decode),
+            WireError::TooLong { .. }
+        ));
+        assert_eq!(
+            decode_err(&frame(&[0, 1, 0xff]), Control::decode),
+            WireError::InvalidUtf8("dpop proof")
+        );
+        // The largest proof with a long token still fits one frame.
+        let msg = Control::RefreshTokenDpop {
+            token: Token::new("t".repeat(MAX_CONTROL_FRAME - 2 - MAX_DPOP_PROOF)),
+            proof: "p".repeat(MAX_DPOP_PROOF),
+        };
+        assert_round_trip(&msg, Control::encode, Control::decode);
     }
 }

@@ -43,7 +43,7 @@ pub mod open;
 pub mod refusal;
 pub mod token;
 
-pub use control::{Control, NoticeLevel, MAX_CONTROL_FRAME};
+pub use control::{Control, NoticeLevel, MAX_CONTROL_FRAME, MAX_DPOP_PROOF};
 pub use error::WireError;
 pub use handshake::{Hello, HelloReply, MAGIC, PROTOCOL_VERSION};
 pub use open::{validate_service_name, OpenResult, OpenStream, MAX_SERVICE_NAME};

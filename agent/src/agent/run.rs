@@ -159,17 +159,18 @@ impl Agent {
 
     /// Reads what the keychain says about the sign-in (user, expiry).
     async fn refresh_token_info(&self, id: u64, env: &EnvSpec, tokens: &TokenSource) {
-        let (expires, refreshable, user) = match &self.inner.opts.tokens {
+        let (expires, refreshable, user, binding) = match &self.inner.opts.tokens {
             Tokens::Keychain(store) => {
                 let k = Keychain::new(store.clone(), &env.relay);
+                let binding = crate::dpop::binding(&k).await.ok();
                 match signin::status(&k).await {
                     Ok(SignInStatus::SignedIn {
                         subject,
                         expires_at,
                         refreshable,
                         ..
-                    }) => (expires_at, refreshable, subject),
-                    _ => (None, false, None),
+                    }) => (expires_at, refreshable, subject, binding),
+                    _ => (None, false, None, None),
                 }
             }
             Tokens::Fixed(_) | Tokens::Service(_) => match tokens.current_timed().await {
@@ -177,14 +178,16 @@ impl Agent {
                     t.expires_at,
                     matches!(tokens, TokenSource::Service(_)),
                     None,
+                    None,
                 ),
-                Err(_) => (None, false, None),
+                Err(_) => (None, false, None, None),
             },
         };
         self.update(id, |r| {
             r.token_expires_at = expires;
             r.refreshable = refreshable;
             r.keychain_user = user;
+            r.token_binding = binding;
         });
     }
 
@@ -282,10 +285,13 @@ impl Agent {
             let got = tokio::select! {
                 r = async {
                     let token = tokens.current().await?;
-                    match api.catalog(&token).await {
+                    let key = tokens.proof_key_for(&token).await;
+                    match api.catalog_with(&token, key.as_deref()).await {
                         Err(AgentError::Unauthorized(_)) => {
                             tokens.rejected(&token).await;
-                            api.catalog(&tokens.current().await?).await
+                            let token = tokens.current().await?;
+                            let key = tokens.proof_key_for(&token).await;
+                            api.catalog_with(&token, key.as_deref()).await
                         }
                         other => other,
                     }

@@ -111,6 +111,7 @@ pub(super) fn snapshot(st: &State, opts: &AgentOptions, door: DoorSnapshot, now:
         user,
         token_expires_at: run.and_then(|r| r.token_expires_at),
         refreshable: run.is_some_and(|r| r.refreshable),
+        token_binding: run.and_then(|r| r.token_binding.clone()),
         signing_in: st.signing_in.clone().filter(|u| !u.is_empty()),
         interactive: matches!(opts.tokens, Tokens::Keychain(_)),
         services,

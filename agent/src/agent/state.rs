@@ -120,6 +120,7 @@ pub(super) struct Run {
     pub token_expires_at: Option<u64>,
     pub refreshable: bool,
     pub keychain_user: Option<String>,
+    pub token_binding: Option<crate::dpop::TokenBinding>,
 }
 
 impl Run {
@@ -149,6 +150,7 @@ impl Run {
             token_expires_at: None,
             refreshable: false,
             keychain_user: None,
+            token_binding: None,
         }
     }
 

@@ -214,7 +214,8 @@ logs/                      the end of the agent's log files
 Tokens, secrets, cookies and passwords (also in URLs) are replaced by [redacted].
 ";
 
-/// The token in use and the keychain's refresh token, to take out by value.
+/// The token in use, the keychain's tokens and this device's DPoP key, to
+/// take out by value.
 async fn known_secrets(probe: &Probe) -> Vec<String> {
     let mut known = Vec::new();
     if let Some(t) = &probe.inputs.fixed_token {
@@ -226,11 +227,18 @@ async fn known_secrets(probe: &Probe) -> Vec<String> {
     if let Some(env) = probe.environment() {
         let k = Keychain::new(probe.inputs.store.clone(), &env.relay);
         // A locked keychain may wait for a password: not for long.
-        let read = k.run(|k| Ok((k.get(Item::Refresh)?, k.get(Item::Access)?)));
-        if let Ok(Ok((refresh, access))) =
+        let read = k.run(|k| {
+            Ok((
+                k.get(Item::Refresh)?,
+                k.get(Item::Access)?,
+                k.get(Item::DpopKey)?,
+            ))
+        });
+        if let Ok(Ok((refresh, access, key))) =
             tokio::time::timeout(std::time::Duration::from_secs(10), read).await
         {
             known.extend(refresh);
+            known.extend(key);
             if let Some(a) = access {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&a) {
                     known.extend(v["token"].as_str().map(str::to_string));

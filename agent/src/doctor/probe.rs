@@ -101,6 +101,7 @@ pub struct Probe {
     reachable: OnceCell<Result<std::net::SocketAddr, Unreachable>>,
     token: OnceCell<Result<TimedToken, String>>,
     catalog: OnceCell<Result<Catalog, String>>,
+    proof_key: OnceCell<Option<Arc<gangway_dpop::ProofKey>>>,
     versions: OnceCell<Versions>,
 }
 
@@ -140,6 +141,7 @@ impl Probe {
             reachable: OnceCell::new(),
             token: OnceCell::new(),
             catalog: OnceCell::new(),
+            proof_key: OnceCell::new(),
             versions: OnceCell::new(),
         }
     }
@@ -408,6 +410,37 @@ impl Probe {
             .await
     }
 
+    /// This device's DPoP key, when the token in use is bound to it (the
+    /// relay then wants a proof by it beside the token).
+    pub async fn proof_key(&self) -> Option<Arc<gangway_dpop::ProofKey>> {
+        self.proof_key
+            .get_or_init(|| async {
+                if self.inputs.fixed_token.is_some() {
+                    return None;
+                }
+                let token = self.token().await.as_ref().ok()?;
+                if !crate::dpop::is_bound(&token.token) {
+                    return None;
+                }
+                let env = self.env.as_ref().ok()?;
+                let keychain = Keychain::new(self.inputs.store.clone(), &env.relay);
+                crate::dpop::load(&keychain).await.ok().flatten()
+            })
+            .await
+            .clone()
+    }
+
+    /// Whether the stored tokens are bound to this device's key (keychain
+    /// only; `None` for `GANGWAY_TOKEN` or an unreadable keychain).
+    pub async fn binding(&self) -> Option<crate::dpop::TokenBinding> {
+        if self.inputs.fixed_token.is_some() {
+            return None;
+        }
+        let env = self.env.as_ref().ok()?;
+        let keychain = Keychain::new(self.inputs.store.clone(), &env.relay);
+        crate::dpop::binding(&keychain).await.ok()
+    }
+
     /// The token's claims, read without verifying it (display only).
     pub async fn claims(&self) -> Option<UnverifiedClaims> {
         let t = self.token().await.as_ref().ok()?;
@@ -422,7 +455,10 @@ impl Probe {
                 let token = self.token().await.as_ref().map_err(Clone::clone)?;
                 let api = RelayApi::new(env.relay.clone(), self.egress()?.clone())
                     .map_err(|e| error_chain(&e))?;
-                api.catalog(&token.token).await.map_err(|e| error_chain(&e))
+                let key = self.proof_key().await;
+                api.catalog_with(&token.token, key.as_deref())
+                    .await
+                    .map_err(|e| error_chain(&e))
             })
             .await
     }

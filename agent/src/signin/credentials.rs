@@ -23,6 +23,8 @@ pub struct Credentials {
     login_hint: String,
     provider: tokio::sync::OnceCell<Arc<IdentityProvider>>,
     held: tokio::sync::Mutex<Held>,
+    /// This device's DPoP key for the environment, once read (or made).
+    proof_key: tokio::sync::Mutex<Option<Arc<gangway_dpop::ProofKey>>>,
 }
 
 #[derive(Default)]
@@ -69,6 +71,7 @@ impl Credentials {
             login_hint: login_hint.into(),
             provider: tokio::sync::OnceCell::new(),
             held: tokio::sync::Mutex::new(Held::default()),
+            proof_key: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -138,6 +141,40 @@ impl Credentials {
             .cloned()
     }
 
+    /// This device's DPoP key, read from the keychain (made there first
+    /// when `create`); read again when `token` is bound to another key (a
+    /// `gangway login` elsewhere made a new one). `None` when there is none
+    /// or the keychain fails (then tokens travel as bearer tokens).
+    pub async fn proof_key(
+        &self,
+        token: Option<&gangway_wire::Token>,
+        create: bool,
+    ) -> Option<Arc<gangway_dpop::ProofKey>> {
+        let mut slot = self.proof_key.lock().await;
+        let jkt = token
+            .and_then(|t| UnverifiedClaims::peek(t.expose()))
+            .and_then(|c| c.cnf)
+            .and_then(|c| c.jkt);
+        let stale = match (&*slot, &jkt) {
+            (None, _) => true,
+            (Some(k), Some(j)) => k.thumbprint() != j,
+            (Some(_), None) => false,
+        };
+        if stale {
+            let found = if create {
+                crate::dpop::load_or_create(&self.keychain).await.map(Some)
+            } else {
+                crate::dpop::load(&self.keychain).await
+            };
+            match found {
+                Ok(Some(k)) => *slot = Some(k),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(relay = %self.relay, "cannot read the DPoP key: {e}"),
+            }
+        }
+        slot.clone()
+    }
+
     async fn stored_access(&self) -> Result<Option<AccessRecord>, SignInError> {
         let raw = self.keychain.run(|k| k.get(Item::Access)).await?;
         Ok(raw.as_deref().and_then(AccessRecord::from_json))
@@ -165,7 +202,12 @@ impl Credentials {
                     })));
                 }
             };
-            let idp = self.provider().await?;
+            let mut idp = (*self.provider().await?).clone();
+            if idp.offers_dpop {
+                if let Some(k) = self.proof_key(None, true).await {
+                    idp = idp.with_proof_key(k);
+                }
+            }
             match idp.refresh(&refresh).await {
                 Ok(set) => {
                     tracing::debug!(relay = %self.relay, "access token refreshed");

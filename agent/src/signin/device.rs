@@ -61,7 +61,7 @@ pub async fn device_code(
     let result = client
         .exchange_device_access_token(&details)
         .set_max_backoff_interval(Duration::from_secs(30))
-        .request_async(idp.http(), tokio::time::sleep, None)
+        .request_async(&idp.token_http(), tokio::time::sleep, None)
         .await;
     match result {
         Ok(r) => Ok(TokenSet::from_response(&r, now_unix())),

@@ -91,7 +91,18 @@ pub async fn sign_in(
         .run(|k| k.probe())
         .await
         .map_err(|e| AgentError::SignIn(e.into()))?;
-    let idp = IdentityProvider::discover(relay, egress.clone()).await?;
+    let mut idp = IdentityProvider::discover(relay, egress.clone()).await?;
+    // Both ends take DPoP: the tokens are bound to this device's key.
+    let mut key = None;
+    if idp.offers_dpop {
+        match crate::dpop::load_or_create(keychain).await {
+            Ok(k) => {
+                idp = idp.with_proof_key(k.clone());
+                key = Some(k);
+            }
+            Err(e) => tracing::warn!("no DPoP key ({e}); the tokens will be bearer tokens"),
+        }
+    }
     let set = match method {
         Method::Browser { timeout, show } => authorization_code(&idp, timeout, show).await?,
         Method::Device { show } => device_code(&idp, show).await?,
@@ -120,7 +131,7 @@ pub async fn sign_in(
         warnings,
     };
     match RelayApi::new(relay.clone(), egress)?
-        .catalog(&set.access)
+        .catalog_with(&set.access, key.as_deref())
         .await
     {
         Ok(c) => {

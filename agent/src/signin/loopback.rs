@@ -64,6 +64,9 @@ pub async fn authorization_code(
         // A refresh token needs offline_access, and OIDC providers grant
         // it only with explicit consent.
         .add_extra_param("prompt", "consent");
+    if let Some(jkt) = idp.dpop_jkt() {
+        request = request.add_extra_param("dpop_jkt", jkt.to_string());
+    }
     for s in &idp.scopes {
         request = request.add_scope(Scope::new(s.clone()));
     }
@@ -101,7 +104,7 @@ pub async fn authorization_code(
                 match client
                     .exchange_code(AuthorizationCode::new(code.clone()))
                     .set_pkce_verifier(verifier)
-                    .request_async(idp.http())
+                    .request_async(&idp.token_http())
                     .await
                 {
                     Ok(r) => Ok(TokenSet::from_response(&r, now_unix())),

@@ -32,7 +32,7 @@ pub use flow::{sign_in, sign_out, Method, Revocation, SignedIn, SignedOut};
 pub use loopback::authorization_code;
 pub use provider::{IdentityProvider, OpenIdConfiguration};
 pub use service_account::{ClientCredentials, ServiceAccount, CLIENT_ID_VAR, CLIENT_SECRET_VAR};
-pub use tokens::{Secret, TokenSet, UnverifiedClaims};
+pub use tokens::{stored_access_token, Confirmation, Secret, TokenSet, UnverifiedClaims};
 
 use crate::keychain::KeychainError;
 

@@ -2,6 +2,7 @@
 //! URL alone, then from the issuer's OpenID configuration; plus the token
 //! requests that need no user (refresh, revocation).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
@@ -44,6 +45,9 @@ pub struct OpenIdConfiguration {
     pub revocation_endpoint: Option<String>,
     #[serde(default)]
     pub code_challenge_methods_supported: Option<Vec<String>>,
+    /// DPoP proof algorithms the provider accepts (RFC 9449 §5.1).
+    #[serde(default)]
+    pub dpop_signing_alg_values_supported: Option<Vec<String>>,
 }
 
 /// An environment's identity provider, ready for token requests.
@@ -59,6 +63,12 @@ pub struct IdentityProvider {
     pub token_endpoint: Url,
     pub device_authorization_endpoint: Option<Url>,
     pub revocation_endpoint: Option<Url>,
+    /// Both the provider and the relay take ES256 DPoP proofs: token
+    /// requests carry proofs by this device's key, so tokens are bound.
+    pub offers_dpop: bool,
+    proof_key: Option<Arc<gangway_dpop::ProofKey>>,
+    /// The provider's last `DPoP-Nonce`, for its next token request.
+    dpop_nonce: Arc<std::sync::Mutex<Option<String>>>,
     http: reqwest::Client,
 }
 
@@ -127,6 +137,14 @@ impl IdentityProvider {
                 _ => Err(bad(format!("{name} {value:?} is not an https URL"))),
             }
         };
+        let es256 = |algs: &[String]| algs.iter().any(|a| a == gangway_dpop::ALG);
+        let offers_dpop = es256(&discovery.dpop_signing_alg_values_supported)
+            && es256(
+                config
+                    .dpop_signing_alg_values_supported
+                    .as_deref()
+                    .unwrap_or_default(),
+            );
         let mut scopes = discovery.scopes.clone();
         if scopes.is_empty() {
             scopes.push("openid".into());
@@ -154,8 +172,37 @@ impl IdentityProvider {
             client_id: discovery.client_id,
             audience: discovery.audience,
             scopes,
+            offers_dpop,
+            proof_key: None,
+            dpop_nonce: Arc::default(),
             http,
         })
+    }
+
+    /// Token requests sign proofs with `key` (when [`Self::offers_dpop`]).
+    pub fn with_proof_key(mut self, key: Arc<gangway_dpop::ProofKey>) -> Self {
+        self.proof_key = Some(key);
+        self
+    }
+
+    /// The thumbprint of the key token requests sign with, if they do: the
+    /// authorization request names it (`dpop_jkt`, RFC 9449 §10) so that
+    /// only this key can redeem the code.
+    pub(crate) fn dpop_jkt(&self) -> Option<&str> {
+        self.proof_key
+            .as_deref()
+            .filter(|_| self.offers_dpop)
+            .map(|k| k.thumbprint())
+    }
+
+    /// The client for token requests: a DPoP proof on each, by this
+    /// device's key, when both ends offer DPoP ([`crate::dpop::ProofHttp`]).
+    pub(crate) fn token_http(&self) -> crate::dpop::ProofHttp<'_> {
+        crate::dpop::ProofHttp {
+            http: &self.http,
+            key: self.proof_key.as_deref().filter(|_| self.offers_dpop),
+            nonce: &self.dpop_nonce,
+        }
     }
 
     pub(crate) fn http(&self) -> &reqwest::Client {
@@ -201,7 +248,7 @@ impl IdentityProvider {
         let client = self.client();
         let response = client
             .exchange_refresh_token(&token)
-            .request_async(&self.http)
+            .request_async(&self.token_http())
             .await;
         match response {
             Ok(r) => Ok(TokenSet::from_response(&r, now_unix())),
@@ -331,6 +378,7 @@ mod tests {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             protocol_version: 1,
             relay_version: None,
+            dpop_signing_alg_values_supported: vec!["ES256".into()],
         }
     }
 
@@ -342,6 +390,7 @@ mod tests {
             device_authorization_endpoint: Some("https://idp.example.com/device".into()),
             revocation_endpoint: None,
             code_challenge_methods_supported: Some(vec!["plain".into(), "S256".into()]),
+            dpop_signing_alg_values_supported: Some(vec!["ES256".into(), "EdDSA".into()]),
         }
     }
 
@@ -356,6 +405,20 @@ mod tests {
         assert_eq!(p.scopes, ["openid", "groups", "offline_access"]);
         assert!(p.device_authorization_endpoint.is_some());
         assert!(p.revocation_endpoint.is_none());
+        assert!(p.offers_dpop);
+        // DPoP only when both the relay and the provider take ES256.
+        let old_relay = Discovery {
+            dpop_signing_alg_values_supported: vec![],
+            ..discovery(&[])
+        };
+        let p = IdentityProvider::from_documents(old_relay, config(), reqwest::Client::new());
+        assert!(!p.unwrap().offers_dpop);
+        let no_es256 = OpenIdConfiguration {
+            dpop_signing_alg_values_supported: Some(vec!["EdDSA".into()]),
+            ..config()
+        };
+        let p = IdentityProvider::from_documents(discovery(&[]), no_es256, reqwest::Client::new());
+        assert!(!p.unwrap().offers_dpop);
     }
 
     #[test]

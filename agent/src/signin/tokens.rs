@@ -129,6 +129,19 @@ pub struct UnverifiedClaims {
     pub iat: Option<u64>,
     pub preferred_username: Option<String>,
     pub groups: Option<Vec<String>>,
+    /// The key the token is bound to (RFC 7800 / RFC 9449), if any.
+    pub cnf: Option<Confirmation>,
+}
+
+/// A token's `cnf` claim: the thumbprint of its DPoP key (`jkt`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Confirmation {
+    pub jkt: Option<String>,
+}
+
+/// The access token of an [`AccessRecord`]'s keychain form.
+pub fn stored_access_token(json: &str) -> Option<String> {
+    AccessRecord::from_json(json).map(|r| r.token)
 }
 
 impl UnverifiedClaims {

@@ -269,7 +269,8 @@ async fn connect_once(
     tokens: &TokenSource,
 ) -> Result<(Session, TimedToken), AgentError> {
     let held = tokens.current_timed().await?;
-    match Session::connect(relay, egress, &held.token).await {
+    let key = tokens.proof_key_for(&held.token).await;
+    match Session::connect_with(relay, egress, &held.token, key).await {
         Ok(s) => Ok((s, held)),
         Err(e @ AgentError::Unauthorized(_)) => {
             tokens.rejected(&held.token).await;

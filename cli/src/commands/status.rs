@@ -44,6 +44,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 print_expiry(exp);
             }
             print_refresh(refreshable, &target.login_hint);
+            if let Ok(b) = gangway_agent::dpop::binding(&keychain).await {
+                println!("Token binding: {}", b.describe());
+            }
             Ok(ExitCode::SUCCESS)
         }
         SignInStatus::SignInNeeded(why) => {

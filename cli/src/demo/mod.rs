@@ -125,6 +125,7 @@ pub async fn run() -> anyhow::Result<()> {
         limits: Default::default(),
         proxy_protocol: Default::default(),
         drain: Default::default(),
+        dpop: Default::default(),
         services: vec![
             service(
                 "bitbucket",
@@ -316,6 +317,7 @@ fn service(
         allow_groups: Some(vec!["developers".into()]),
         connect_timeout: Duration::from_secs(5),
         http: Default::default(),
+        require_dpop: false,
     }
 }
 

@@ -93,6 +93,13 @@ impl Admins {
             .verify(token)
             .await
             .map_err(|e| Denied::Invalid(e.to_string()))?;
+        // A token bound to an agent's key (DPoP) is meant to travel with
+        // proofs; as a bare bearer token it may be a copy.
+        if id.jkt.is_some() {
+            return Err(Denied::Invalid(
+                crate::auth::AuthError::BoundTokenAsBearer.to_string(),
+            ));
+        }
         if id.groups.iter().any(|g| g == group) {
             Ok(id.subject)
         } else {

@@ -10,6 +10,8 @@
 //!   keys), [`assertion`], [`limits`], [`balancer`] (`[proxy_protocol]`,
 //!   `[drain]`): each section's validated type with its
 //!   raw → validated conversion beside it;
+//! - [`dpop`]: `public_url`, `identity.require_dpop`,
+//!   `identity.dpop_iat_window_secs` and each service's `require_dpop`;
 //! - [`admin`] (`[admin]`), [`shared`] (`[redis]`, `[[rate_limit]]`) and
 //!   [`syslog`] (`[audit.syslog]`): the same, with their raw sections
 //!   beside them too.
@@ -21,6 +23,7 @@
 pub mod admin;
 pub mod assertion;
 pub mod balancer;
+pub mod dpop;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
@@ -38,6 +41,7 @@ use std::path::{Path, PathBuf};
 pub use admin::AdminConfig;
 pub use assertion::AssertionConfig;
 pub use balancer::{DrainConfig, ProxyProtocolConfig};
+pub use dpop::DpopConfig;
 pub use http::{Balance, GitService, HealthConfig, HttpSettings, RouteConfig, RuleConfig};
 pub use identity::IdentityConfig;
 pub use limits::LimitsConfig;
@@ -104,6 +108,8 @@ pub struct RelayConfig {
     pub admin: Option<AdminConfig>,
     /// Redis and the rate limits held in it (`[redis]`, `[[rate_limit]]`).
     pub shared: SharedConfig,
+    /// DPoP: the public URL proofs name, and where bound tokens are required.
+    pub dpop: DpopConfig,
 }
 
 impl RelayConfig {
@@ -133,6 +139,7 @@ impl RelayConfig {
         })?;
         let listen = listen(&raw.listen, &src)?;
         let services = services::from_raw(raw.services, &src)?;
+        let dpop = DpopConfig::from_raw(raw.public_url.as_deref(), &raw.identity, &services, &src)?;
         Ok(RelayConfig {
             listen,
             workers: workers(raw.workers, &src)?,
@@ -154,6 +161,7 @@ impl RelayConfig {
                 .transpose()?,
             shared: SharedConfig::from_raw(raw.redis, raw.rate_limits, &services, &src)?,
             services,
+            dpop,
         })
     }
 

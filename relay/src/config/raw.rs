@@ -14,6 +14,11 @@ use serde::Deserialize;
 pub(super) struct RawConfig {
     /// Address to listen on, e.g. "0.0.0.0:8443".
     pub(super) listen: String,
+    /// The relay's URL as agents reach it (through any balancer), e.g.
+    /// "https://gangway.example.com": DPoP proofs must name it (`htu`).
+    /// Required with `require_dpop`.
+    #[serde(default)]
+    pub(super) public_url: Option<String>,
     /// Worker threads serving connections; default one per CPU.
     #[serde(default)]
     pub(super) workers: Option<i64>,
@@ -152,6 +157,14 @@ pub(super) struct RawIdentity {
     pub(super) jwks_min_refetch_secs: u64,
     /// Static JWKS file instead of discovery (air-gapped setups).
     pub(super) jwks_file: Option<PathBuf>,
+    /// Refuse every token that is not DPoP-bound to the agent's key
+    /// (RFC 9449), on every service.
+    #[serde(default)]
+    pub(super) require_dpop: bool,
+    /// Seconds a DPoP proof's `iat` may be from the relay's clock, either
+    /// way (clock skew plus the proof's age).
+    #[serde(default = "default_dpop_window")]
+    pub(super) dpop_iat_window_secs: u64,
 }
 
 /// `[audit]`: where audit lines go.
@@ -205,6 +218,10 @@ pub(super) struct RawService {
     /// http: request rules, e.g. only some groups may push.
     #[serde(default, rename = "rule")]
     pub(super) rules: Vec<RawRule>,
+    /// Refuse tokens that are not DPoP-bound to the agent's key for this
+    /// service (the relay-wide switch is `identity.require_dpop`).
+    #[serde(default)]
+    pub(super) require_dpop: bool,
 }
 
 /// `[service.health]`: active health checks of an http service's backends.
@@ -287,6 +304,9 @@ fn default_algorithms() -> Vec<String> {
     ]
 }
 fn default_leeway() -> u64 {
+    30
+}
+fn default_dpop_window() -> u64 {
     30
 }
 fn default_jwks_refetch() -> u64 {

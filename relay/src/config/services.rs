@@ -23,6 +23,8 @@ pub struct ServiceConfig {
     pub connect_timeout: Duration,
     /// Settings of http services (defaults for tcp ones).
     pub http: HttpSettings,
+    /// Only DPoP-bound tokens may use it (`require_dpop`).
+    pub require_dpop: bool,
 }
 
 /// Validates every `[[service]]`; names must be unique.
@@ -102,6 +104,7 @@ impl ServiceConfig {
             allow_groups: s.allow_groups,
             connect_timeout: Duration::from_secs(s.connect_timeout_secs),
             http,
+            require_dpop: s.require_dpop,
         })
     }
 }

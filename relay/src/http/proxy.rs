@@ -159,6 +159,10 @@ fn authorize(
                 StatusCode::UNAUTHORIZED,
                 "your access token expired; sign in again".to_string(),
             ),
+            RequestDenial::Service(ServiceDenial::NotBound) => (
+                StatusCode::UNAUTHORIZED,
+                format!("{name} takes only tokens bound to this device's key (DPoP); sign in again with an up-to-date agent"),
+            ),
             RequestDenial::Service(ServiceDenial::NotInGroups) => {
                 (StatusCode::FORBIDDEN, format!("{who} may not use {name}"))
             }

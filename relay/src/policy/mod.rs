@@ -31,6 +31,9 @@ pub enum ServiceDenial {
     Expired,
     /// None of the caller's groups is one the service allows.
     NotInGroups,
+    /// The service takes only DPoP-bound tokens (`require_dpop`), and this
+    /// one came without a proof of the agent's key.
+    NotBound,
 }
 
 /// Why an http request was refused.
@@ -59,7 +62,8 @@ pub fn may_use(svc: &ServiceConfig, groups: &[String]) -> bool {
     }
 }
 
-/// May `identity` use `svc` at `now`? The token first, then the groups.
+/// May `identity` use `svc` at `now`? The token first, its binding to
+/// the agent's key (for a `require_dpop` service), then the groups.
 pub fn authorize_service(
     svc: &ServiceConfig,
     identity: &Identity,
@@ -68,6 +72,9 @@ pub fn authorize_service(
 ) -> Result<(), ServiceDenial> {
     if token_expired(identity.expires_at, leeway, now) {
         return Err(ServiceDenial::Expired);
+    }
+    if svc.require_dpop && !identity.dpop_bound {
+        return Err(ServiceDenial::NotBound);
     }
     if !may_use(svc, &identity.groups) {
         return Err(ServiceDenial::NotInGroups);

@@ -62,6 +62,8 @@ fn who(groups: &[&str], expires_at: u64) -> Identity {
         subject: "ada".into(),
         groups: groups.iter().map(|g| g.to_string()).collect(),
         expires_at,
+        jkt: None,
+        dpop_bound: false,
     }
 }
 
@@ -91,6 +93,35 @@ fn services_without_groups_are_open_to_everyone() {
     assert!(!may_use(confluence, &[]));
     assert!(!may_use(confluence, &["guests".into()]));
     assert!(may_use(confluence, &["guests".into(), "admins".into()]));
+}
+
+/// A `require_dpop` service refuses a token presented without a proof of
+/// the agent's key (whatever its groups), and takes a bound one.
+#[test]
+fn a_require_dpop_service_takes_only_bound_tokens() {
+    let mut c = config();
+    let svc = c
+        .services
+        .iter_mut()
+        .find(|s| s.name == "confluence")
+        .unwrap();
+    svc.require_dpop = true;
+    let svc = c.service("confluence").unwrap();
+    let mut id = who(&["staff"], NOW);
+    assert_eq!(
+        authorize_service(svc, &id, LEEWAY, NOW),
+        Err(ServiceDenial::NotBound)
+    );
+    // Bound but expired: expiry is said first.
+    id.dpop_bound = true;
+    assert_eq!(authorize_service(svc, &id, LEEWAY, NOW), Ok(()));
+    assert_eq!(
+        authorize_service(svc, &who(&[], 0), LEEWAY, NOW),
+        Err(ServiceDenial::Expired)
+    );
+    // Other services are not affected.
+    let open = c.service("ssh").unwrap();
+    assert_eq!(authorize_service(open, &who(&[], NOW), LEEWAY, NOW), Ok(()));
 }
 
 #[test]

@@ -33,9 +33,11 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Event;
-use crate::auth::{now_unix, Identity};
+use crate::auth::{now_unix, AuthError, Identity};
+use crate::dpop::{Presented, Scheme};
 use crate::policy;
 use crate::{text, Live, Relay};
+use gangway_dpop::Htu;
 
 mod stream;
 
@@ -57,8 +59,16 @@ const MAX_REFUSING: usize = crate::config::limits::STREAM_SLACK / 2;
 /// down, or the session's token expires without renewal. Each new stream
 /// is served by the state `live` holds when it opens (a reload applies to
 /// the streams opened after it).
-pub async fn serve<S>(live: Arc<Live>, mut ws: WebSocketStream<S>, identity: Identity, peer: String)
-where
+///
+/// `htu` is what DPoP proofs of in-band token refreshes must name: the
+/// upgrade's (see [`crate::dpop`]).
+pub async fn serve<S>(
+    live: Arc<Live>,
+    mut ws: WebSocketStream<S>,
+    identity: Identity,
+    peer: String,
+    htu: Result<Htu, AuthError>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let relay = live.current();
@@ -104,7 +114,7 @@ where
         }
     };
     let (identity_tx, identity_rx) = watch::channel(identity.clone());
-    let control = start_control(&live, control, identity_tx, &session);
+    let control = start_control(&live, control, identity_tx, &session, htu);
     let mut streams = Streams::new(limits.max_streams_per_session);
     let serving = accept_streams(
         &live,
@@ -288,6 +298,7 @@ fn start_control(
     stream: Stream,
     identity: watch::Sender<Identity>,
     session: &str,
+    htu: Result<Htu, AuthError>,
 ) -> ControlChannel {
     let (ctl_reader, mut ctl_writer) = control::channel(stream);
     let (tx, mut rx) = mpsc::channel::<Control>(16);
@@ -304,6 +315,7 @@ fn start_control(
         tx.clone(),
         identity,
         session.to_string(),
+        htu,
     ));
     ControlChannel { tx, writer, reader }
 }
@@ -441,6 +453,7 @@ async fn control_loop(
     tx: mpsc::Sender<Control>,
     identity: watch::Sender<Identity>,
     session: String,
+    htu: Result<Htu, AuthError>,
 ) {
     loop {
         let msg = match reader.recv().await {
@@ -454,7 +467,18 @@ async fn control_loop(
         let reply = match msg {
             Control::Ping(n) => Control::Pong(n),
             Control::RefreshToken(token) => {
-                refresh(&live.current(), &identity, &session, &token).await
+                refresh(&live.current(), &identity, &session, &token, None, &htu).await
+            }
+            Control::RefreshTokenDpop { token, proof } => {
+                refresh(
+                    &live.current(),
+                    &identity,
+                    &session,
+                    &token,
+                    Some(&proof),
+                    &htu,
+                )
+                .await
             }
             Control::Pong(_) => continue,
             other => {
@@ -468,12 +492,17 @@ async fn control_loop(
     }
 }
 
-/// Takes a refreshed token if it is valid and names the same subject.
+/// Takes a refreshed token if it is valid, presented as the DPoP rules
+/// say (with `proof` for a bound token, over the new token; see
+/// [`crate::dpop`]), bound to the session's key if the session was, and
+/// names the same subject.
 async fn refresh(
     relay: &Relay,
     identity: &watch::Sender<Identity>,
     session: &str,
     token: &Token,
+    proof: Option<&str>,
+    htu: &Result<Htu, AuthError>,
 ) -> Control {
     let current = identity.borrow().subject.clone();
     if let Some(lock) = relay.locks.lock_of(&current).await {
@@ -490,7 +519,35 @@ async fn refresh(
             reason: "an administrator locked your access to this relay".into(),
         };
     }
-    match relay.verifier.verify(token.expose()).await {
+    let presented = Presented {
+        scheme: if proof.is_some() {
+            Scheme::Dpop
+        } else {
+            Scheme::Bearer
+        },
+        token: token.expose(),
+        proof,
+    };
+    let checked = async {
+        let mut new = relay.verifier.verify(token.expose()).await?;
+        let cfg = &relay.config.dpop;
+        crate::dpop::bind(
+            cfg,
+            &relay.replays,
+            &presented,
+            &mut new,
+            "GET",
+            htu.clone(),
+            now_unix(),
+        )
+        .await?;
+        let old = identity.borrow().clone();
+        if old.dpop_bound && new.jkt != old.jkt {
+            return Err(AuthError::DpopKeyChanged);
+        }
+        Ok(new)
+    };
+    match checked.await {
         Ok(new) if new.subject == current => {
             let expires_at = new.expires_at;
             relay.audit.record(&Event {

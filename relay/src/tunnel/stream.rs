@@ -290,6 +290,13 @@ fn authorize<'r>(
             code: RefusalCode::Unauthenticated,
             message: "access token expired; sign in again".into(),
         }),
+        Err(ServiceDenial::NotBound) => Err(Refusal {
+            code: RefusalCode::Unauthenticated,
+            message: format!(
+                "{} takes only tokens bound to this device's key (DPoP); sign in again with an up-to-date agent",
+                svc.display_name
+            ),
+        }),
         Err(ServiceDenial::NotInGroups) => Err(Refusal {
             code: RefusalCode::Forbidden,
             message: format!(

@@ -22,6 +22,9 @@
 //   DEVICE_SLOW_DOWN_FIRST=1  also answer the first pending poll of each
 //                     device code with `slow_down` (a provider asking for a
 //                     slower pace than it first said)
+//   DPOP_NONCE=1      token requests with a DPoP proof must carry the
+//                     provider's nonce (RFC 9449 §8): the first is answered
+//                     `use_dpop_nonce` with a `DPoP-Nonce` header
 //
 // Once it accepts connections it prints exactly one line to stdout:
 //   LISTENING http://127.0.0.1:<port>      (https:// with TLS_CERT)
@@ -46,7 +49,10 @@
 //       tokens>"}] (with DEVICE_INTERVAL set).
 //
 // All access tokens are RS256 JWTs (`typ: at+jwt`) for AUDIENCE, whether or
-// not the client sends a `resource` parameter. Signing keys live in memory:
+// not the client sends a `resource` parameter. A token request with a DPoP
+// proof (ES256) gets tokens bound to its key: `token_type: DPoP`, the
+// access token's `cnf.jkt` the key's thumbprint, and (public clients) a
+// refresh token that only that key can use. Signing keys live in memory:
 // a restart means new keys.
 
 import * as crypto from 'node:crypto';
@@ -62,6 +68,7 @@ const PORT = integer('PORT', process.argv[2] ?? process.env.PORT, 0, 0, 65535);
 const DEVICE_CODE_TTL = integer('DEVICE_CODE_TTL', process.env.DEVICE_CODE_TTL, 600, 1, 86400);
 const DEVICE_INTERVAL = integer('DEVICE_INTERVAL', process.env.DEVICE_INTERVAL, 0, 0, 60);
 const DEVICE_SLOW_DOWN_FIRST = process.env.DEVICE_SLOW_DOWN_FIRST === '1';
+const DPOP_NONCE = process.env.DPOP_NONCE === '1';
 
 const CI_SECRET = 'ci-secret';
 
@@ -182,6 +189,13 @@ function configuration() {
         },
       },
       revocation: { enabled: true },
+      // RFC 9449, on by default in oidc-provider 9; explicit here because
+      // Gangway's tests depend on it. Replays of a proof are refused.
+      dPoP: {
+        enabled: true,
+        allowReplay: false,
+        ...(DPOP_NONCE ? { nonceSecret: crypto.randomBytes(32), requireNonce: () => true } : {}),
+      },
       resourceIndicators: {
         enabled: true,
         defaultResource: async () => AUDIENCE,

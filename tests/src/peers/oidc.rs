@@ -84,7 +84,8 @@ impl OidcProvider {
     }
 
     /// Like [`OidcProvider::start`], with more of `server.js`'s settings
-    /// (e.g. `DEVICE_CODE_TTL`, `DEVICE_INTERVAL`, `DEVICE_SLOW_DOWN_FIRST`).
+    /// (e.g. `DEVICE_CODE_TTL`, `DEVICE_INTERVAL`, `DEVICE_SLOW_DOWN_FIRST`,
+    /// `DPOP_NONCE`).
     pub fn start_with_settings(
         audience: &str,
         access_token_ttl_secs: u64,
@@ -149,6 +150,7 @@ impl OidcProvider {
             .env_remove("DEVICE_CODE_TTL")
             .env_remove("DEVICE_INTERVAL")
             .env_remove("DEVICE_SLOW_DOWN_FIRST")
+            .env_remove("DPOP_NONCE")
             .envs(settings.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

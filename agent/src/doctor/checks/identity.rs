@@ -155,9 +155,23 @@ pub async fn token(p: &Probe) -> Outcome {
     } else {
         "the keychain"
     };
+    let bound = match p.binding().await {
+        Some(b @ crate::dpop::TokenBinding::Bound { .. })
+        | Some(b @ crate::dpop::TokenBinding::NotBound) => format!(", {}", b.describe()),
+        Some(crate::dpop::TokenBinding::OtherKey) => {
+            return Outcome::fail(
+                format!(
+                    "{who} from {source}: {}",
+                    crate::dpop::TokenBinding::OtherKey.describe()
+                ),
+                format!("sign in again: `{}`", p.login_hint()),
+            )
+        }
+        _ => String::new(),
+    };
     let said = |groups: &[String], relay: &str| {
         format!(
-            "{who} from {source}, groups [{}], {expiry}{relay}",
+            "{who} from {source}, groups [{}], {expiry}{bound}{relay}",
             groups.join(", ")
         )
     };

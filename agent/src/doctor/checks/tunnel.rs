@@ -20,15 +20,16 @@ pub async fn tunnel(p: &Probe) -> Outcome {
         Ok(t) => t.clone(),
         Err(e) => return Outcome::fail(e, "fix the environment's ca_file or proxy"),
     };
-    let session = match Session::connect(&env.relay, &egress, &token.token).await {
-        Ok(s) => s,
-        Err(e) => {
-            return Outcome::fail(
-                format!("the tunnel does not open: {}", error_chain(&e)),
-                "a proxy or firewall may block WebSockets (wss://) to the relay; ask IT",
-            )
-        }
-    };
+    let session =
+        match Session::connect_with(&env.relay, &egress, &token.token, p.proof_key().await).await {
+            Ok(s) => s,
+            Err(e) => {
+                return Outcome::fail(
+                    format!("the tunnel does not open: {}", error_chain(&e)),
+                    "a proxy or firewall may block WebSockets (wss://) to the relay; ask IT",
+                )
+            }
+        };
     match session.ping().await {
         Ok(rtt) => Outcome::pass(format!(
             "WebSocket session {} open; control-channel ping {:.1} ms",
