@@ -158,6 +158,22 @@ impl Corp {
         Ok(cmd)
     }
 
+    /// `gangway doctor --json --env corp`: the run and its report.
+    async fn doctor(
+        &self,
+        env: &[(&str, OsString)],
+    ) -> Result<(gangway_tests::peers::process::Finished, serde_json::Value)> {
+        let mut cmd = self.gangway(&["doctor", "--json", "--env", "corp"], env)?;
+        cmd.env("GANGWAY_CONTROL_SOCKET", self.dir.path().join("none.sock"));
+        let done = Process::spawn_captured("gangway doctor", cmd)?
+            .finish(Duration::from_secs(120))
+            .await?;
+        let report = serde_json::from_str(&done.stdout).map_err(|e| {
+            anyhow::anyhow!("doctor's JSON ({e}): {}\n{}", done.stdout, done.stderr)
+        })?;
+        Ok((done, report))
+    }
+
     async fn run(
         &self,
         args: &[&str],
@@ -272,7 +288,41 @@ async fn behind_an_authenticating_squid_sign_in_clone_and_browse_work() -> Resul
     // logged when it closes.
     drop(agent);
     poll_count(&squid, "CONNECT", &relay_target, 3).await?;
+
+    // `gangway doctor` follows the same decision: it names the proxy and
+    // where it was set, and every check on the way to the relay passes
+    // through it (the relay's name only squid resolves).
+    let (done, report) = corp.doctor(&env).await?;
+    let proxy = squid.url(None);
+    for name in [
+        "proxy",
+        "dns",
+        "relay",
+        "tls",
+        "identity provider",
+        "token",
+        "tunnel",
+    ] {
+        let c = check(&report, name);
+        assert_eq!(c["status"], "PASS", "{name}: {c}\n{}", done.stderr);
+    }
+    let said = check(&report, "proxy")["detail"].to_string();
+    assert!(
+        said.contains(&format!("via proxy {proxy} (from HTTPS_PROXY)")),
+        "{said}"
+    );
+    let said = check(&report, "relay")["detail"].to_string();
+    assert!(said.contains("opened a CONNECT tunnel"), "{said}");
+    assert!(!done.stdout.contains(PROXY_USER.1), "{}", done.stdout);
     Ok(())
+}
+
+/// The check named `name` of a doctor report.
+fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["check"] == name))
+        .unwrap_or_else(|| panic!("no check {name:?} in {report:#}"))
 }
 
 /// Waits until squid logged at least `n` `method` lines for `target`.
@@ -390,6 +440,18 @@ async fn proxy_failures_are_said_plainly() -> Result<()> {
         assert!(done.stderr.contains(fix), "no {fix:?} in:\n{}", done.stderr);
         assert!(!done.stderr.contains("wrong-pw"), "{}", done.stderr);
         assert!(!done.stderr.contains("tunnel error"), "{}", done.stderr);
+
+        // `gangway doctor` names the same failure at its relay check, with
+        // the fix, and fails.
+        let (doc, report) = corp.doctor(&env).await?;
+        assert_eq!(doc.status.code(), Some(1), "{}", doc.stdout);
+        let relay_check = check(&report, "relay");
+        assert_eq!(relay_check["status"], "FAIL", "{relay_check}");
+        let detail = relay_check["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(&sentence), "no {sentence:?} in {detail}");
+        let doctor_fix = relay_check["fix"].as_str().unwrap_or_default();
+        assert!(doctor_fix.contains(fix), "no {fix:?} in {doctor_fix}");
+        assert!(!doc.stdout.contains("wrong-pw"), "{}", doc.stdout);
 
         // The tunnel's own connection says the same.
         let tls = gangway_agent::tls::client_config(Some(&corp.cert.cert))?;
