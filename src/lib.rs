@@ -53,20 +53,15 @@ fn init_logging() {
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let mut problem = None;
-    let file = gangway_agent::logfile::log_dir()
-        .and_then(|dir| match gangway_agent::logfile::LogFile::open(&dir) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                problem = Some(format!("no log file in {}: {e}", dir.display()));
-                None
-            }
-        })
-        .map(|f| {
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::sync::Mutex::new(f))
-                .with_ansi(false)
-        });
+    let (file, problem) = match gangway_agent::logfile::open_default() {
+        Ok(f) => (f, None),
+        Err(p) => (None, Some(p)),
+    };
+    let file = file.map(|f| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::sync::Mutex::new(f))
+            .with_ansi(false)
+    });
     tracing_subscriber::registry()
         .with(filter)
         .with(stderr)

@@ -25,6 +25,17 @@ pub fn log_dir() -> Option<PathBuf> {
     )
 }
 
+/// The log file in [`log_dir`] (`Ok(None)` where the platform names no
+/// directory), or why it cannot be used, as a line for standard error.
+pub fn open_default() -> Result<Option<LogFile>, String> {
+    let Some(dir) = log_dir() else {
+        return Ok(None);
+    };
+    LogFile::open(&dir)
+        .map(Some)
+        .map_err(|e| format!("no log file in {}: {e}", dir.display()))
+}
+
 /// The log files, newest last (`agent.log.1`, `agent.log`), that exist.
 pub fn files(dir: &Path) -> Vec<PathBuf> {
     [format!("{FILE_NAME}.1"), FILE_NAME.to_string()]

@@ -28,22 +28,16 @@ fn init_logging(to_file: bool) {
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let mut problem = None;
-    let file = to_file
-        .then(gangway_agent::logfile::log_dir)
-        .flatten()
-        .and_then(|dir| match gangway_agent::logfile::LogFile::open(&dir) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                problem = Some(format!("no log file in {}: {e}", dir.display()));
-                None
-            }
-        })
-        .map(|f| {
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::sync::Mutex::new(f))
-                .with_ansi(false)
-        });
+    let (file, problem) = match to_file.then(gangway_agent::logfile::open_default) {
+        Some(Ok(f)) => (f, None),
+        Some(Err(p)) => (None, Some(p)),
+        None => (None, None),
+    };
+    let file = file.map(|f| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::sync::Mutex::new(f))
+            .with_ansi(false)
+    });
     tracing_subscriber::registry()
         .with(filter)
         .with(stderr)

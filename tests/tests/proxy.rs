@@ -150,7 +150,7 @@ impl Corp {
     /// the caller's).
     fn gangway(&self, args: &[&str], env: &[(&str, OsString)]) -> Result<std::process::Command> {
         let mut cmd = gangway_command(args)?;
-        for v in PROXY_VARS {
+        for v in gangway_agent::net::proxy::VARIABLES {
             cmd.env_remove(v);
         }
         cmd.envs(self.keychain.env())
@@ -184,17 +184,6 @@ impl Corp {
             .await
     }
 }
-
-const PROXY_VARS: [&str; 8] = [
-    "HTTPS_PROXY",
-    "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-];
 
 fn var(k: &'static str, v: impl Into<OsString>) -> (&'static str, OsString) {
     (k, v.into())

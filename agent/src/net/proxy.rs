@@ -243,6 +243,20 @@ impl fmt::Display for Route {
     }
 }
 
+/// The proxy environment variables, curl's names (the decision ignores
+/// `HTTP_PROXY` in capitals, as curl does: CGI sets it from a request
+/// header). Tests clear them all.
+pub const VARIABLES: [&str; 8] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
 /// Where the environment variables come from: the process's, or a map in
 /// tests.
 pub trait EnvSource {
