@@ -404,7 +404,12 @@ impl ProxyChoice {
             };
         }
         // Excluded by NO_PROXY: find the entry that matched, for the user.
-        let (var, list) = self.no_proxy.as_ref().expect("only NO_PROXY excludes");
+        // Only NO_PROXY excludes once a proxy is set; should the matcher
+        // ever decline for another reason, the connection is still direct
+        // (it would be without this code too) and said as unset.
+        let Some((var, list)) = self.no_proxy.as_ref() else {
+            return Route::Direct(Direct::Unset);
+        };
         let entry = list
             .split(',')
             .map(str::trim)
