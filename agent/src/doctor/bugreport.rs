@@ -23,19 +23,12 @@ use crate::redact::Redactor;
 /// The most of each log file a report holds (its end).
 pub const LOG_TAIL_BYTES: u64 = 256 * 1024;
 
-/// Environment variables Gangway (or what it starts) reads.
+/// Environment variables Gangway (or what it starts) reads, beside the
+/// proxy's ([`crate::net::proxy::VARIABLES`]).
 const ENV_NAMES: &[&str] = &[
     "GANGWAY_TOKEN",
     "GANGWAY_CONTROL_SOCKET",
     "GANGWAY_POLICY_ROOT",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
     "RUST_LOG",
     "BROWSER",
     "XDG_CONFIG_HOME",
@@ -299,7 +292,7 @@ fn effective_config(probe: &Probe) -> String {
 
 fn environment_text() -> String {
     let mut o = String::new();
-    for name in ENV_NAMES {
+    for name in ENV_NAMES.iter().chain(&crate::net::proxy::VARIABLES) {
         match std::env::var(name) {
             // The token itself never: only that it is set.
             Ok(v) if *name == "GANGWAY_TOKEN" => {
