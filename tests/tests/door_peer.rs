@@ -285,8 +285,11 @@ async fn another_user_is_refused_on_every_service_and_the_owner_is_not() -> Resu
         2,
         "only the owner's two requests: {audit:?}"
     );
+    // The other user's attempt came first: had it reached sshd, its line
+    // would be logged before the owner's.
+    let seen = sshd.wait_connections(sshd_before + 1, WAIT).await?;
     assert_eq!(
-        sshd.connections() - sshd_before,
+        seen - sshd_before,
         1,
         "sshd saw only the owner's connection"
     );

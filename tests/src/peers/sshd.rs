@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
-use super::process::{require_program, start_on_free_port, startup_timeout, Process};
+use super::process::{poll, require_program, start_on_free_port, startup_timeout, Process};
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -52,6 +52,11 @@ impl Sshd {
             cmd.args(["-D", "-e", "-f"]).arg(&config);
             let mut p = Process::spawn_captured("sshd", cmd)?;
             p.blocking_wait_for_port(addr, startup_timeout(Duration::from_secs(10)))?;
+            // The port check is a connection too: wait for sshd to log it,
+            // so `connections` counts from a settled start.
+            p.blocking_wait_line("its port check logged", Duration::from_secs(10), |l| {
+                l.contains("Connection from ")
+            })?;
             Ok((p, addr))
         })?;
         Ok(Self { process, addr, dir })
@@ -89,6 +94,17 @@ impl Sshd {
             self.client_key().display(),
             self.known_hosts(alias)?.display()
         ))
+    }
+
+    /// Waits until sshd has logged at least `n` TCP connections (its log
+    /// line comes after the client sees the banner), then says how many.
+    pub async fn wait_connections(&self, n: usize, timeout: Duration) -> Result<usize> {
+        let what = format!("sshd to log {n} connection(s)");
+        poll(&what, timeout, || {
+            let seen = self.connections();
+            Ok((seen >= n).then_some(seen))
+        })
+        .await
     }
 
     /// How many TCP connections sshd has seen so far.
