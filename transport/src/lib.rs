@@ -19,6 +19,7 @@ pub mod heap;
 pub mod mux;
 pub mod rewind;
 pub mod socket;
+mod stream;
 pub mod ws;
 
 pub use mux::{MuxError, Opener, Stream};

@@ -14,12 +14,10 @@ use std::task::{Context, Poll};
 
 use futures::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
 pub use yamux::Mode;
 
-/// One multiplexed stream, with tokio's I/O traits.
-pub type Stream = Compat<yamux::Stream>;
+pub use crate::stream::Stream;
 
 /// Why the session or a stream could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +44,7 @@ impl Opener {
         let (reply, rx) = oneshot::channel();
         self.tx.send(reply).await.map_err(|_| MuxError::Closed)?;
         let stream = rx.await.map_err(|_| MuxError::Closed)??;
-        Ok(stream.compat())
+        Ok(Stream::new(stream))
     }
 
     /// True once the driver has stopped.
@@ -136,7 +134,7 @@ where
                 match conn.poll_next_inbound(cx) {
                     Poll::Ready(Some(Ok(stream))) => {
                         // A receiver that is gone drops the stream, which resets it.
-                        let _ = in_tx.send(stream.compat());
+                        let _ = in_tx.send(Stream::new(stream));
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(MuxError::from(e))),
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
