@@ -130,9 +130,15 @@ mod tests {
         (out, inn, [(client, _client_in), (server, server_in)])
     }
 
-    #[tokio::test]
-    async fn uninitialised_buffers_get_exactly_the_bytes_sent() {
-        let (mut tx, mut rx, _keep) = pair().await;
+    /// A stream whose other end sends [`pattern`] and closes: the reading
+    /// end, what is sent, the writer (done once all is sent) and the session.
+    async fn sending() -> (
+        super::Stream,
+        Vec<u8>,
+        tokio::task::JoinHandle<super::Stream>,
+        Keep,
+    ) {
+        let (mut tx, rx, keep) = pair().await;
         let sent = pattern();
         let to_send = sent.clone();
         let writer = tokio::spawn(async move {
@@ -140,6 +146,12 @@ mod tests {
             tx.shutdown().await.unwrap();
             tx
         });
+        (rx, sent, writer, keep)
+    }
+
+    #[tokio::test]
+    async fn uninitialised_buffers_get_exactly_the_bytes_sent() {
+        let (mut rx, sent, writer, _keep) = sending().await;
         // Fresh uninitialised spare capacity on every read, as hyper's is,
         // in sizes below, at and above the scratch buffer.
         let mut got = Vec::new();
@@ -161,14 +173,7 @@ mod tests {
 
     #[tokio::test]
     async fn initialised_buffers_are_read_in_place() {
-        let (mut tx, mut rx, _keep) = pair().await;
-        let sent = pattern();
-        let to_send = sent.clone();
-        let writer = tokio::spawn(async move {
-            tx.write_all(&to_send).await.unwrap();
-            tx.shutdown().await.unwrap();
-            tx
-        });
+        let (mut rx, sent, writer, _keep) = sending().await;
         // A reused, zeroed buffer larger than the scratch one: one read may
         // take more than the scratch buffer holds.
         let mut buf = vec![0u8; 4 * super::SCRATCH];
